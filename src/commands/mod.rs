@@ -1,0 +1,250 @@
+//! One file per subcommand: glue between settings, engine, driver, session and render.
+
+pub mod branch;
+pub mod generate;
+pub mod load;
+pub mod model;
+pub mod preview;
+pub mod step;
+pub mod stepping;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::app::input_err;
+use crate::chat::{self, ChatInput};
+use crate::cli::{GlobalArgs, PromptArgs, RuntimeArgs};
+use crate::engine::{LoadOptions, Model};
+use crate::record::ModelFacts;
+use crate::session::{self, ModelRef, Session, SessionLock};
+use crate::settings;
+
+/// The session a command works on: loaded (or new), locked when it will be written.
+pub struct SessionCtx {
+    pub path: Option<PathBuf>,
+    pub session: Session,
+    /// Whether a file existed.
+    pub existed: bool,
+    _lock: Option<SessionLock>,
+}
+
+impl SessionCtx {
+    /// Open the session of `global` (none with --no-session). `write` takes the lock.
+    pub fn open(global: &GlobalArgs, write: bool) -> anyhow::Result<Self> {
+        let Some(path) = settings::session_path(global) else {
+            return Ok(Self {
+                path: None,
+                session: Session::new(),
+                existed: false,
+                _lock: None,
+            });
+        };
+        let lock = if write {
+            Some(SessionLock::acquire(&path)?)
+        } else {
+            None
+        };
+        let loaded = session::load(&path)?;
+        Ok(Self {
+            existed: loaded.is_some(),
+            session: loaded.unwrap_or_else(Session::new),
+            path: Some(path),
+            _lock: lock,
+        })
+    }
+
+    /// The session as found on disk, if there was one.
+    pub fn existing(&self) -> Option<&Session> {
+        self.existed.then_some(&self.session)
+    }
+
+    /// Write the session back (atomically); no-op with --no-session.
+    pub fn save(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.path {
+            self.session.touch();
+            session::save(path, &self.session)?;
+        }
+        Ok(())
+    }
+
+    /// Path as text, for output.
+    pub fn path_string(&self) -> Option<String> {
+        self.path.as_ref().map(|p| p.display().to_string())
+    }
+}
+
+/// Facts of a loaded model, as recorded and printed.
+pub fn facts(model: &Model) -> ModelFacts {
+    let i = model.info();
+    ModelFacts {
+        model_id: i.name.clone(),
+        path: i.path.display().to_string(),
+        architecture: i.architecture.clone(),
+        n_params: i.n_params,
+        dtype: i.file_type.clone(),
+        file_size: i.file_size,
+        vocab_size: i.n_vocab,
+        vocab_type: i.vocab_type.clone(),
+        n_ctx_train: i.n_ctx_train,
+        n_layer: i.n_layer,
+        n_head: i.n_head,
+        n_head_kv: i.n_head_kv,
+        n_embd: i.n_embd,
+        has_chat_template: i.chat_template.is_some(),
+        bos_token_id: i.bos,
+        eos_token_id: i.eos,
+        eog_token_ids: i.eog.clone(),
+        add_bos: i.add_bos,
+        device: i.device.clone(),
+        gpu_layers_offloaded: i.gpu_layers_offloaded,
+    }
+}
+
+/// Load the model at `path` with the runtime flags.
+pub fn load_model(path: &Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
+    let opts = LoadOptions {
+        gpu_layers: rt.gpu_layers,
+    };
+    Ok(Model::load(path, &opts)?)
+}
+
+/// A model reference for the session (path made absolute, fingerprint, facts).
+pub fn model_ref(model: &Model) -> anyhow::Result<ModelRef> {
+    let path = &model.info().path;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let fingerprint =
+        session::fingerprint(path).with_context(|| format!("fingerprinting {}", path.display()))?;
+    Ok(ModelRef {
+        path: abs.display().to_string(),
+        fingerprint,
+        facts: Some(facts(model)),
+    })
+}
+
+/// Warn loudly when the session's model file changed since it was recorded.
+pub fn warn_if_model_changed(session: &Session, current: &ModelRef, err: &mut dyn Write) -> bool {
+    let Some(old) = &session.model else {
+        return false;
+    };
+    if old.path == current.path && old.fingerprint != current.fingerprint {
+        let _ = writeln!(
+            err,
+            "warning: the model file {} changed since this session recorded it (fingerprint differs); recorded probabilities may not match",
+            current.path
+        );
+        return true;
+    }
+    false
+}
+
+/// The prompt as resolved for one call.
+#[derive(Debug, Clone)]
+pub struct PromptSpec {
+    pub prompt: String,
+    pub system: String,
+    pub chat_template: bool,
+}
+
+/// Resolve the prompt from the flags and the session; a prompt is required.
+pub fn prompt_spec(
+    args: &PromptArgs,
+    positional: Option<&str>,
+    session: Option<&Session>,
+) -> anyhow::Result<PromptSpec> {
+    let prompt = settings::cli_prompt(args, positional)?
+        .or_else(|| session.and_then(|s| s.prompt.clone()))
+        .ok_or_else(|| {
+            input_err(
+                "no prompt: nothing to show the model",
+                "pass a prompt with -p TEXT (or -f FILE, or -p - for stdin)",
+            )
+        })?;
+    let system = args
+        .system
+        .clone()
+        .or_else(|| session.and_then(|s| s.system.clone()))
+        .unwrap_or_else(|| chat::DEFAULT_SYSTEM.to_string());
+    let chat_template = settings::cli_chat_template(args)
+        .or(session.map(|s| s.chat_template))
+        .unwrap_or(true);
+    Ok(PromptSpec {
+        prompt,
+        system,
+        chat_template,
+    })
+}
+
+/// The rendered prompt text and its ids (chat.md).
+pub fn prompt_ids(model: &Model, spec: &PromptSpec) -> anyhow::Result<(String, Vec<i32>)> {
+    let template = model.info().chat_template.as_deref();
+    match (spec.chat_template, template) {
+        (true, Some(t)) => {
+            let (bos, eos) = (model.bos_text(), model.eos_text());
+            let text = chat::render(&ChatInput {
+                template: t,
+                system: &spec.system,
+                prompt: &spec.prompt,
+                bos_token: &bos,
+                eos_token: &eos,
+            })?;
+            let ids = model.tokenize(&text, false, true);
+            Ok((text, ids))
+        }
+        _ => {
+            let ids = model.tokenize(&spec.prompt, true, false);
+            Ok((spec.prompt.clone(), ids))
+        }
+    }
+}
+
+/// Record the call's inputs in the session. When the session already holds a completion for
+/// another prompt/model, refuse unless `reset` (then the branches start over).
+pub fn adopt_inputs(
+    session: &mut Session,
+    model: &ModelRef,
+    spec: &PromptSpec,
+    reset: bool,
+) -> anyhow::Result<()> {
+    let same_prompt = session.prompt.as_deref() == Some(spec.prompt.as_str())
+        && session.system.as_deref() == Some(spec.system.as_str())
+        && session.chat_template == spec.chat_template;
+    let same_model = session.model.as_ref().is_none_or(|m| m.path == model.path);
+    let has_completion = session
+        .branches
+        .iter()
+        .any(|b| !b.completion_ids.is_empty());
+    if has_completion && !(same_prompt && same_model) {
+        if !reset {
+            let what = if same_model { "prompt" } else { "model" };
+            return Err(input_err(
+                format!("this session holds a completion for another {what}"),
+                "pass --reset to start the session over, or --session NEW.json to keep both",
+            ));
+        }
+        let fresh = Session::new();
+        session.branches = fresh.branches;
+        session.active_branch = fresh.active_branch;
+    }
+    session.prompt = Some(spec.prompt.clone());
+    session.system = Some(spec.system.clone());
+    session.chat_template = spec.chat_template;
+    session.model = Some(model.clone());
+    Ok(())
+}
+
+/// Milliseconds since `t`.
+pub fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Print a JSON value as one document (pretty) or one line.
+pub fn write_json<T: serde::Serialize>(
+    out: &mut dyn Write,
+    value: &T,
+    pretty: bool,
+) -> anyhow::Result<()> {
+    Ok(crate::render::json::write(out, value, pretty)?)
+}

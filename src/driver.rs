@@ -1,0 +1,220 @@
+//! The step machinery shared by preview, step and generate: keeps the context ids in the KV
+//! cache (engine), turns logits into a distribution (sampling) and into records (record).
+
+use crate::engine::{ContextOptions, Decoder, EngineError, Model};
+use crate::record::{AppendedMeta, Candidate, Dist, ForcedBy, SelectedBy, TokenPill};
+use crate::render::text::display;
+use crate::sampling::{Distribution, SamplingError, SamplingParams, StreamRng, Workspace};
+
+/// Failure of a step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+}
+
+/// How to choose the next token.
+#[derive(Debug, Clone, Copy)]
+pub enum Choice {
+    /// Argmax of p_final.
+    Greedy,
+    /// One draw from the branch's stream.
+    Sample,
+    /// This id, whatever the distribution says (must be in the vocabulary).
+    Force(i32, ForcedBy),
+}
+
+/// Token pill for an id.
+pub fn pill(model: &Model, id: i32) -> TokenPill {
+    let text = model.piece(id);
+    TokenPill {
+        id,
+        display: display(&text),
+        text,
+        special: model.is_special(id),
+    }
+}
+
+fn candidate(model: &Model, d: &Distribution<'_>, id: u32, rank: u32) -> Candidate {
+    let p = pill(model, id as i32);
+    let i = id as usize;
+    Candidate {
+        id: p.id,
+        text: p.text,
+        display: p.display,
+        special: p.special,
+        p_base: d.p_base(i),
+        p_temp: d.p_temp(i),
+        p_final: d.p_final(i),
+        // A -inf logit (masked by the model itself) has no finite log-probability; JSON has
+        // no -inf, so it is written as the most negative finite number.
+        logprob_base: d.logprob_base(i).max(f64::MIN),
+        kept: d.kept(i),
+        valid: d.valid(i),
+        cut_by: d.cut_by(i),
+        rank,
+    }
+}
+
+fn finite(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+/// The record of one distribution: the `display_k` most probable candidates by p_temp.
+pub fn dist_record(
+    model: &Model,
+    d: &Distribution<'_>,
+    display_k: usize,
+    params: &SamplingParams,
+) -> Dist {
+    let ids = d.top_by_p_temp(display_k.min(d.n_vocab()));
+    let ranks = d.base_ranks(&ids);
+    let tokens: Vec<Candidate> = ids
+        .iter()
+        .zip(ranks)
+        .map(|(&id, rank)| candidate(model, d, id, rank))
+        .collect();
+    let shown_base: f64 = tokens.iter().map(|c| c.p_base).sum();
+    let shown_final: f64 = tokens.iter().map(|c| c.p_final).sum();
+    Dist {
+        top_k: display_k,
+        other_p_base: (1.0 - shown_base).max(0.0),
+        other_p_final: (1.0 - shown_final).max(0.0),
+        kept_token_count: d.kept_count(),
+        valid_token_count: d.valid_count(),
+        constraint_active: d.valid_count().is_some(),
+        constraint_type: None,
+        entropy_base: finite(d.entropy_base_bits()),
+        entropy_final: finite(d.entropy_final_bits()),
+        params: params.clone(),
+        tokens,
+    }
+}
+
+/// A model context over `prompt ++ completion` with a reusable sampling workspace.
+pub struct Driver<'m> {
+    model: &'m Model,
+    dec: Decoder<'m>,
+    ws: Workspace,
+    /// prompt ids followed by the completion ids.
+    ids: Vec<i32>,
+    n_prompt: usize,
+}
+
+impl<'m> Driver<'m> {
+    /// A context for `model` whose input starts with `prompt_ids`.
+    pub fn new(
+        model: &'m Model,
+        opts: &ContextOptions,
+        prompt_ids: &[i32],
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            model,
+            dec: Decoder::new(model, opts)?,
+            ws: Workspace::new(),
+            ids: prompt_ids.to_vec(),
+            n_prompt: prompt_ids.len(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The decoder (for teacher forcing and statistics).
+    pub fn decoder(&mut self) -> &mut Decoder<'m> {
+        &mut self.dec
+    }
+
+    /// Context length.
+    pub fn n_ctx(&self) -> usize {
+        self.dec.n_ctx()
+    }
+
+    /// The completion part of the context.
+    pub fn completion(&self) -> &[i32] {
+        &self.ids[self.n_prompt..]
+    }
+
+    /// The whole context (prompt ++ completion).
+    pub fn context(&self) -> &[i32] {
+        &self.ids
+    }
+
+    /// Replace the completion (the KV cache keeps the common prefix).
+    pub fn set_completion(&mut self, completion: &[i32]) {
+        self.ids.truncate(self.n_prompt);
+        self.ids.extend_from_slice(completion);
+    }
+
+    /// Decode what is needed and return the distribution record at the current position.
+    pub fn preview(
+        &mut self,
+        params: &SamplingParams,
+        display_k: usize,
+    ) -> Result<Dist, StepError> {
+        let logits = self.dec.eval(&self.ids)?;
+        let d = self.ws.compute(logits, &self.ids, params, None)?;
+        Ok(dist_record(self.model, &d, display_k, params))
+    }
+
+    /// Choose the next token, append it, and return its metadata.
+    pub fn step(
+        &mut self,
+        params: &SamplingParams,
+        display_k: usize,
+        choice: Choice,
+        rng: &mut StreamRng,
+    ) -> Result<AppendedMeta, StepError> {
+        if let Choice::Force(id, _) = choice
+            && !self.model.in_range(id)
+        {
+            return Err(EngineError::TokenOutOfRange {
+                id: id.into(),
+                n_vocab: self.model.n_vocab(),
+            }
+            .into());
+        }
+        if self.ids.len() >= self.dec.n_ctx() {
+            return Err(EngineError::ContextFull {
+                needed: self.ids.len() + 1,
+                n_ctx: self.dec.n_ctx(),
+            }
+            .into());
+        }
+        let logits = self.dec.eval(&self.ids)?;
+        let d = self.ws.compute(logits, &self.ids, params, None)?;
+        let greedy = d.is_greedy_params();
+        let (id, selected_by, forced_by, draw) = match choice {
+            Choice::Force(id, by) => (id as u32, SelectedBy::Forced, Some(by), None),
+            Choice::Greedy => (d.greedy(), SelectedBy::Greedy, None, None),
+            Choice::Sample if greedy => (d.greedy(), SelectedBy::Greedy, None, None),
+            Choice::Sample => {
+                let u = rng.next_uniform();
+                (d.sample(u), SelectedBy::Sampled, None, Some(u))
+            }
+        };
+        let dist = dist_record(self.model, &d, display_k, params);
+        let selected = match dist.tokens.iter().find(|c| c.id == id as i32) {
+            Some(c) => c.clone(),
+            None => {
+                let rank = d.base_ranks(&[id])[0];
+                candidate(self.model, &d, id, rank)
+            }
+        };
+        self.ids.push(id as i32);
+        Ok(AppendedMeta {
+            dist,
+            selected_id: id as i32,
+            selected,
+            selected_by,
+            forced: forced_by.is_some(),
+            forced_by,
+            draw,
+            rng_after: Some(rng.state()),
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! The only code that talks to llama.cpp (`llama_cpp_2` / `llama_cpp_sys_2`): backend start-up,
+//! model loading and facts, tokens, decoding with KV-cache reuse and logits. Everything that
+//! leaves this module is plain data (`i32` ids, `f32` logits, `String`s).
+
+mod decoder;
+mod error;
+mod log;
+mod model;
+
+pub use decoder::{ContextOptions, Decoder};
+pub use error::EngineError;
+pub use log::set_verbose;
+pub use model::{LoadOptions, Model, ModelInfo};
+
+use std::sync::OnceLock;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// The process-wide llama.cpp backend, started on first use (logs routed first, so nothing
+/// reaches stderr unless `--verbose` asked for it).
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    log::install();
+    let b = LlamaBackend::init().map_err(|e| EngineError::Backend(e.to_string()))?;
+    Ok(BACKEND.get_or_init(|| b))
+}
+
+/// Names of the compute devices llama.cpp can use (e.g. "CPU", "CUDA0").
+pub fn devices() -> Vec<String> {
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| format!("{} ({})", d.name, d.backend))
+        .collect()
+}
+
+/// The llama.cpp build this binary links (from llama-cpp-sys-2's vendored copy).
+pub fn llama_cpp_version() -> &'static str {
+    "llama-cpp-sys-2 0.1.161"
+}

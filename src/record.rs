@@ -1,0 +1,371 @@
+//! Machine-readable records shared by the session file and the JSON output: token pills,
+//! candidates, distribution snapshots and step metadata (session.md "Output", sampling.md).
+//!
+//! These are output types, kept apart from the internal sampling types so internals can change
+//! without breaking users. Field names follow the original demo's API.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::{CutStage, RngState, SamplingParams};
+
+/// A token as shown to people: exact text plus a visible-whitespace rendering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenPill {
+    /// Token id in the model's vocabulary.
+    pub id: i32,
+    /// Exact piece (special tokens rendered, invalid UTF-8 replaced by U+FFFD).
+    pub text: String,
+    /// The piece with visible whitespace: `␠` leading spaces, `⏎` newline, `⇥` tab, `∅` empty.
+    pub display: String,
+    /// Control/special token (e.g. `<|im_end|>`).
+    pub special: bool,
+}
+
+/// One candidate for the next token, with every number of the pipeline (sampling.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Candidate {
+    pub id: i32,
+    pub text: String,
+    pub display: String,
+    pub special: bool,
+    /// Raw model probability softmax(z).
+    pub p_base: f64,
+    /// After penalties and temperature, before constraint and truncation.
+    pub p_temp: f64,
+    /// Final probability (0 when cut or invalid).
+    pub p_final: f64,
+    /// Natural log of p_base.
+    pub logprob_base: f64,
+    /// Survived truncation and is valid under the constraint.
+    pub kept: bool,
+    /// Allowed by the constraint (true when there is none).
+    pub valid: bool,
+    /// First stage that removed it, or null when kept.
+    pub cut_by: Option<CutStage>,
+    /// 1-based rank in p_base (ties by lower id).
+    pub rank: u32,
+}
+
+/// The distribution for one next-token position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Dist {
+    /// How many candidates are shown (the demo's `top_k`, ntv's `--display-k`).
+    pub top_k: usize,
+    /// The shown candidates, by p_temp descending (ties by id).
+    pub tokens: Vec<Candidate>,
+    /// 1 minus the shown p_base mass, clamped at 0.
+    pub other_p_base: f64,
+    /// 1 minus the shown p_final mass, clamped at 0.
+    pub other_p_final: f64,
+    /// Tokens with p_final > 0.
+    pub kept_token_count: usize,
+    /// Tokens the constraint allows (absent when unconstrained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_token_count: Option<usize>,
+    pub constraint_active: bool,
+    pub constraint_type: Option<String>,
+    /// Entropy of p_base in bits.
+    pub entropy_base: f64,
+    /// Entropy of p_final in bits.
+    pub entropy_final: f64,
+    /// The parameters these numbers were computed with.
+    pub params: SamplingParams,
+}
+
+/// How a token was forced into the completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForcedBy {
+    /// `--token ID`.
+    Token,
+    /// `--text TEXT` (one record per token of the text).
+    Text,
+}
+
+/// How the selected token was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectedBy {
+    Greedy,
+    Sampled,
+    Forced,
+}
+
+/// The snapshot stored with every appended completion token (`appended_meta`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppendedMeta {
+    /// The distribution at append time.
+    pub dist: Dist,
+    pub selected_id: i32,
+    /// The selected token with every candidate field (also when it is not among the shown ones).
+    pub selected: Candidate,
+    pub selected_by: SelectedBy,
+    pub forced: bool,
+    pub forced_by: Option<ForcedBy>,
+    /// The uniform draw used for sampling (absent for greedy and forced steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw: Option<f64>,
+    /// The branch's RNG state right after this step (so a rewind can resume the stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng_after: Option<RngState>,
+}
+
+/// What `ntv load` reports about a model (session.md, `ntv load`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelFacts {
+    /// Model name from the GGUF (`general.name`) or the file stem.
+    pub model_id: String,
+    pub path: String,
+    pub architecture: String,
+    pub n_params: u64,
+    /// GGUF file type, e.g. "Q4_1".
+    pub dtype: String,
+    pub file_size: u64,
+    pub vocab_size: usize,
+    /// Tokenizer model from the GGUF (`gpt2` = BPE, `llama` = SPM, ...).
+    pub vocab_type: String,
+    pub n_ctx_train: u32,
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub n_embd: u32,
+    pub has_chat_template: bool,
+    pub bos_token_id: Option<i32>,
+    pub eos_token_id: Option<i32>,
+    /// Every end-of-generation id.
+    pub eog_token_ids: Vec<i32>,
+    pub add_bos: bool,
+    /// Back end / device, e.g. "CPU" or "CUDA0".
+    pub device: String,
+    pub gpu_layers_offloaded: u32,
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-generation token was selected.
+    Eog,
+    /// A stop sequence appeared in the completion text.
+    StopSequence,
+    /// `-n/--max-tokens` reached.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+    /// The constraint reached an accepting state with no further valid token.
+    ConstraintComplete,
+}
+
+impl StopReason {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eog => "eog",
+            Self::StopSequence => "stop_sequence",
+            Self::MaxTokens => "max_tokens",
+            Self::ContextFull => "context_full",
+            Self::ConstraintComplete => "constraint_complete",
+        }
+    }
+}
+
+/// Teacher-forced score of one prompt token given its prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PromptLogprob {
+    /// Position in the prompt (>= 1: the first token has no prefix).
+    pub index: usize,
+    pub id: i32,
+    pub text: String,
+    pub display: String,
+    pub special: bool,
+    /// Natural-log probability of this token given the tokens before it.
+    pub logprob: f64,
+    /// 1-based rank of this token in the model's distribution at that position.
+    pub rank: u32,
+    /// -log2 p, in bits.
+    pub surprisal_bits: f64,
+}
+
+/// Wall-clock split of a command, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct Timings {
+    pub load_ms: f64,
+    pub tokenize_ms: f64,
+    pub prefill_ms: f64,
+    pub maths_ms: f64,
+}
+
+/// `ntv load` output (`ntv.load/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadDoc {
+    pub schema: String,
+    pub model: ModelFacts,
+    /// Seconds spent loading.
+    pub load_seconds: f64,
+    pub fingerprint: String,
+    /// The session written, if any.
+    pub session: Option<String>,
+}
+
+/// `ntv preview` output (`ntv.preview/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreviewDoc {
+    pub schema: String,
+    pub model: ModelFacts,
+    pub prompt: String,
+    pub system: String,
+    pub chat_template: bool,
+    /// The exact text the model saw (template rendered, special tokens as text).
+    pub prompt_text: String,
+    pub prompt_tokens: Vec<TokenPill>,
+    pub completion_tokens: Vec<TokenPill>,
+    pub context_token_count: usize,
+    pub branch: String,
+    pub preset: Option<crate::sampling::Preset>,
+    pub params: SamplingParams,
+    /// Every preset and its parameters.
+    pub presets: Vec<PresetInfo>,
+    pub dist: Dist,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
+    pub timings: Timings,
+}
+
+/// A named preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PresetInfo {
+    pub name: crate::sampling::Preset,
+    pub description: String,
+    pub params: SamplingParams,
+}
+
+/// One appended token, as `step` prints it and `generate --format jsonl` streams it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepRecord {
+    /// Always "step".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub branch: String,
+    /// Completion index of the appended token.
+    pub index: usize,
+    pub selected: Candidate,
+    pub appended_meta: AppendedMeta,
+    pub done: bool,
+    pub stop_reason: Option<StopReason>,
+}
+
+/// `ntv step` output (`ntv.step/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepDoc {
+    pub schema: String,
+    pub branch: String,
+    /// Set when --at created a new branch.
+    pub created_branch: Option<String>,
+    /// What the edit did: "append", "undo", "rewind".
+    pub action: String,
+    pub steps: Vec<StepRecord>,
+    pub appended: Vec<TokenPill>,
+    pub appended_meta: Vec<AppendedMeta>,
+    pub new_completion_ids: Vec<i32>,
+    /// Ids removed by --undo.
+    pub removed_ids: Vec<i32>,
+    pub completion_ids: Vec<i32>,
+    pub completion_tokens: Vec<TokenPill>,
+    pub completion_text: String,
+    pub context_token_count: usize,
+    pub done: bool,
+    pub stop_reason: Option<StopReason>,
+    pub seed: Option<u64>,
+}
+
+/// The last record of `generate`'s JSONL stream, and `generate --format json`'s document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GenerateSummary {
+    /// "summary" in JSONL; absent in JSON documents.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub schema: String,
+    pub branch: String,
+    pub completion_ids: Vec<i32>,
+    pub completion_text: String,
+    pub new_completion_ids: Vec<i32>,
+    pub new_text: String,
+    pub stop_reason: StopReason,
+    /// Which --stop sequence fired.
+    pub stop_sequence: Option<String>,
+    pub n_tokens: usize,
+    pub tokens_per_second: f64,
+    pub seconds: f64,
+    pub seed: Option<u64>,
+    pub params: SamplingParams,
+    /// Present in `--format json` (all steps in one document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepRecord>>,
+}
+
+/// One row of `ntv branch list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchRow {
+    pub name: String,
+    pub parent: Option<String>,
+    pub fork_position: Option<usize>,
+    pub length: usize,
+    pub stop_reason: Option<String>,
+    pub active: bool,
+    pub seed: Option<u64>,
+}
+
+/// `ntv branch list` output (`ntv.branch.list/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchListDoc {
+    pub schema: String,
+    pub active: String,
+    pub branches: Vec<BranchRow>,
+}
+
+/// A completion token with its probability when it was appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ShownToken {
+    pub index: usize,
+    pub id: i32,
+    pub text: String,
+    pub display: String,
+    pub special: bool,
+    pub p_final: Option<f64>,
+    pub forced: bool,
+}
+
+/// `ntv branch show` output (`ntv.branch.show/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchShowDoc {
+    pub schema: String,
+    pub branch: BranchRow,
+    pub tokens: Vec<ShownToken>,
+    pub completion_text: String,
+}
+
+/// One step of a branch comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DiffStep {
+    pub index: usize,
+    pub a: Option<ShownToken>,
+    pub b: Option<ShownToken>,
+    /// p_final of a's token under b's distribution at this step (when both have one).
+    pub a_token_p_final_under_b: Option<f64>,
+    /// p_final of b's token under a's distribution.
+    pub b_token_p_final_under_a: Option<f64>,
+}
+
+/// `ntv branch diff` output (`ntv.branch.diff/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchDiffDoc {
+    pub schema: String,
+    pub a: String,
+    pub b: String,
+    pub shared_prefix: usize,
+    /// First index where the branches differ (absent when one is a prefix of the other and
+    /// they have the same length).
+    pub first_divergence: Option<usize>,
+    pub steps: Vec<DiffStep>,
+}

@@ -1,0 +1,9 @@
+//! Rendering: tables and heat-coloured text for people, JSON for machines. Every function takes
+//! a writer and never prints by itself.
+
+pub mod json;
+pub mod palette;
+pub mod table;
+pub mod text;
+
+pub use palette::Palette;

@@ -1,0 +1,123 @@
+//! Colour, decided once (`--color`, then `NO_COLOR`, `CLICOLOR_FORCE`, then is-a-terminal) and
+//! passed down as a palette whose methods are named by meaning.
+
+use owo_colors::{OwoColorize, Style};
+
+/// Styles by meaning; all identity when colour is off.
+#[derive(Debug, Clone, Copy)]
+pub struct Palette {
+    on: bool,
+}
+
+impl Palette {
+    /// A palette that colours (`true`) or not.
+    pub fn new(on: bool) -> Self {
+        Self { on }
+    }
+
+    /// Whether colour is on.
+    pub fn enabled(&self) -> bool {
+        self.on
+    }
+
+    fn paint(&self, s: &str, style: Style) -> String {
+        if self.on {
+            s.style(style).to_string()
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// A candidate that survived every stage.
+    pub fn kept(&self, s: &str) -> String {
+        self.paint(s, Style::new().green())
+    }
+
+    /// A candidate a stage removed.
+    pub fn cut(&self, s: &str) -> String {
+        self.paint(s, Style::new().dimmed())
+    }
+
+    /// A candidate the constraint forbids.
+    pub fn invalid(&self, s: &str) -> String {
+        self.paint(s, Style::new().dimmed().strikethrough())
+    }
+
+    /// The selected token.
+    pub fn chosen(&self, s: &str) -> String {
+        self.paint(s, Style::new().bold().yellow())
+    }
+
+    /// Special/control tokens.
+    pub fn special(&self, s: &str) -> String {
+        self.paint(s, Style::new().magenta())
+    }
+
+    /// Headings and labels.
+    pub fn heading(&self, s: &str) -> String {
+        self.paint(s, Style::new().bold())
+    }
+
+    /// Secondary information.
+    pub fn muted(&self, s: &str) -> String {
+        self.paint(s, Style::new().dimmed())
+    }
+
+    /// Warnings.
+    pub fn warn(&self, s: &str) -> String {
+        self.paint(s, Style::new().yellow())
+    }
+
+    /// Text coloured by a probability: red (unlikely) through yellow to green (likely).
+    pub fn by_prob(&self, s: &str, p: f64) -> String {
+        if !self.on {
+            return s.to_string();
+        }
+        let style = match p {
+            p if p >= 0.8 => Style::new().green(),
+            p if p >= 0.5 => Style::new().bright_green(),
+            p if p >= 0.2 => Style::new().yellow(),
+            p if p >= 0.05 => Style::new().bright_red(),
+            _ => Style::new().red(),
+        };
+        s.style(style).to_string()
+    }
+
+    /// Background heat by surprisal in bits (0 = expected, 10+ = very surprising).
+    pub fn by_surprisal(&self, s: &str, bits: f64) -> String {
+        if !self.on {
+            return s.to_string();
+        }
+        let style = match bits {
+            b if b < 1.0 => Style::new().green(),
+            b if b < 3.0 => Style::new().bright_green(),
+            b if b < 6.0 => Style::new().yellow(),
+            b if b < 10.0 => Style::new().bright_red(),
+            _ => Style::new().red().bold(),
+        };
+        s.style(style).to_string()
+    }
+}
+
+/// Decide whether to colour: `--color always|never` win; for `auto`, NO_COLOR (non-empty)
+/// turns colour off, CLICOLOR_FORCE (non-empty, not "0") turns it on, else only a terminal
+/// gets colour.
+pub fn resolve(choice: crate::cli::ColorChoice, is_terminal: bool) -> bool {
+    use crate::cli::ColorChoice;
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+            if set("NO_COLOR") {
+                false
+            } else if set("CLICOLOR_FORCE")
+                && std::env::var_os("CLICOLOR_FORCE") != Some("0".into())
+            {
+                true
+            } else {
+                is_terminal
+            }
+        }
+    }
+}
