@@ -233,8 +233,14 @@ pub struct LoadArgs {
     /// GGUF model file.
     #[arg(value_name = "MODEL")]
     pub model: PathBuf,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    /// Layers to offload to the GPU (default: all, when the build has a GPU back end).
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        short = 'g',
+        value_name = "N"
+    )]
+    pub gpu_layers: Option<u32>,
     /// Start the session over (drop its branches) when it holds a completion.
     #[arg(long)]
     pub reset: bool,
@@ -394,4 +400,14 @@ pub enum ModelAction {
     Fetch,
     /// Print the default model's cache path (fails when it is not cached).
     Path,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -12,7 +12,11 @@ use super::{SessionCtx, facts, load_model, model_ref, warn_if_model_changed, wri
 pub fn run(global: &GlobalArgs, args: LoadArgs) -> anyhow::Result<()> {
     let out = settings::output(global, None);
     let mut sc = SessionCtx::open(global, true)?;
-    let model = load_model(&args.model, &args.runtime)?;
+    let runtime = crate::cli::RuntimeArgs {
+        gpu_layers: args.gpu_layers,
+        ..Default::default()
+    };
+    let model = load_model(&args.model, &runtime)?;
     let mref = model_ref(&model)?;
     warn_if_model_changed(&sc.session, &mref, &mut std::io::stderr());
     let changed = sc

@@ -168,7 +168,9 @@ impl Preset {
     /// One line describing the preset, with its values.
     pub fn describe(self) -> &'static str {
         match self {
-            Preset::Greedy => "always the most probable token of the model (greedy, no repetition penalty; numbers shown with T = 1)",
+            Preset::Greedy => {
+                "always the most probable token of the model (greedy, no repetition penalty; numbers shown with T = 1)"
+            }
             Preset::Balanced => "the defaults: T 0.7, top_p 0.8, repetition penalty 1.05",
             Preset::Reliable => "focused: T 0.3, top_p 0.6, repetition penalty 1.05",
             Preset::Creative => "varied: T 1.0, top_p 0.95, no repetition penalty",

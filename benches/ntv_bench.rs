@@ -1,0 +1,221 @@
+//! `cargo bench --bench ntv_bench`: ntv's per-step overhead against the bare engine, measured
+//! side by side in one process on the test model, reported as ratios.
+//!
+//! Sections:
+//! 1. distribution maths per step on the full vocabulary (µs/step);
+//! 2. `ntv preview` wall time, split into load / tokenise / prefill / maths (from its JSON);
+//! 3. generation with full per-step records vs a bare decode loop of the same engine.
+//!
+//! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 64),
+//! NTV_BENCH_ROUNDS (default 5), NTV_TEST_MODEL (default: the cached default model).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use ntv::driver::{Choice, Driver, dist_record};
+use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
+use ntv::sampling::{RngState, SamplingParams, StreamRng, Workspace};
+
+fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("NTV_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ntv::models::ensure_default_model().expect("test model"))
+}
+
+fn main() {
+    let threads: i32 = env_num(
+        "NTV_BENCH_THREADS",
+        std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+    );
+    let n_tokens: usize = env_num("NTV_BENCH_TOKENS", 64);
+    let rounds: usize = env_num("NTV_BENCH_ROUNDS", 5);
+    let path = model_path();
+    println!("# ntv benchmark");
+    println!(
+        "model {} · threads {threads} · {n_tokens} tokens × {rounds} rounds · cpus {}",
+        path.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let t = Instant::now();
+    let model = Model::load(&path, &LoadOptions::default()).expect("load");
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let prompt = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n";
+    let ids = model.tokenize(prompt, false, true);
+    let opts = ContextOptions {
+        n_ctx: 2048,
+        n_threads: threads,
+        n_batch: 512,
+    };
+
+    // 1. Distribution maths on real logits.
+    let mut dec = Decoder::new(&model, &opts).expect("context");
+    let logits = dec.eval(&ids).expect("decode").to_vec();
+    let mut ws = Workspace::new();
+    let cases = [
+        (
+            "defaults (T 0.7, top-p 0.8, rep 1.05)",
+            SamplingParams::default(),
+        ),
+        (
+            "top-p 1 (every token kept, full sort)",
+            SamplingParams {
+                top_p: 1.0,
+                ..SamplingParams::default()
+            },
+        ),
+        (
+            "top-k 40, min-p 0.05",
+            SamplingParams {
+                top_k: 40,
+                min_p: 0.05,
+                ..SamplingParams::default()
+            },
+        ),
+    ];
+    println!(
+        "\n## 1. distribution maths per step ({} logits)",
+        logits.len()
+    );
+    println!("| case | compute µs | + record (display 10) µs |");
+    println!("|---|---:|---:|");
+    for (name, params) in &cases {
+        let iters = 300;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let d = ws.compute(&logits, &ids, params, None).expect("maths");
+            black_box(d.greedy());
+        }
+        let compute_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let d = ws.compute(&logits, &ids, params, None).expect("maths");
+            black_box(dist_record(&model, &d, 10, params));
+        }
+        let record_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        println!("| {name} | {compute_us:.0} | {record_us:.0} |");
+    }
+    drop(dec);
+
+    // 2. preview as a process, split from its own timings.
+    let exe = env!("CARGO_BIN_EXE_ntv");
+    let mut rows = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let out = Command::new(exe)
+            .args([
+                "preview",
+                "--no-session",
+                "--json",
+                "-t",
+                &threads.to_string(),
+            ])
+            .arg("-m")
+            .arg(&path)
+            .arg("The capital of France is")
+            .output()
+            .expect("run ntv");
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let tm = &v["timings"];
+        let g = |k: &str| tm[k].as_f64().unwrap_or(0.0);
+        rows.push([
+            wall,
+            g("load_ms"),
+            g("tokenize_ms"),
+            g("prefill_ms"),
+            g("maths_ms"),
+        ]);
+    }
+    let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+    println!("\n## 2. `ntv preview` (25-token chat prompt), median of {rounds} processes, ms");
+    println!("| wall | load | tokenise | prefill | maths | rest (process start, output) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let (w, l, tk, p, m) = (col(0), col(1), col(2), col(3), col(4));
+    println!(
+        "| {w:.1} | {l:.1} | {tk:.2} | {p:.1} | {m:.2} | {:.1} |",
+        w - l - tk - p - m
+    );
+
+    // 3. generate with full records vs the bare engine, interleaved rounds.
+    let params = SamplingParams {
+        temperature: 1.0,
+        ..SamplingParams::default()
+    };
+    let mut bare = Vec::new();
+    let mut full = Vec::new();
+    for round in 0..rounds {
+        // Bare: decode one token at a time, pick the argmax of the raw logits.
+        let argmax = |logits: &[f32]| {
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as i32)
+                .unwrap()
+        };
+        let mut dec = Decoder::new(&model, &opts).expect("context");
+        let mut last = argmax(dec.eval(&ids).expect("prefill"));
+        let t = Instant::now();
+        for _ in 0..n_tokens {
+            last = argmax(dec.push(last).expect("decode"));
+        }
+        bare.push(n_tokens as f64 / t.elapsed().as_secs_f64());
+        drop(dec);
+
+        // Full: ntv's step (penalties, temperature, truncation, sampling, a 10-candidate record
+        // with texts and ranks, RNG state) for every token.
+        let mut driver = Driver::new(&model, &opts, &ids).expect("context");
+        driver.decoder().eval(&ids).expect("prefill");
+        let mut rng = StreamRng::new(RngState {
+            seed: 7 + round as u64,
+            pos: 0,
+        });
+        let t = Instant::now();
+        let mut records = Vec::with_capacity(n_tokens);
+        for _ in 0..n_tokens {
+            records.push(
+                driver
+                    .step(&params, 10, Choice::Sample, &mut rng)
+                    .expect("step"),
+            );
+        }
+        full.push(n_tokens as f64 / t.elapsed().as_secs_f64());
+        black_box(records);
+    }
+    let (b, f) = (median(bare.clone()), median(full.clone()));
+    println!(
+        "\n## 3. generation, {n_tokens} tokens after a {}-token prompt, median of {rounds} interleaved rounds",
+        ids.len()
+    );
+    println!("| loop | tokens/s |");
+    println!("|---|---:|");
+    println!("| bare decode loop (argmax of raw logits) | {b:.1} |");
+    println!("| ntv step with full records | {f:.1} |");
+    println!("| **ratio full / bare** | **{:.3}** |", f / b);
+    println!("\nmodel load in-process: {load_ms:.0} ms");
+}
