@@ -88,6 +88,9 @@ pub fn run() -> ExitCode {
         Command::Generate(args) => commands::generate::run(&cli.global, args),
         Command::Branch(args) => commands::branch::run(&cli.global, args),
         Command::Model(args) => commands::model::run(&cli.global, args),
+        Command::Schema { name } => commands::docs::schema(name.as_deref()),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man { dir } => commands::docs::man(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

