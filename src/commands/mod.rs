@@ -19,6 +19,7 @@ use crate::app::input_err;
 use crate::chat::{self, ChatInput};
 use crate::cli::{GlobalArgs, PromptArgs, RuntimeArgs};
 use crate::engine::{LoadOptions, Model};
+
 use crate::record::ModelFacts;
 use crate::session::{self, ModelRef, Session, SessionLock};
 use crate::settings;
@@ -104,12 +105,30 @@ pub fn facts(model: &Model) -> ModelFacts {
     }
 }
 
-/// Load the model at `path` with the runtime flags.
+/// Load the model at `path` with the runtime flags. A load that takes over a second shows a
+/// progress bar on stderr when stderr is a terminal (indicatif draws nothing otherwise).
 pub fn load_model(path: &Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template("loading model {wide_bar} {percent}%").expect("valid template"),
+    );
+    let started = Instant::now();
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let b = bar.clone();
     let opts = LoadOptions {
         gpu_layers: rt.gpu_layers,
+        progress: Some(std::sync::Arc::new(move |p: f32| {
+            use std::sync::atomic::Ordering;
+            if started.elapsed().as_secs_f32() > 1.0 && !shown.swap(true, Ordering::Relaxed) {
+                b.set_draw_target(ProgressDrawTarget::stderr());
+            }
+            b.set_position((p.clamp(0.0, 1.0) * 1000.0) as u64);
+        })),
     };
-    Ok(Model::load(path, &opts)?)
+    let model = Model::load(path, &opts);
+    bar.finish_and_clear();
+    Ok(model?)
 }
 
 /// A model reference for the session (path made absolute, fingerprint, facts).

@@ -10,7 +10,7 @@ mod model;
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
 pub use log::set_verbose;
-pub use model::{LoadOptions, Model, ModelInfo};
+pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
 
 use std::sync::OnceLock;
 

@@ -13,11 +13,16 @@ use llama_cpp_sys_2 as sys;
 use super::error::EngineError;
 use super::{backend, log};
 
+/// Called with the load progress in [0, 1]; must not panic (it runs inside llama.cpp).
+pub type ProgressFn = std::sync::Arc<dyn Fn(f32) + Send + Sync>;
+
 /// How to load a model.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Layers to offload to a GPU; `None` = all of them (llama.cpp's default).
     pub gpu_layers: Option<u32>,
+    /// Load progress observer.
+    pub progress: Option<ProgressFn>,
 }
 
 /// Facts about a loaded model, as plain data.
@@ -159,6 +164,12 @@ impl Model {
         let mut params = LlamaModelParams::default();
         if let Some(n) = opts.gpu_layers {
             params = params.with_n_gpu_layers(n);
+        }
+        if let Some(progress) = opts.progress.clone() {
+            params = params.with_progress_callback(move |p| {
+                progress(p);
+                true
+            });
         }
         let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|_| {
             let errors = log::take_errors();
