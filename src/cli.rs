@@ -33,8 +33,9 @@ pub struct GlobalArgs {
     /// Session file holding the model, prompt, parameters and branches.
     #[arg(long, global = true, env = "NTV_SESSION", value_name = "FILE")]
     pub session: Option<PathBuf>,
-    /// Do not read or write any session file (one-shot use in pipelines).
-    #[arg(long, global = true, conflicts_with = "session")]
+    /// Do not read or write any session file (one-shot use in pipelines); wins over
+    /// --session and NTV_SESSION.
+    #[arg(long, global = true)]
     pub no_session: bool,
     /// When to colour the tables (NO_COLOR and CLICOLOR_FORCE are honoured for `auto`).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
@@ -325,7 +326,7 @@ pub struct StepArgs {
     #[arg(short = 'n', long = "steps", value_name = "N", default_value_t = 1)]
     pub steps: u32,
     /// Force this token id.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["text", "undo"])]
+    #[arg(long, value_name = "ID", allow_negative_numbers = true, conflicts_with_all = ["text", "undo"])]
     pub token: Option<i64>,
     /// Force this text (tokenised without special tokens; one record per token).
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["undo"])]

@@ -111,7 +111,8 @@ pub fn load_model(path: &Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::hidden());
     bar.set_style(
-        ProgressStyle::with_template("loading model {wide_bar} {percent}%").expect("valid template"),
+        ProgressStyle::with_template("loading model {wide_bar} {percent}%")
+            .expect("valid template"),
     );
     let started = Instant::now();
     let shown = std::sync::atomic::AtomicBool::new(false);

@@ -112,7 +112,7 @@ pub struct Branch {
     pub appended_meta: Vec<AppendedMeta>,
     /// The seed of the branch's RNG stream (none until a sampled step needs one).
     pub seed: Option<u64>,
-    /// Number of draws already taken from the stream of `seed`.
+    /// Position in the ChaCha20 stream of `seed`, in 32-bit words (two per uniform draw).
     pub rng_pos: u64,
     /// Why the last generation stopped; cleared by any edit.
     pub stop_reason: Option<String>,

@@ -1,0 +1,154 @@
+//! Generated docs: committed man pages match the code; every command's JSON output validates
+//! against its published schema (closed: an output field missing from the schema fails).
+
+use serde_json::Value;
+
+use crate::util::{PROMPT, Sandbox, m};
+
+#[test]
+fn committed_man_pages_match_the_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let pages = ntv::docs::man_pages().expect("render man pages");
+    for (name, bytes) in &pages {
+        let committed = std::fs::read(dir.join(name)).unwrap_or_default();
+        assert!(
+            committed == *bytes,
+            "man/{name} differs from what the code generates.\nhint: regenerate with `cargo run -- man man` and commit the result"
+        );
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("man/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = pages.into_iter().map(|(n, _)| n).collect();
+    expected.sort();
+    assert_eq!(
+        on_disk, expected,
+        "stale pages in man/: regenerate with `cargo run -- man man`"
+    );
+}
+
+/// Close every object schema (no additional properties) so that an output field the schema
+/// does not describe is an error.
+fn close(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("type") == Some(&Value::String("object".into()))
+                && map.contains_key("properties")
+            {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            for v in map.values_mut() {
+                close(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close),
+        _ => {}
+    }
+}
+
+#[track_caller]
+fn validate(name: &str, instance: &Value) {
+    let mut schema = ntv::docs::schema(name).expect("schema exists");
+    close(&mut schema);
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "output does not match schema ntv.{name}/1:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn every_json_output_validates_against_its_schema() {
+    let sb = Sandbox::new();
+    let load = sb.json(&["load", m(), "--json"]);
+    validate("load", &load);
+    let preview = sb.json(&[
+        "preview",
+        "-p",
+        PROMPT,
+        "--json",
+        "--prompt-logprobs",
+        "--display-k",
+        "3",
+    ]);
+    validate("preview", &preview);
+    let step = sb.json(&[
+        "step",
+        "-p",
+        PROMPT,
+        "--json",
+        "--seed",
+        "3",
+        "--display-k",
+        "3",
+    ]);
+    validate("step", &step);
+    let forced = sb.json(&["step", "--text", " Paris", "--json", "--display-k", "3"]);
+    validate("step", &forced);
+    let undo = sb.json(&["step", "--undo", "--json"]);
+    validate("step", &undo);
+    let records = sb.jsonl(&[
+        "generate",
+        "-n",
+        "3",
+        "--format",
+        "jsonl",
+        "--display-k",
+        "3",
+    ]);
+    for r in &records[..records.len() - 1] {
+        validate("generate.step", r);
+    }
+    validate("generate", records.last().unwrap());
+    let doc = sb.json(&["generate", "-n", "2", "--json", "--display-k", "3"]);
+    validate("generate", &doc);
+    let rewind = sb.json(&[
+        "step",
+        "--at",
+        "1",
+        "--token",
+        "504",
+        "--json",
+        "--display-k",
+        "3",
+    ]);
+    validate("step", &rewind);
+    validate("branch.list", &sb.json(&["branch", "list", "--json"]));
+    validate("branch.show", &sb.json(&["branch", "show", "--json"]));
+    let diff = sb.json(&["branch", "diff", "main", "main~1", "--json"]);
+    validate("branch.diff", &diff);
+    validate("session", &sb.session_json());
+}
+
+#[test]
+fn schema_command_prints_every_schema() {
+    let sb = Sandbox::new();
+    let all = sb.json(&["schema"]);
+    for name in ntv::docs::SCHEMA_NAMES {
+        assert_eq!(all[name]["$id"], format!("ntv.{name}/1"));
+    }
+    let one = sb.json(&["schema", "preview"]);
+    assert_eq!(one["$id"], "ntv.preview/1");
+    sb.fails(&["schema", "nope"], 2);
+}
+
+#[test]
+fn completions_generate_for_four_shells() {
+    let sb = Sandbox::new();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = sb.run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("generate"),
+            "{shell}"
+        );
+    }
+}

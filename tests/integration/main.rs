@@ -1,0 +1,14 @@
+//! Integration tests: the built `ntv` binary against the real test model
+//! (SmolLM2-135M-Instruct Q4_1). Each test process runs llama.cpp with one thread, so the
+//! default two test threads share the two cores without oversubscribing them.
+
+mod util;
+
+mod branch;
+mod docs;
+mod engine;
+mod errors;
+mod generate;
+mod preview;
+mod session_file;
+mod step;
