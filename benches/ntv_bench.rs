@@ -6,8 +6,8 @@
 //! 2. `ntv preview` wall time, split into load / tokenise / prefill / maths (from its JSON);
 //! 3. generation with full per-step records vs a bare decode loop of the same engine.
 //!
-//! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 64),
-//! NTV_BENCH_ROUNDS (default 5), NTV_TEST_MODEL (default: the cached default model).
+//! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
+//! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -46,8 +46,8 @@ fn main() {
         "NTV_BENCH_THREADS",
         std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
     );
-    let n_tokens: usize = env_num("NTV_BENCH_TOKENS", 64);
-    let rounds: usize = env_num("NTV_BENCH_ROUNDS", 5);
+    let n_tokens: usize = env_num("NTV_BENCH_TOKENS", 96);
+    let rounds: usize = env_num("NTV_BENCH_ROUNDS", 9);
     let path = model_path();
     println!("# ntv benchmark");
     println!(
@@ -207,6 +207,7 @@ fn main() {
         full.push(n_tokens as f64 / t.elapsed().as_secs_f64());
         black_box(records);
     }
+    let ratios: Vec<f64> = full.iter().zip(&bare).map(|(f, b)| f / b).collect();
     let (b, f) = (median(bare.clone()), median(full.clone()));
     println!(
         "\n## 3. generation, {n_tokens} tokens after a {}-token prompt, median of {rounds} interleaved rounds",
@@ -216,6 +217,17 @@ fn main() {
     println!("|---|---:|");
     println!("| bare decode loop (argmax of raw logits) | {b:.1} |");
     println!("| ntv step with full records | {f:.1} |");
-    println!("| **ratio full / bare** | **{:.3}** |", f / b);
+    println!(
+        "| **ratio full / bare** (median of per-round ratios) | **{:.3}** |",
+        median(ratios.clone())
+    );
+    println!(
+        "\nper-round ratios: {}",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }

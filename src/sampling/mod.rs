@@ -4,6 +4,7 @@ pub mod params;
 mod penalties;
 mod rng;
 mod truncate;
+mod vexp;
 
 #[cfg(test)]
 mod tests;
@@ -135,15 +136,7 @@ fn softmax_stats(logits: &[f32]) -> Result<(f64, f64, f64), SamplingError> {
     if max == f64::NEG_INFINITY {
         return Err(SamplingError::AllLogitsImpossible);
     }
-    let (mut sum, mut weighted) = (0.0f64, 0.0f64);
-    for &x in logits {
-        let d = f64::from(x) - max;
-        if d > f64::NEG_INFINITY {
-            let e = d.exp();
-            sum += e;
-            weighted += e * d;
-        }
-    }
+    let (sum, weighted) = vexp::base_sums(logits, max);
     let log_sum = sum.ln();
     let entropy_bits = ((log_sum - weighted / sum) / LN_2).max(0.0);
     Ok((max, log_sum, entropy_bits))
@@ -275,11 +268,7 @@ impl Workspace {
         let zp = &self.zp;
         let temp_max = zp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         self.w.resize(n, 0.0);
-        let mut sum = 0.0;
-        for (w, &z) in self.w.iter_mut().zip(zp) {
-            *w = ((z - temp_max) / t).exp();
-            sum += *w;
-        }
+        let sum = vexp::scaled_exp(zp, temp_max, t, &mut self.w);
         self.temp_t = t;
         self.temp_max = temp_max;
         self.temp_log_sum = sum.ln();
@@ -316,19 +305,15 @@ impl Workspace {
                 let i = id as usize;
                 self.w[i] = ((zp[i] - stage_max) / stage_t).exp();
             }
-        } else {
-            self.cand.extend(0..n as u32);
-            if stage_t != t {
-                for (w, &z) in self.w.iter_mut().zip(zp) {
-                    *w = ((z - temp_max) / stage_t).exp();
-                }
-            }
+        } else if stage_t != t {
+            vexp::scaled_exp(zp, temp_max, stage_t, &mut self.w);
         }
-        self.valid_count = self.cand.len();
+        self.valid_count = if self.constrained { self.cand.len() } else { n };
 
         // 5. Truncation.
         self.cuts = truncate::truncate(
             &mut self.cand,
+            (!self.constrained).then_some(n),
             zp,
             &self.w,
             params.top_k,

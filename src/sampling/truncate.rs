@@ -48,31 +48,101 @@ fn sort_prefix(cand: &mut [u32], z: &[f64], from: usize, to: usize) {
 /// `z` gives the order; `w[id]` is the stage's unnormalised probability of `id` (exp of the
 /// scaled logit minus the largest one among the candidates, so the top candidate has weight 1).
 /// Afterwards `cand` holds exactly the kept ids, sorted in key order.
+/// `all = Some(n)`: `cand` is empty and stands for every id in `0..n` (no constraint), so the
+/// vocabulary is never materialised as an id list when a stage truncates.
 pub(crate) fn truncate(
     cand: &mut Vec<u32>,
+    all: Option<usize>,
     z: &[f64],
     w: &[f64],
     top_k: u32,
     top_p: f64,
     min_p: f64,
 ) -> Cuts {
-    debug_assert!(!cand.is_empty());
+    debug_assert!(!cand.is_empty() || all.is_some_and(|n| n > 0));
     let mut cuts = Cuts::default();
     let weight = |id: u32| w[id as usize];
+    debug_assert!(all.is_none() || cand.is_empty());
+    let n_all = all.unwrap_or(cand.len());
+    let k = usize::try_from(top_k).unwrap_or(usize::MAX);
+    let k_active = k > 0 && k < n_all;
+
+    // Every stage keeps a prefix in key order, so only the tokens above some weight can
+    // survive. One linear pass finds such a set (a few hundred tokens, not the vocabulary);
+    // the sorting below then works on it alone. `total_all` is the nucleus normaliser when
+    // top-k does not cut first.
+    let mut total_all = 0.0;
+    if k_active || top_p < 1.0 || min_p > 0.0 {
+        let (mut w_max, mut total) = (0.0f64, 0.0f64);
+        let mut scan = |x: f64| {
+            w_max = w_max.max(x);
+            total += x;
+        };
+        match all {
+            Some(n) => w[..n].iter().copied().for_each(&mut scan),
+            None => cand.iter().for_each(|&id| scan(weight(id))),
+        }
+        total_all = total;
+        let mut floor = w_max * 1e-3;
+        if !k_active && top_p >= 1.0 {
+            floor = min_p * w_max;
+        }
+        loop {
+            let (mut count, mut mass) = (0usize, 0.0f64);
+            let mut tally = |x: f64| {
+                if x >= floor {
+                    count += 1;
+                    mass += x;
+                }
+            };
+            match all {
+                Some(n) => w[..n].iter().copied().for_each(&mut tally),
+                None => cand.iter().for_each(|&id| tally(weight(id))),
+            }
+            let enough = if k_active {
+                count >= k
+            } else if top_p < 1.0 {
+                mass >= top_p * total
+            } else {
+                true
+            };
+            if enough || floor <= 0.0 || count == n_all {
+                match all {
+                    Some(n) => cand.extend((0..n as u32).filter(|&id| weight(id) >= floor)),
+                    None if count < n_all => cand.retain(|&id| weight(id) >= floor),
+                    None => {}
+                }
+                break;
+            }
+            floor = if floor < 1e-300 { 0.0 } else { floor * 1e-4 };
+        }
+    } else if let Some(n) = all {
+        cand.extend(0..n as u32);
+    }
 
     // top-k
-    let k = usize::try_from(top_k).unwrap_or(usize::MAX);
-    if k > 0 && k < cand.len() {
-        cand.select_nth_unstable_by(k - 1, |a, b| key_cmp(z, *a, *b));
-        cuts.top_k = Some(cand[k - 1]);
-        cand.truncate(k);
+    if k_active {
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, |a, b| key_cmp(z, *a, *b));
+            cand.truncate(k);
+        }
+        let last = cand
+            .iter()
+            .copied()
+            .max_by(|a, b| key_cmp(z, *a, *b))
+            .expect("k >= 1");
+        cuts.top_k = Some(last);
     }
 
     // top-p: the smallest prefix whose cumulative probability reaches top_p.
     let mut sorted = 0; // cand[..sorted] is sorted in key order and holds the first keys.
     if top_p < 1.0 {
         let n = cand.len();
-        let total: f64 = cand.iter().map(|&id| weight(id)).sum();
+        let total: f64 = if k_active {
+            cand.iter().map(|&id| weight(id)).sum()
+        } else {
+            total_all
+        };
         let threshold = top_p * total;
         let mut cumulative = 0.0;
         let mut keep = None;
@@ -100,7 +170,7 @@ pub(crate) fn truncate(
                 .rposition(|&id| weight(id) > 0.0)
                 .map_or(1, |i| i + 1)
         });
-        if keep < n {
+        if keep < n || (!k_active && keep < n_all) {
             cuts.top_p = Some(cand[keep - 1]);
             cand.truncate(keep);
             sorted = keep;
@@ -117,7 +187,8 @@ pub(crate) fn truncate(
                 .position(|&id| weight(id) < threshold)
                 .unwrap_or(n)
                 .max(1);
-            if keep < n {
+            if keep < n || (keep == n && n < n_all && cuts.top_k.is_none() && cuts.top_p.is_none())
+            {
                 cuts.min_p = Some(cand[keep - 1]);
                 cand.truncate(keep);
             }
@@ -125,7 +196,7 @@ pub(crate) fn truncate(
             let w_max = cand.iter().map(|&id| weight(id)).fold(0.0, f64::max);
             let threshold = min_p * w_max;
             cand.retain(|&id| weight(id) >= threshold);
-            if cand.len() < n {
+            if cand.len() < n || (n < n_all && cuts.top_k.is_none() && cuts.top_p.is_none()) {
                 cand.sort_unstable_by(|a, b| key_cmp(z, *a, *b));
                 sorted = cand.len();
                 cuts.min_p = cand.last().copied();
@@ -152,7 +223,7 @@ mod tests {
     fn run(z: &[f64], top_k: u32, top_p: f64, min_p: f64) -> (Vec<u32>, Cuts) {
         let w = weights(z);
         let mut cand: Vec<u32> = (0..z.len() as u32).collect();
-        let cuts = truncate(&mut cand, z, &w, top_k, top_p, min_p);
+        let cuts = truncate(&mut cand, None, z, &w, top_k, top_p, min_p);
         (cand, cuts)
     }
 
