@@ -10,6 +10,7 @@ pub mod app;
 pub mod chat;
 pub mod cli;
 pub mod commands;
+pub mod constraint;
 pub mod docs;
 pub mod driver;
 #[allow(unsafe_code)]

@@ -4,6 +4,7 @@
 
 mod decoder;
 mod error;
+mod grammar;
 mod log;
 mod model;
 

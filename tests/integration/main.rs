@@ -5,6 +5,7 @@
 mod util;
 
 mod branch;
+mod constraint;
 mod docs;
 mod engine;
 mod errors;
