@@ -49,6 +49,9 @@ fn classify(err: &anyhow::Error) -> (u8, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::chat::ChatError>() {
             return (if e.is_input() { 2 } else { 1 }, e.hint());
         }
+        if let Some(e) = cause.downcast_ref::<crate::constraint::ConstraintError>() {
+            return (if e.is_input() { 2 } else { 1 }, e.hint());
+        }
         if let Some(e) = cause.downcast_ref::<crate::models::FetchError>() {
             return (1, e.hint());
         }
@@ -56,6 +59,9 @@ fn classify(err: &anyhow::Error) -> (u8, Option<String>) {
             return match e {
                 crate::driver::StepError::Engine(e) => (if e.is_input() { 2 } else { 1 }, e.hint()),
                 crate::driver::StepError::Sampling(e) => {
+                    (if e.is_input() { 2 } else { 1 }, e.hint())
+                }
+                crate::driver::StepError::Constraint(e) => {
                     (if e.is_input() { 2 } else { 1 }, e.hint())
                 }
             };

@@ -256,6 +256,39 @@ pub struct SamplingArgs {
     pub display_k: Option<usize>,
 }
 
+/// Constrained decoding (constraints.md): the completion must match. A constraint given here is
+/// stored in the session; `--no-constraint` drops it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConstraintArgs {
+    /// Multiple choice: the completion must be exactly one of these (repeatable).
+    #[arg(long, value_name = "TEXT", help_heading = "Constraint")]
+    pub choice: Vec<String>,
+    /// Multiple choice from a file: a JSON list of strings, or one option per line.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Constraint",
+        conflicts_with = "choice"
+    )]
+    pub choices: Option<PathBuf>,
+    /// The whole completion must match this regular expression.
+    #[arg(long, value_name = "PATTERN", help_heading = "Constraint", conflicts_with_all = ["choice", "choices"])]
+    pub regex: Option<String>,
+    /// Context-free grammar in llguidance's Lark dialect (may embed %json{...} and /regex/):
+    /// a file, or the grammar text itself when no such file exists.
+    #[arg(long, value_name = "FILE.lark", help_heading = "Constraint", conflicts_with_all = ["choice", "choices", "regex"])]
+    pub grammar: Option<String>,
+    /// The completion is JSON valid under this JSON Schema: a file, or the schema text itself.
+    #[arg(short = 'j', long = "json-schema", value_name = "FILE.json", help_heading = "Constraint", conflicts_with_all = ["choice", "choices", "regex", "grammar"])]
+    pub json_schema: Option<String>,
+    /// Grammar in llama.cpp's GBNF (root rule `root`): a file, or the grammar text itself.
+    #[arg(long, value_name = "FILE.gbnf", help_heading = "Constraint", conflicts_with_all = ["choice", "choices", "regex", "grammar", "json_schema"])]
+    pub gbnf: Option<String>,
+    /// Drop the session's constraint.
+    #[arg(long, help_heading = "Constraint", conflicts_with_all = ["choice", "choices", "regex", "grammar", "json_schema", "gbnf"])]
+    pub no_constraint: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// GGUF model file.
@@ -285,6 +318,8 @@ pub struct PreviewArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
     /// Also score every prompt token given its prefix (teacher forcing): log-probability,
     /// rank and surprisal.
     #[arg(long)]
@@ -321,6 +356,8 @@ pub struct StepArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub constraint: ConstraintArgs,
+    #[command(flatten)]
     pub seed: SeedArgs,
     /// Take N steps.
     #[arg(short = 'n', long = "steps", value_name = "N", default_value_t = 1)]
@@ -350,6 +387,8 @@ pub struct GenerateArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
     #[command(flatten)]
     pub seed: SeedArgs,
     /// Stop after N new tokens (default 256).

@@ -1,6 +1,7 @@
 //! The step machinery shared by preview, step and generate: keeps the context ids in the KV
 //! cache (engine), turns logits into a distribution (sampling) and into records (record).
 
+use crate::constraint::{Constraint, ConstraintError, Mask};
 use crate::engine::{ContextOptions, Decoder, EngineError, Model};
 use crate::record::{AppendedMeta, Candidate, Dist, ForcedBy, SelectedBy, TokenPill};
 use crate::render::text::display;
@@ -13,6 +14,8 @@ pub enum StepError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
 }
 
 /// How to choose the next token.
@@ -101,6 +104,8 @@ pub struct Driver<'m> {
     /// prompt ids followed by the completion ids.
     ids: Vec<i32>,
     n_prompt: usize,
+    /// The active constraint, positioned after the current completion.
+    constraint: Option<Constraint>,
 }
 
 impl<'m> Driver<'m> {
@@ -116,7 +121,42 @@ impl<'m> Driver<'m> {
             ws: Workspace::new(),
             ids: prompt_ids.to_vec(),
             n_prompt: prompt_ids.len(),
+            constraint: None,
         })
+    }
+
+    /// Constrain the completion; the current completion is replayed through it (a token it
+    /// rejects is an error naming the position).
+    pub fn set_constraint(
+        &mut self,
+        constraint: Option<Constraint>,
+    ) -> Result<(), ConstraintError> {
+        self.constraint = constraint;
+        self.replay_constraint()
+    }
+
+    fn replay_constraint(&mut self) -> Result<(), ConstraintError> {
+        if let Some(c) = &mut self.constraint {
+            let ids: Vec<u32> = self.ids[self.n_prompt..]
+                .iter()
+                .map(|&i| i as u32)
+                .collect();
+            c.replay(&ids)?;
+        }
+        Ok(())
+    }
+
+    /// True when a constraint is active and the completion so far is a complete match with no
+    /// way to continue but end-of-generation (`constraint_complete`).
+    pub fn constraint_complete(&mut self) -> Result<bool, ConstraintError> {
+        match &mut self.constraint {
+            Some(c) => c.is_complete(),
+            None => Ok(false),
+        }
+    }
+
+    fn mask(&mut self) -> Result<Option<Mask>, ConstraintError> {
+        self.constraint.as_mut().map(Constraint::mask).transpose()
     }
 
     /// The model.
@@ -144,10 +184,11 @@ impl<'m> Driver<'m> {
         &self.ids
     }
 
-    /// Replace the completion (the KV cache keeps the common prefix).
-    pub fn set_completion(&mut self, completion: &[i32]) {
+    /// Replace the completion (the KV cache keeps the common prefix; a constraint replays it).
+    pub fn set_completion(&mut self, completion: &[i32]) -> Result<(), ConstraintError> {
         self.ids.truncate(self.n_prompt);
         self.ids.extend_from_slice(completion);
+        self.replay_constraint()
     }
 
     /// Decode what is needed and return the distribution record at the current position.
@@ -156,9 +197,22 @@ impl<'m> Driver<'m> {
         params: &SamplingParams,
         display_k: usize,
     ) -> Result<Dist, StepError> {
+        let mask = self.mask()?;
+        let kind = self
+            .constraint
+            .as_ref()
+            .map(|c| c.kind().as_str().to_string());
+        let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
-        let d = self.ws.compute(logits, &self.ids, params, None)?;
-        Ok(dist_record(self.model, &d, display_k, params))
+        let d = self.ws.compute(
+            logits,
+            &self.ids,
+            params,
+            allowed.as_ref().map(|f| f as &dyn Fn(usize) -> bool),
+        )?;
+        let mut dist = dist_record(self.model, &d, display_k, params);
+        dist.constraint_type = kind;
+        Ok(dist)
     }
 
     /// Choose the next token, append it, and return its metadata.
@@ -185,8 +239,28 @@ impl<'m> Driver<'m> {
             }
             .into());
         }
+        let mask = self.mask()?;
+        if let (Choice::Force(id, _), Some(m)) = (choice, &mask)
+            && !m.is_allowed(id as usize)
+        {
+            return Err(ConstraintError::Rejected {
+                id: id as u32,
+                position: self.ids.len() - self.n_prompt,
+            }
+            .into());
+        }
+        let kind = self
+            .constraint
+            .as_ref()
+            .map(|c| c.kind().as_str().to_string());
+        let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
-        let d = self.ws.compute(logits, &self.ids, params, None)?;
+        let d = self.ws.compute(
+            logits,
+            &self.ids,
+            params,
+            allowed.as_ref().map(|f| f as &dyn Fn(usize) -> bool),
+        )?;
         let greedy = d.is_greedy_params();
         let (id, selected_by, forced_by, draw) = match choice {
             Choice::Force(id, by) => (id as u32, SelectedBy::Forced, Some(by), None),
@@ -197,7 +271,11 @@ impl<'m> Driver<'m> {
                 (d.sample(u), SelectedBy::Sampled, None, Some(u))
             }
         };
-        let dist = dist_record(self.model, &d, display_k, params);
+        let mut dist = dist_record(self.model, &d, display_k, params);
+        dist.constraint_type = kind;
+        if let Some(c) = &mut self.constraint {
+            c.consume(id)?;
+        }
         let selected = match dist.tokens.iter().find(|c| c.id == id as i32) {
             Some(c) => c.clone(),
             None => {

@@ -227,6 +227,8 @@ pub struct PreviewDoc {
     /// Every preset and its parameters.
     pub presets: Vec<PresetInfo>,
     pub dist: Dist,
+    /// The active constraint (kind and source), when there is one.
+    pub constraint: Option<crate::session::ConstraintSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub timings: Timings,
@@ -253,6 +255,9 @@ pub struct StepRecord {
     pub appended_meta: AppendedMeta,
     pub done: bool,
     pub stop_reason: Option<StopReason>,
+    /// The active constraint (kind and source), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<crate::session::ConstraintSpec>,
 }
 
 /// `ntv step` output (`ntv.step/1`).
@@ -277,6 +282,8 @@ pub struct StepDoc {
     pub done: bool,
     pub stop_reason: Option<StopReason>,
     pub seed: Option<u64>,
+    /// The active constraint (kind and source), when there is one.
+    pub constraint: Option<crate::session::ConstraintSpec>,
 }
 
 /// The last record of `generate`'s JSONL stream, and `generate --format json`'s document.
@@ -299,6 +306,8 @@ pub struct GenerateSummary {
     pub seconds: f64,
     pub seed: Option<u64>,
     pub params: SamplingParams,
+    /// The active constraint (kind and source), when there is one.
+    pub constraint: Option<crate::session::ConstraintSpec>,
     /// Present in `--format json` (all steps in one document).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepRecord>>,

@@ -202,3 +202,73 @@ pub fn model_path(cli: Option<&Path>, session: Option<&str>) -> anyhow::Result<P
     }
     Ok(crate::models::ensure_default_model()?)
 }
+
+/// Read a constraint argument that is a file path, or the text itself when no such file exists.
+fn file_or_text(value: &str) -> anyhow::Result<String> {
+    let path = Path::new(value);
+    if path.is_file() {
+        return std::fs::read_to_string(path).map_err(|e| {
+            input_err(
+                format!("cannot read {}: {e}", path.display()),
+                "check the path of the grammar or schema file",
+            )
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// The constraint for this call: one given now replaces the session's; `--no-constraint` drops
+/// it. The source is compiled here, before any model work, so a malformed regex, grammar or
+/// schema fails fast (exit 2) with the parser's message.
+pub fn constraint(
+    args: &crate::cli::ConstraintArgs,
+    session: Option<&crate::session::ConstraintSpec>,
+) -> anyhow::Result<Option<crate::session::ConstraintSpec>> {
+    use crate::constraint::{self, ConstraintKind};
+    if args.no_constraint {
+        return Ok(None);
+    }
+    let given = if !args.choice.is_empty() {
+        Some((
+            ConstraintKind::Choice,
+            constraint::choice_source(&args.choice)?,
+        ))
+    } else if let Some(file) = &args.choices {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            input_err(
+                format!("cannot read {}: {e}", file.display()),
+                "--choices takes a file with a JSON list of strings or one option per line",
+            )
+        })?;
+        let options = constraint::choices_from_file_text(&text);
+        Some((ConstraintKind::Choice, constraint::choice_source(&options)?))
+    } else if let Some(rx) = &args.regex {
+        Some((ConstraintKind::Regex, rx.clone()))
+    } else if let Some(g) = &args.grammar {
+        Some((ConstraintKind::Lark, file_or_text(g)?))
+    } else if let Some(j) = &args.json_schema {
+        Some((ConstraintKind::JsonSchema, file_or_text(j)?))
+    } else if let Some(g) = &args.gbnf {
+        Some((ConstraintKind::Gbnf, file_or_text(g)?))
+    } else {
+        None
+    };
+    let spec = match given {
+        Some((kind, source)) => crate::session::ConstraintSpec {
+            kind: kind.as_str().to_string(),
+            source,
+        },
+        None => match session {
+            Some(s) => s.clone(),
+            None => return Ok(None),
+        },
+    };
+    let kind = ConstraintKind::parse(&spec.kind).ok_or_else(|| {
+        input_err(
+            format!("unknown constraint kind '{}' in the session", spec.kind),
+            "pass --no-constraint to drop it",
+        )
+    })?;
+    constraint::grammar(kind, &spec.source)?;
+    Ok(Some(spec))
+}

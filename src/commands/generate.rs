@@ -58,6 +58,7 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
         &args.prompt,
         &args.runtime,
         &args.sampling,
+        &args.constraint,
         args.seed.greedy,
         args.reset,
     )?;
@@ -80,7 +81,8 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     let mut driver = Driver::new(model, &prep.ctx_opts, &prep.prompt_ids)?;
     let branch = prep.sc.session.active_mut();
     let mut rng = branch_rng(branch, &args.seed);
-    driver.set_completion(&branch.completion_ids);
+    driver.set_completion(&branch.completion_ids)?;
+    driver.set_constraint(prep.constraint.take())?;
     let start = branch.completion_ids.len();
     let branch_name = branch.name.clone();
 
@@ -101,10 +103,19 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         Choice::Sample
     };
+    let constraint = prep.sc.session.constraint.clone();
+    if out.format == OutputFormat::Table
+        && let Some(c) = &constraint
+    {
+        table::constraint_line(&mut stdout, c, &out.palette)?;
+    }
     let mut scanner = StopScanner::new(&stops);
     let mut records = Vec::new();
     let mut stop_reason = StopReason::MaxTokens;
     let mut stop_sequence = None;
+    // Prefill first, so tokens/s measures generation alone.
+    let context = driver.context().to_vec();
+    driver.decoder().eval(&context)?;
     let t0 = Instant::now();
     for _ in 0..max_tokens {
         if driver.context().len() >= driver.n_ctx() {
@@ -114,7 +125,9 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
         let meta = driver.step(&prep.params, prep.display_k, choice, &mut rng)?;
         let id = meta.selected_id;
         let mut stop = None;
-        if model.is_eog(id) {
+        if driver.constraint_complete()? {
+            stop = Some(StopReason::ConstraintComplete);
+        } else if model.is_eog(id) {
             stop = Some(StopReason::Eog);
         } else if let Some(s) = scanner.push(&model.piece_bytes(id)) {
             stop_sequence = Some(s.to_string());
@@ -136,6 +149,7 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
             appended_meta: meta,
             done: stop.is_some(),
             stop_reason: stop,
+            constraint: constraint.clone(),
         };
         match out.format {
             OutputFormat::Jsonl => {
@@ -197,6 +211,7 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
         seconds,
         seed: branch.seed,
         params: prep.params.clone(),
+        constraint,
         steps: (out.format == OutputFormat::Json).then_some(records),
     };
     match out.format {

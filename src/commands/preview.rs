@@ -50,6 +50,10 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
     )?;
     let display_k = settings::display_k(&args.sampling, existing.as_ref().map(|s| s.display_k))?;
     let ctx_opts = settings::context_options(&args.runtime)?;
+    let cspec = settings::constraint(
+        &args.constraint,
+        existing.as_ref().and_then(|s| s.constraint.as_ref()),
+    )?;
     let model_path = settings::model_path(
         args.runtime.model.as_deref(),
         existing
@@ -85,7 +89,8 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
     };
 
     let mut driver = Driver::new(&model, &ctx_opts, &ids)?;
-    driver.set_completion(&completion);
+    driver.set_completion(&completion)?;
+    driver.set_constraint(super::stepping::build_constraint(&model, cspec.as_ref())?)?;
     let t = Instant::now();
     let mut logprobs = None;
     if args.prompt_logprobs {
@@ -133,6 +138,7 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
         sc.session.params = params.clone();
         sc.session.preset = preset;
         sc.session.display_k = display_k;
+        sc.session.constraint = cspec.clone();
         sc.save()?;
     }
 
@@ -151,6 +157,7 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
         params,
         presets: presets(),
         dist,
+        constraint: cspec,
         prompt_logprobs: logprobs,
         timings: Timings {
             load_ms,

@@ -60,6 +60,7 @@ fn undo(global: &GlobalArgs, n: usize) -> anyhow::Result<()> {
         done: false,
         stop_reason: None,
         seed: branch.seed,
+        constraint: sc.session.constraint.clone(),
     };
     print(global, &doc)
 }
@@ -76,6 +77,7 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
         &args.prompt,
         &args.runtime,
         &args.sampling,
+        &args.constraint,
         args.seed.greedy,
         args.reset,
     )?;
@@ -122,14 +124,17 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
     let mut driver = Driver::new(model, &prep.ctx_opts, &prep.prompt_ids)?;
     let branch = prep.sc.session.active_mut();
     let mut rng = branch_rng(branch, &args.seed);
-    driver.set_completion(&branch.completion_ids);
+    driver.set_completion(&branch.completion_ids)?;
+    driver.set_constraint(prep.constraint.take())?;
     let start = branch.completion_ids.len();
     let mut records = Vec::new();
     let mut stop = None;
     for choice in choices {
         let meta = driver.step(&prep.params, prep.display_k, choice, &mut rng)?;
         let id = meta.selected_id;
-        if model.is_eog(id) {
+        if driver.constraint_complete()? {
+            stop = Some(StopReason::ConstraintComplete);
+        } else if model.is_eog(id) {
             stop = Some(StopReason::Eog);
         } else if driver.context().len() >= driver.n_ctx() {
             stop = Some(StopReason::ContextFull);
@@ -147,6 +152,7 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
             appended_meta: meta,
             done: stop.is_some(),
             stop_reason: stop,
+            constraint: prep.sc.session.constraint.clone(),
         });
         // Forced text is appended whole; sampled/greedy steps stop at the end of generation.
         if stop.is_some() && !matches!(choice, Choice::Force(_, ForcedBy::Text)) {
@@ -185,6 +191,7 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
         done: stop.is_some(),
         stop_reason: stop,
         seed: branch.seed,
+        constraint: prep.sc.session.constraint.clone(),
     };
     print(global, &doc)
 }

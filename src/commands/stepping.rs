@@ -1,12 +1,13 @@
 //! Set-up shared by `step` and `generate`: session, model, prompt, parameters and the branch's
 //! random stream.
 
-use crate::cli::{GlobalArgs, PromptArgs, RuntimeArgs, SamplingArgs, SeedArgs};
+use crate::cli::{ConstraintArgs, GlobalArgs, PromptArgs, RuntimeArgs, SamplingArgs, SeedArgs};
+use crate::constraint::{Constraint, ConstraintKind};
 use crate::engine::{ContextOptions, Model};
 use crate::record::TokenPill;
 use crate::render::text::display;
 use crate::sampling::{RngState, SamplingParams, StreamRng};
-use crate::session::Branch;
+use crate::session::{Branch, ConstraintSpec};
 use crate::settings;
 
 use super::{
@@ -24,6 +25,20 @@ pub struct Prepared {
     pub params: SamplingParams,
     pub display_k: usize,
     pub ctx_opts: ContextOptions,
+    /// The constraint's matcher at the start of the completion (replayed by the driver).
+    pub constraint: Option<Constraint>,
+}
+
+/// Build the matcher of a (validated) constraint spec for `model`.
+pub fn build_constraint(
+    model: &Model,
+    spec: Option<&ConstraintSpec>,
+) -> anyhow::Result<Option<Constraint>> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let kind = ConstraintKind::parse(&spec.kind).expect("validated by settings::constraint");
+    Ok(Some(Constraint::new(&model.tok_env(), kind, &spec.source)?))
 }
 
 /// Resolve inputs, load the model and record the inputs in the (in-memory) session.
@@ -32,6 +47,7 @@ pub fn prepare(
     prompt: &PromptArgs,
     runtime: &RuntimeArgs,
     sampling: &SamplingArgs,
+    constraint_args: &ConstraintArgs,
     greedy: bool,
     reset: bool,
 ) -> anyhow::Result<Prepared> {
@@ -45,6 +61,10 @@ pub fn prepare(
     )?;
     let display_k = settings::display_k(sampling, existing.as_ref().map(|s| s.display_k))?;
     let ctx_opts = settings::context_options(runtime)?;
+    let cspec = settings::constraint(
+        constraint_args,
+        existing.as_ref().and_then(|s| s.constraint.as_ref()),
+    )?;
     let model_path = settings::model_path(
         runtime.model.as_deref(),
         existing
@@ -63,7 +83,10 @@ pub fn prepare(
     sc.session.params = params.clone();
     sc.session.preset = preset;
     sc.session.display_k = display_k;
+    let constraint = build_constraint(&model, cspec.as_ref())?;
+    sc.session.constraint = cspec;
     Ok(Prepared {
+        constraint,
         sc,
         model,
         spec,

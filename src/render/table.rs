@@ -182,6 +182,25 @@ fn dist_summary(
     )
 }
 
+/// The header line naming the active constraint.
+pub fn constraint_line(
+    w: &mut dyn Write,
+    c: &crate::session::ConstraintSpec,
+    pal: &Palette,
+) -> io::Result<()> {
+    let mut source: String = c.source.chars().take(60).collect();
+    if c.source.chars().count() > 60 {
+        source.push('…');
+    }
+    writeln!(
+        w,
+        "{} {}: {}",
+        pal.heading("constraint"),
+        c.kind,
+        super::text::display(&source.replace('\n', " "))
+    )
+}
+
 /// `ntv load`.
 pub fn load(w: &mut dyn Write, doc: &LoadDoc, pal: &Palette) -> io::Result<()> {
     let m = &doc.model;
@@ -353,6 +372,9 @@ pub fn step(w: &mut dyn Write, doc: &StepDoc, pal: &Palette) -> io::Result<()> {
             doc.removed_ids.len(),
             doc.branch
         )?;
+    }
+    if let Some(c) = &doc.constraint {
+        constraint_line(w, c, pal)?;
     }
     for r in &doc.steps {
         writeln!(w, "{}", selection_line(r, pal))?;

@@ -5,6 +5,7 @@
 mod util;
 
 mod branch;
+mod constrained;
 mod constraint;
 mod docs;
 mod engine;
