@@ -4,7 +4,8 @@
 //! Sections:
 //! 1. distribution maths per step on the full vocabulary (µs/step);
 //! 2. `ntv preview` wall time, split into load / tokenise / prefill / maths (from its JSON);
-//! 3. generation with full per-step records vs a bare decode loop of the same engine.
+//! 3. generation with full per-step records vs a bare decode loop of the same engine;
+//! 4. the constraint mask per step and generation with a JSON schema vs without.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model).
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use ntv::constraint::{Constraint, ConstraintKind};
 use ntv::driver::{Choice, Driver, dist_record};
 use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
 use ntv::sampling::{RngState, SamplingParams, StreamRng, Workspace};
@@ -229,5 +231,87 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+
+    // 4. Constraints: the mask per step and constrained vs free generation.
+    let schema = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/person.schema.json"),
+    )
+    .expect("fixture");
+    let t = Instant::now();
+    let env = model.tok_env();
+    let env_ms = t.elapsed().as_secs_f64() * 1e3;
+    let json_prompt = model.tokenize(
+        "<|im_start|>user\nDescribe a person as JSON.<|im_end|>\n<|im_start|>assistant\n",
+        false,
+        true,
+    );
+    let mut free_tps = Vec::new();
+    let mut json_tps = Vec::new();
+    let mut mask_us: Vec<f64> = Vec::new();
+    for round in 0..rounds {
+        for constrained in [false, true] {
+            let mut driver = Driver::new(&model, &opts, &json_prompt).expect("context");
+            if constrained {
+                let c = Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
+                driver.set_constraint(Some(c)).expect("constraint");
+            }
+            driver.decoder().eval(&json_prompt).expect("prefill");
+            let mut rng = StreamRng::new(RngState {
+                seed: 11 + round as u64,
+                pos: 0,
+            });
+            let t = Instant::now();
+            let mut n = 0usize;
+            for _ in 0..n_tokens {
+                driver
+                    .step(&params, 10, Choice::Sample, &mut rng)
+                    .expect("step");
+                n += 1;
+                if constrained && driver.constraint_complete().expect("matcher") {
+                    break;
+                }
+            }
+            let tps = n as f64 / t.elapsed().as_secs_f64();
+            if constrained {
+                json_tps.push(tps);
+                // Mask cost alone, replaying the same completion in a fresh matcher.
+                let mut c =
+                    Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
+                for &id in driver.completion() {
+                    let t = Instant::now();
+                    black_box(c.mask().expect("mask").count());
+                    mask_us.push(t.elapsed().as_secs_f64() * 1e6);
+                    c.consume(id as u32).expect("consume");
+                }
+            } else {
+                free_tps.push(tps);
+            }
+        }
+    }
+    let mask_max = mask_us.iter().copied().fold(0.0, f64::max);
+    println!(
+        "\n## 4. constraints (JSON schema fixtures/person.schema.json), median of {rounds} rounds"
+    );
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| token environment, built once per process | {env_ms:.1} ms |");
+    println!(
+        "| mask per step (49,152 tokens): median / max | {:.1} / {:.1} µs |",
+        median(mask_us.clone()),
+        mask_max
+    );
+    println!(
+        "| generate, unconstrained | {:.1} tokens/s |",
+        median(free_tps.clone())
+    );
+    println!(
+        "| generate, JSON schema | {:.1} tokens/s |",
+        median(json_tps.clone())
+    );
+    println!(
+        "| ratio constrained / free | {:.3} |",
+        median(json_tps) / median(free_tps)
+    );
+
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
