@@ -52,6 +52,12 @@ fn classify(err: &anyhow::Error) -> (u8, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::constraint::ConstraintError>() {
             return (if e.is_input() { 2 } else { 1 }, e.hint());
         }
+        if let Some(e) = cause.downcast_ref::<crate::trace::TraceError>() {
+            return (if e.is_input() { 2 } else { 1 }, e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::commands::check::Regression>() {
+            return (1, Some(e.hint()));
+        }
         if let Some(e) = cause.downcast_ref::<crate::models::FetchError>() {
             return (1, e.hint());
         }
@@ -94,6 +100,8 @@ pub fn run() -> ExitCode {
         Command::Generate(args) => commands::generate::run(&cli.global, args),
         Command::Branch(args) => commands::branch::run(&cli.global, args),
         Command::Model(args) => commands::model::run(&cli.global, args),
+        Command::Check(args) => commands::check::run(&cli.global, args),
+        Command::Diff(args) => commands::diff::run(&cli.global, args),
         Command::Schema { name } => commands::docs::schema(name.as_deref()),
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man { dir } => commands::docs::man(&dir),

@@ -119,6 +119,20 @@ completion keeps every token up to and including the one that completed the stop
   ntv branch new alt --at 4 && ntv branch switch alt
   ntv branch diff main alt")]
     Branch(BranchArgs),
+    /// Re-run every case of a trace and compare: exit 0 when the behaviour is unchanged within
+    /// --atol, 1 on a regression, 2 on bad input.
+    #[command(after_help = "Examples:
+  ntv generate -p \"Hello\" -n 32 --seed 7 --record golden.json
+  ntv check golden.json                     in CI: fails when the behaviour moved
+  ntv check golden.json -m new-quant.gguf   the same cases on another model file")]
+    Check(CheckArgs),
+    /// Compare two traces, or two models on the same cases (KL divergence per step, same-top-1
+    /// rate, Δp of the chosen token, percentiles).
+    #[command(after_help = "Examples:
+  ntv diff run-a.json run-b.json
+  ntv diff --model-a model.Q4_1.gguf --model-b model.Q8_0.gguf -p \"Hello\" -n 64
+  ntv diff --model-a a.gguf --model-b b.gguf --batch prompts.jsonl --json")]
+    Diff(DiffArgs),
     /// Get the default test model (SmolLM2-135M-Instruct Q4_1) into the cache, or print where
     /// models are cached.
     #[command(after_help = "Examples:
@@ -132,7 +146,7 @@ completion keeps every token up to and including the one that completed the stop
   ntv schema                   every schema, keyed by name")]
     Schema {
         /// Output name: load, preview, step, generate, generate.step, branch.list, branch.show,
-        /// branch.diff, session.
+        /// branch.diff, check, diff, trace, session.
         name: Option<String>,
     },
     /// Print a shell completion script.
@@ -405,6 +419,75 @@ pub struct GenerateArgs {
     /// Start the session over when it holds a completion for another prompt or model.
     #[arg(long)]
     pub reset: bool,
+    /// Write a trace (inputs, build, every step's top candidates) for `ntv check` / `ntv diff`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Run every case of a JSONL file ({"id", "prompt", "system", "chat_template", "seed",
+    /// "max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+    /// "greedy"}; missing fields take the command-line values) without touching the session;
+    /// one JSONL record per case, then a summary.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub batch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Trace written by `ntv generate --record`.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+    /// Largest allowed difference of a recorded probability.
+    #[arg(long, default_value_t = 1e-4, value_name = "X")]
+    pub atol: f64,
+    /// Accept a different token at a near tie (the top-2 gap under --atol) instead of failing.
+    #[arg(long)]
+    pub allow_tie_flips: bool,
+    /// Run every case on this model instead of the recorded one (e.g. a new quantisation).
+    #[arg(short = 'm', long, value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// Threads for the re-run (default: the recorded count).
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Two traces to compare (the steps of the first against the second).
+    #[arg(value_name = "TRACE", num_args = 0..=2)]
+    pub traces: Vec<PathBuf>,
+    /// First model: its tokens are followed (teacher forcing) so the steps align.
+    #[arg(long = "model-a", value_name = "GGUF", requires = "model_b")]
+    pub model_a: Option<PathBuf>,
+    /// Second model, scored on model A's tokens.
+    #[arg(long = "model-b", value_name = "GGUF", requires = "model_a")]
+    pub model_b: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Cases to run (JSONL, as `generate --batch`), instead of -p.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub batch: Option<PathBuf>,
+    /// New tokens per case.
+    #[arg(
+        short = 'n',
+        long = "max-tokens",
+        value_name = "N",
+        default_value_t = 32
+    )]
+    pub max_tokens: u32,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// CPU threads.
+    #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
+    pub threads: Option<i32>,
+    /// Context size in tokens.
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub ctx_size: u32,
 }
 
 #[derive(Debug, Args)]

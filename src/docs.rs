@@ -82,7 +82,7 @@ fn render_page(cmd: clap::Command, name: &str) -> std::io::Result<Vec<u8>> {
     }
     roff.control("SH", ["SEE ALSO"]);
     roff.text([roman(
-        "ntv(1), ntv-load(1), ntv-preview(1), ntv-step(1), ntv-generate(1), ntv-branch(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
+        "ntv(1), ntv-load(1), ntv-preview(1), ntv-step(1), ntv-generate(1), ntv-branch(1), ntv-check(1), ntv-diff(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
     )]);
     roff.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
@@ -132,6 +132,9 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "branch.list",
     "branch.show",
     "branch.diff",
+    "check",
+    "diff",
+    "trace",
     "session",
 ];
 
@@ -147,6 +150,9 @@ pub fn schema(name: &str) -> Option<serde_json::Value> {
         "branch.list" => schemars::schema_for!(BranchListDoc),
         "branch.show" => schemars::schema_for!(BranchShowDoc),
         "branch.diff" => schemars::schema_for!(BranchDiffDoc),
+        "check" => schemars::schema_for!(crate::trace::CheckReport),
+        "diff" => schemars::schema_for!(crate::trace::DiffSummary),
+        "trace" => schemars::schema_for!(crate::trace::Trace),
         "session" => schemars::schema_for!(crate::session::Session),
         _ => return None,
     };

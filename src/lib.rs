@@ -21,3 +21,4 @@ pub mod render;
 pub mod sampling;
 pub mod session;
 pub mod settings;
+pub mod trace;

@@ -1,8 +1,12 @@
 //! One file per subcommand: glue between settings, engine, driver, session and render.
 
 pub mod branch;
+pub mod cases;
+pub mod check;
+pub mod diff;
 pub mod docs;
 pub mod generate;
+pub mod genloop;
 pub mod load;
 pub mod model;
 pub mod preview;

@@ -43,13 +43,13 @@ pub fn default_threads() -> i32 {
 /// A decoding context for one sequence (seq 0) of a model.
 pub struct Decoder<'m> {
     model: &'m Model,
-    ctx: LlamaContext<'m>,
+    pub(super) ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     n_batch: usize,
     /// The tokens whose K/V are in the cache, in order.
-    cached: Vec<i32>,
+    pub(super) cached: Vec<i32>,
     /// Batch row holding the logits after the last cached token, if the last decode produced it.
-    last_row: Option<i32>,
+    pub(super) last_row: Option<i32>,
     /// Tokens decoded by this context so far (for benchmarks and tests of KV reuse).
     decoded_total: usize,
     /// The context length asked for (llama.cpp may round its allocation up).

@@ -7,11 +7,13 @@ mod error;
 mod grammar;
 mod log;
 mod model;
+mod quantize;
 
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
 pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
+pub use quantize::{QUANT_TYPES, quantize};
 
 use std::sync::OnceLock;
 
@@ -22,6 +24,13 @@ static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 /// The process-wide llama.cpp backend, started on first use (logs routed first, so nothing
 /// reaches stderr unless `--verbose` asked for it).
 pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    // llama.cpp allows one backend per process: serialise the first start (two threads of a
+    // test binary may load a model at the same moment).
+    static START: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }

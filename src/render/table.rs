@@ -551,3 +551,98 @@ pub fn branch_diff(w: &mut dyn Write, doc: &BranchDiffDoc, pal: &Palette) -> io:
     t.with(Style::blank());
     writeln!(w, "{t}")
 }
+
+/// `ntv check`.
+pub fn check(
+    w: &mut dyn Write,
+    report: &crate::trace::CheckReport,
+    build_notes: &[String],
+    piece: &dyn Fn(usize, Option<i32>) -> String,
+    pal: &Palette,
+) -> io::Result<()> {
+    for note in build_notes {
+        writeln!(
+            w,
+            "{}",
+            pal.muted(&format!("recorded on another build: {note}"))
+        )?;
+    }
+    let mut b = Builder::default();
+    b.push_record(["case", "result", "steps", "max |Δp|", "first divergence"]);
+    for c in &report.cases {
+        let first = match &c.first_divergence {
+            Some(d) => format!(
+                "step {} ({}): expected {} p={} · got {} p={}{}",
+                d.step,
+                d.kind.as_str(),
+                piece(c.case_index, d.expected_id),
+                d.expected_p.map_or("-".into(), |p| format!("{p:.5}")),
+                piece(c.case_index, d.actual_id),
+                d.actual_p.map_or("-".into(), |p| format!("{p:.5}")),
+                if d.near_tie { " · near tie" } else { "" }
+            ),
+            None => "-".into(),
+        };
+        b.push_record([
+            c.id.clone().unwrap_or_else(|| c.case_index.to_string()),
+            if c.passed {
+                pal.kept("pass")
+            } else {
+                pal.warn("FAIL")
+            },
+            c.steps_compared.to_string(),
+            format!("{:.2e}", c.max_abs_diff),
+            first,
+        ]);
+    }
+    let mut t = b.build();
+    t.with(Style::blank());
+    writeln!(w, "{t}")?;
+    let failed = report.cases.iter().filter(|c| !c.passed).count();
+    writeln!(
+        w,
+        "{} {} of {} case(s) passed (atol {:e}{})",
+        pal.heading("check:"),
+        report.cases.len() - failed,
+        report.cases.len(),
+        report.atol,
+        if report.exact_tokens {
+            ", exact tokens"
+        } else {
+            ", tie flips allowed"
+        }
+    )
+}
+
+/// `ntv diff`.
+pub fn diff(w: &mut dyn Write, s: &crate::trace::DiffSummary, pal: &Palette) -> io::Result<()> {
+    let mut b = Builder::default();
+    b.push_record([
+        "steps",
+        "KL mean",
+        "KL median",
+        "KL p99",
+        "KL max",
+        "same top-1",
+        "Δp mean",
+        "Δp rms",
+    ]);
+    b.push_record([
+        s.n_steps.to_string(),
+        format!("{:.5}", s.kl_mean),
+        format!("{:.5}", s.kl_median),
+        format!("{:.5}", s.kl_p99),
+        format!("{:.5}", s.kl_max),
+        format!("{:.1}%", s.same_top1_pct),
+        format!("{:+.4}", s.delta_p_mean),
+        format!("{:.4}", s.delta_p_rms),
+    ]);
+    let mut t = b.build();
+    t.with(Style::blank());
+    writeln!(
+        w,
+        "{} (KL in nats, KL(p_a ‖ p_b) per step)",
+        pal.heading("diff")
+    )?;
+    writeln!(w, "{t}")
+}

@@ -126,6 +126,36 @@ fn every_json_output_validates_against_its_schema() {
     let diff = sb.json(&["branch", "diff", "main", "main~1", "--json"]);
     validate("branch.diff", &diff);
     validate("session", &sb.session_json());
+    let trace = sb.path().join("t.json");
+    sb.jsonl(&[
+        "generate",
+        "--no-session",
+        "-p",
+        PROMPT,
+        "-n",
+        "3",
+        "--seed",
+        "1",
+        "--record",
+        trace.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    let recorded: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    validate("trace", &recorded);
+    validate(
+        "check",
+        &sb.json(&["check", trace.to_str().unwrap(), "--json"]),
+    );
+    validate(
+        "diff",
+        &sb.json(&[
+            "diff",
+            trace.to_str().unwrap(),
+            trace.to_str().unwrap(),
+            "--json",
+        ]),
+    );
 }
 
 #[test]

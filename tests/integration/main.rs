@@ -12,5 +12,8 @@ mod engine;
 mod errors;
 mod generate;
 mod preview;
+mod readme;
+mod regress;
 mod session_file;
 mod step;
+mod trace;
