@@ -192,6 +192,11 @@ fn fetch_into(path: &Path) -> Result<(), FetchError> {
         context: format!("move the model to {}", path.display()),
         source: e.error,
     })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+    }
     let _ = writeln!(stderr, "ntv: cached {}", path.display());
     Ok(())
 }

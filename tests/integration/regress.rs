@@ -110,13 +110,16 @@ fn check_passes_across_thread_counts() {
     let sb = Sandbox::new();
     let golden = record(&sb, &["-t", "1"]);
     for t in ["1", "2"] {
-        let out = sb.run(&["check", golden.to_str().unwrap(), "-t", t]);
+        let out = sb.run(&["check", golden.to_str().unwrap(), "-t", t, "--json"]);
         assert_eq!(
             out.status.code(),
             Some(0),
             "threads {t}: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // The determinism contract (README): bit-identical across thread counts on the CPU.
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["cases"][0]["max_abs_diff"].as_f64(), Some(0.0), "threads {t}");
     }
 }
 
