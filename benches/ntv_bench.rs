@@ -313,5 +313,140 @@ fn main() {
         median(json_tps) / median(free_tps)
     );
 
+    // 5. One-shot `ntv step` processes on long contexts, with and without the prefix cache.
+    // (Measured first: RUSAGE_CHILDREN is the maximum over every child so far, and so far the
+    // children were `ntv preview` runs only.)
+    let rss = peak_rss_kb(exe, &path, threads);
+    step_processes(exe, &path, threads);
+    let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e6);
+    println!(
+        "\npeak RSS of `ntv preview`: {:.0} MB (model file {file_mb:.0} MB; target ≤ file + 150 MB = {:.0} MB)",
+        rss as f64 / 1e3,
+        file_mb + 150.0
+    );
     println!("\nmodel load in-process: {load_ms:.0} ms");
+}
+
+fn time_process(exe: &str, args: &[&str], dir: &std::path::Path, threads: i32) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .args(args)
+        .args(["-t", &threads.to_string()])
+        .current_dir(dir)
+        .output()
+        .expect("run ntv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn step_processes(exe: &str, model: &std::path::Path, threads: i32) {
+    let m = model.to_str().expect("utf-8 path");
+    let base_dir = tempfile::tempdir().expect("temp dir");
+    // Baseline: a process that loads the model and decodes one token.
+    let baseline = median(
+        (0..5)
+            .map(|_| {
+                time_process(
+                    exe,
+                    &[
+                        "preview",
+                        "--no-session",
+                        "--no-chat-template",
+                        "-m",
+                        m,
+                        "-p",
+                        "x",
+                    ],
+                    base_dir.path(),
+                    threads,
+                )
+            })
+            .collect(),
+    );
+    println!(
+        "\n## 5. `ntv step` as a fresh process, ms (median); baseline = load + one decode as a process: {baseline:.0} ms"
+    );
+    println!(
+        "| context tokens | first call (prefill) | cached step | uncached step | cached / baseline | uncached / cached |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let sentence = "The lighthouse keeper watched the sea and wrote in his log every night. ";
+    for (target, repeats, cached_runs) in
+        [(32usize, 1usize, 10usize), (300, 20, 10), (2000, 140, 20)]
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prompt = format!("Summarise: {}", sentence.repeat(repeats));
+        let first = time_process(
+            exe,
+            &[
+                "step",
+                "-m",
+                m,
+                "-p",
+                &prompt,
+                "-c",
+                "4096",
+                "--greedy",
+                "--no-chat-template",
+            ],
+            dir.path(),
+            threads,
+        );
+        let cached: Vec<f64> = (0..cached_runs)
+            .map(|_| {
+                time_process(
+                    exe,
+                    &["step", "--greedy", "-c", "4096"],
+                    dir.path(),
+                    threads,
+                )
+            })
+            .collect();
+        let uncached: Vec<f64> = (0..3)
+            .map(|_| {
+                time_process(
+                    exe,
+                    &["step", "--greedy", "-c", "4096", "--no-cache"],
+                    dir.path(),
+                    threads,
+                )
+            })
+            .collect();
+        let (c, u) = (median(cached.clone()), median(uncached));
+        let worst = cached.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| ~{target} | {first:.0} | {c:.0} (worst of {cached_runs}: {worst:.0}) | {u:.0} | {:.2} | {:.1} |",
+            c / baseline,
+            u / c
+        );
+    }
+}
+
+/// Peak resident set of an `ntv preview` child process, in KB.
+fn peak_rss_kb(exe: &str, model: &std::path::Path, threads: i32) -> i64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(exe)
+        .args([
+            "preview",
+            "--no-session",
+            "The capital of France is",
+            "-t",
+            &threads.to_string(),
+        ])
+        .arg("-m")
+        .arg(model)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run ntv");
+    assert!(status.success());
+    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_CHILDREN covers the
+    // waited-for children of this process (every ntv run above, so this is their maximum).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
 }

@@ -194,6 +194,13 @@ pub struct RuntimeArgs {
         value_name = "N"
     )]
     pub gpu_layers: Option<u32>,
+    /// Do not use the prefix cache (KV state of earlier calls, kept beside the session in
+    /// SESSION.kvcache/; always safe to delete).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Largest size of the prefix cache in MB; least recently used entries go first.
+    #[arg(long = "cache-size", value_name = "MB", default_value_t = 1024)]
+    pub cache_size: u64,
 }
 
 /// What the model sees.

@@ -82,11 +82,20 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     prep.sc.session.stop = stops.clone();
 
     let model = &prep.model;
+    let cache = super::kv_cache(&prep.sc, &args.runtime);
+    let fingerprint = prep
+        .sc
+        .session
+        .model
+        .as_ref()
+        .map(super::cache_fingerprint)
+        .unwrap_or_default();
     let mut driver = Driver::new(model, &prep.ctx_opts, &prep.prompt_ids)?;
     let branch = prep.sc.session.active_mut();
     let mut rng = branch_rng(branch, &args.seed);
     driver.set_completion(&branch.completion_ids)?;
     driver.set_constraint(prep.constraint.take())?;
+    super::restore_prefix(cache.as_ref(), &mut driver, &fingerprint);
     let start = branch.completion_ids.len();
     let branch_name = branch.name.clone();
 
@@ -170,6 +179,7 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     }
     let branch = prep.sc.session.active_mut();
     branch.stop_reason = Some(stop_reason.as_str().to_string());
+    super::save_prefix(cache.as_ref(), &mut driver, &fingerprint);
     drop(driver);
     if let Some(path) = &args.record {
         let input = CaseInput {

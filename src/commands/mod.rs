@@ -273,3 +273,57 @@ pub fn write_json<T: serde::Serialize>(
 ) -> anyhow::Result<()> {
     Ok(crate::render::json::write(out, value, pretty)?)
 }
+
+/// The prefix cache of this call: beside the session (`SESSION.kvcache/`), none with
+/// `--no-cache` or `--no-session`. A cache that cannot be opened is skipped with a warning.
+pub fn kv_cache(sc: &SessionCtx, rt: &RuntimeArgs) -> Option<crate::kvcache::KvCache> {
+    if rt.no_cache {
+        return None;
+    }
+    let path = sc.path.as_ref()?;
+    let dir = crate::kvcache::dir_for_session(path);
+    match crate::kvcache::KvCache::open(&dir, rt.cache_size.saturating_mul(1_000_000)) {
+        // A cache needs no durability: every entry is checksummed and verified on use.
+        Ok(c) => Some(c.with_fsync(false)),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: prefix cache {} unavailable ({e}); decoding the whole context",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// The cache key of a model file.
+pub fn cache_fingerprint(m: &ModelRef) -> String {
+    format!("{}:{}", m.fingerprint.size, m.fingerprint.sha256_head_tail)
+}
+
+/// Restore the longest cached prefix of the driver's context (no-op without a cache).
+pub fn restore_prefix(
+    cache: Option<&crate::kvcache::KvCache>,
+    driver: &mut crate::driver::Driver<'_>,
+    fingerprint: &str,
+) -> usize {
+    let Some(cache) = cache else { return 0 };
+    let context = driver.context().to_vec();
+    cache.restore_into(driver.decoder(), fingerprint, &context)
+}
+
+/// Save what the driver's KV cache holds for the next call (a failure only warns).
+pub fn save_prefix(
+    cache: Option<&crate::kvcache::KvCache>,
+    driver: &mut crate::driver::Driver<'_>,
+    fingerprint: &str,
+) {
+    if let Some(cache) = cache
+        && let Err(e) = cache.save_from(driver.decoder(), fingerprint)
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not update the prefix cache: {e}"
+        );
+    }
+}

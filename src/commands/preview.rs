@@ -91,7 +91,14 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
     let mut driver = Driver::new(&model, &ctx_opts, &ids)?;
     driver.set_completion(&completion)?;
     driver.set_constraint(super::stepping::build_constraint(&model, cspec.as_ref())?)?;
+    let cache = if args.prompt_logprobs {
+        None // teacher forcing decodes every position anyway
+    } else {
+        super::kv_cache(&sc, &args.runtime)
+    };
+    let fingerprint = super::cache_fingerprint(&mref);
     let t = Instant::now();
+    super::restore_prefix(cache.as_ref(), &mut driver, &fingerprint);
     let mut logprobs = None;
     if args.prompt_logprobs {
         let mut rows = Vec::with_capacity(ids.len());
@@ -132,6 +139,7 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let dist = driver.preview(&params, display_k)?;
     let maths_ms = ms(t);
+    super::save_prefix(cache.as_ref(), &mut driver, &fingerprint);
 
     if args.save {
         adopt_inputs(&mut sc.session, &mref, &spec, args.reset)?;

@@ -121,11 +121,20 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
     };
 
     let model = &prep.model;
+    let cache = super::kv_cache(&prep.sc, &args.runtime);
+    let fingerprint = prep
+        .sc
+        .session
+        .model
+        .as_ref()
+        .map(super::cache_fingerprint)
+        .unwrap_or_default();
     let mut driver = Driver::new(model, &prep.ctx_opts, &prep.prompt_ids)?;
     let branch = prep.sc.session.active_mut();
     let mut rng = branch_rng(branch, &args.seed);
     driver.set_completion(&branch.completion_ids)?;
     driver.set_constraint(prep.constraint.take())?;
+    super::restore_prefix(cache.as_ref(), &mut driver, &fingerprint);
     let start = branch.completion_ids.len();
     let mut records = Vec::new();
     let mut stop = None;
@@ -160,6 +169,7 @@ pub fn run(global: &GlobalArgs, args: StepArgs) -> anyhow::Result<()> {
         }
     }
     let context_token_count = driver.context().len();
+    super::save_prefix(cache.as_ref(), &mut driver, &fingerprint);
     drop(driver);
     prep.sc.save()?;
 

@@ -8,6 +8,7 @@ mod grammar;
 mod log;
 mod model;
 mod quantize;
+mod state;
 
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;

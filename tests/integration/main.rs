@@ -11,6 +11,8 @@ mod docs;
 mod engine;
 mod errors;
 mod generate;
+mod kvcache;
+mod prefix_cache;
 mod preview;
 mod readme;
 mod regress;

@@ -119,7 +119,11 @@ fn check_passes_across_thread_counts() {
         );
         // The determinism contract (README): bit-identical across thread counts on the CPU.
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["cases"][0]["max_abs_diff"].as_f64(), Some(0.0), "threads {t}");
+        assert_eq!(
+            report["cases"][0]["max_abs_diff"].as_f64(),
+            Some(0.0),
+            "threads {t}"
+        );
     }
 }
 

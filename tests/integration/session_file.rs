@@ -291,7 +291,11 @@ fn writes_leave_no_temporary_files() {
     sb.json(&["preview", "-m", m(), "--format", "json"]);
     assert_eq!(
         listing(sb.path()),
-        set(&["ntv-session.json", "ntv-session.json.lock"]),
+        set(&[
+            "ntv-session.json",
+            "ntv-session.json.lock",
+            "ntv-session.json.kvcache"
+        ]),
         "only the session and its lock may be left"
     );
     let s = sb.session_json();
@@ -377,6 +381,10 @@ fn concurrent_steps_are_serialised_by_the_lock() {
     );
     assert_eq!(
         listing(sb.path()),
-        set(&["ntv-session.json", "ntv-session.json.lock"])
+        set(&[
+            "ntv-session.json",
+            "ntv-session.json.lock",
+            "ntv-session.json.kvcache"
+        ])
     );
 }

@@ -1,0 +1,143 @@
+//! The prefix cache through the CLI: cached and uncached steps record the same numbers, and a
+//! corrupt, truncated or missing cache is ignored, never trusted.
+
+use serde_json::Value;
+
+use crate::util::{PROMPT, Sandbox, m};
+
+fn cache_files(sb: &Sandbox) -> Vec<std::path::PathBuf> {
+    let dir = sb.path().join("ntv-session.json.kvcache");
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ntvkv"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn branch(sb: &Sandbox) -> Value {
+    sb.session_json()["branches"][0].clone()
+}
+
+fn steps(sb: &Sandbox, n: usize, extra: &[&str]) {
+    for _ in 0..n {
+        let mut args = vec!["step", "--temp", "1", "--seed", "3", "--json"];
+        args.extend_from_slice(extra);
+        sb.json(&args);
+    }
+}
+
+#[test]
+fn cached_and_uncached_steps_record_identical_numbers() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    for sb in [&a, &b] {
+        sb.json(&[
+            "step",
+            "-m",
+            m(),
+            "-p",
+            PROMPT,
+            "--greedy",
+            "--seed",
+            "1",
+            "--json",
+        ]);
+    }
+    steps(&a, 6, &[]);
+    steps(&b, 6, &["--no-cache"]);
+    assert!(
+        !cache_files(&a).is_empty(),
+        "the cached run keeps a prefix cache"
+    );
+    assert_eq!(branch(&a)["completion_ids"], branch(&b)["completion_ids"]);
+    assert_eq!(
+        branch(&a)["appended_meta"],
+        branch(&b)["appended_meta"],
+        "cached steps must record exactly the numbers of uncached ones"
+    );
+    // generate and preview use the cache too, with the same results.
+    let ga = a.jsonl(&[
+        "generate", "-n", "4", "--seed", "5", "--temp", "1", "--format", "jsonl",
+    ]);
+    let gb = b.jsonl(&[
+        "generate",
+        "-n",
+        "4",
+        "--seed",
+        "5",
+        "--temp",
+        "1",
+        "--format",
+        "jsonl",
+        "--no-cache",
+    ]);
+    assert_eq!(
+        ga.last().unwrap()["completion_ids"],
+        gb.last().unwrap()["completion_ids"]
+    );
+    let pa = a.json(&["preview", "--json"]);
+    let pb = b.json(&["preview", "--json", "--no-cache"]);
+    assert_eq!(pa["dist"], pb["dist"]);
+}
+
+#[test]
+fn corrupt_truncated_or_missing_cache_entries_are_ignored() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    for sb in [&a, &b] {
+        sb.json(&[
+            "step",
+            "-m",
+            m(),
+            "-p",
+            PROMPT,
+            "--greedy",
+            "--seed",
+            "1",
+            "--json",
+        ]);
+        steps(sb, 2, &[]);
+    }
+    // Flip bytes in the middle of every entry of a.
+    for f in cache_files(&a) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        for x in &mut bytes[mid..mid + 64] {
+            *x ^= 0xA5;
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    steps(&a, 1, &[]);
+    steps(&b, 1, &["--no-cache"]);
+    assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
+
+    // Truncate every entry.
+    for f in cache_files(&a) {
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+    }
+    steps(&a, 1, &[]);
+    steps(&b, 1, &["--no-cache"]);
+    assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
+
+    // Deleting the cache at any time is safe.
+    std::fs::remove_dir_all(a.path().join("ntv-session.json.kvcache")).unwrap();
+    steps(&a, 1, &[]);
+    steps(&b, 1, &["--no-cache"]);
+    assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
+
+    // A rewind onto another branch uses the shared prefix and still agrees.
+    for sb in [&a, &b] {
+        sb.json(&["step", "--at", "2", "--token", "504", "--json"]);
+    }
+    steps(&a, 2, &[]);
+    steps(&b, 2, &["--no-cache"]);
+    let (sa, sb_) = (a.session_json(), b.session_json());
+    assert_eq!(sa["branches"], sb_["branches"]);
+}
