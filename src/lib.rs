@@ -15,6 +15,7 @@ pub mod docs;
 pub mod driver;
 #[allow(unsafe_code)]
 pub mod engine;
+pub mod fsutil;
 pub mod kvcache;
 pub mod models;
 pub mod record;

@@ -7,9 +7,7 @@
 //! - [`SessionLock`] serialises read-modify-write cycles of concurrent processes. Commands that
 //!   only read need no lock: thanks to the atomic rename they always see a whole file.
 
-use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -153,14 +151,6 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// The folder a file lives in (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
 /// Writes `session` to `path` atomically as pretty JSON with a trailing newline.
 ///
 /// The serialised text is parsed back first, so ntv never writes a file it could not read.
@@ -176,34 +166,11 @@ pub fn save(path: &Path, session: &Session) -> Result<(), SessionError> {
         message: format!("it would not read back: {e}"),
     })?;
 
-    let dir = parent_dir(path);
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |error| SessionError::Io { op, path, error }
-    };
-    let mut prefix = OsString::from(".");
-    prefix.push(path.file_name().unwrap_or_default());
-    prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        // Best effort: keep the permissions of the file being replaced.
-        let _ = tmp.as_file().set_permissions(meta.permissions());
-    }
-    tmp.write_all(text.as_bytes())
-        .map_err(io("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
-    // On failure the PersistError drops the temporary file, which deletes it.
-    tmp.persist(path)
-        .map_err(|e| io("replace", path)(e.error))?;
-    // Best effort: make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| SessionError::Io {
+        op: e.op,
+        path: e.path,
+        error: e.error,
+    })
 }
 
 /// The lock file of a session: `<path>.lock`, next to it.

@@ -30,8 +30,6 @@ pub use diff::{
 };
 pub use error::TraceError;
 
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::Path;
 
 use schemars::JsonSchema;
@@ -445,34 +443,9 @@ pub fn write(path: &Path, trace: &Trace) -> Result<(), TraceError> {
         message: format!("it would not read back: {e}"),
     })?;
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let io = |op: &'static str, p: &Path| {
-        let path = p.to_path_buf();
-        move |error| TraceError::Io { op, path, error }
-    };
-    let mut prefix = OsString::from(".");
-    prefix.push(path.file_name().unwrap_or_default());
-    prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    tmp.write_all(text.as_bytes())
-        .map_err(io("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
-    // On failure the PersistError drops the temporary file, which deletes it.
-    tmp.persist(path).map_err(|e| TraceError::Io {
-        op: "replace",
-        path: path.to_path_buf(),
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| TraceError::Io {
+        op: e.op,
+        path: e.path,
         error: e.error,
-    })?;
-    // Best effort: make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
