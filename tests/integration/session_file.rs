@@ -388,3 +388,37 @@ fn concurrent_steps_are_serialised_by_the_lock() {
         ])
     );
 }
+
+#[test]
+fn a_changed_model_file_is_reported_loudly() {
+    let sb = Sandbox::new();
+    let copy = sb.path().join("model.gguf");
+    std::fs::copy(m(), &copy).unwrap();
+    sb.json(&[
+        "step",
+        "-m",
+        copy.to_str().unwrap(),
+        "-p",
+        PROMPT,
+        "--greedy",
+        "--json",
+    ]);
+    // Same path, different bytes (a trailing byte llama.cpp ignores): the fingerprint moves.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\0").unwrap();
+    drop(f);
+    let out = sb.run(&["step", "--greedy", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("changed"),
+        "no loud warning: {stderr}"
+    );
+}
