@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod attribution;
 pub mod chat;
 pub mod cli;
 pub mod commands;

@@ -2,18 +2,22 @@
 //! model loading and facts, tokens, decoding with KV-cache reuse and logits. Everything that
 //! leaves this module is plain data (`i32` ids, `f32` logits, `String`s).
 
+mod capture;
 mod decoder;
 mod error;
 mod grammar;
 mod log;
 mod model;
+mod occlude;
 mod quantize;
 mod state;
 
+pub use capture::{AttentionCapture, AttentionRows, attention_rows};
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
 pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
+pub use occlude::{LeaveOneOut, Occluder};
 pub use quantize::{QUANT_TYPES, quantize};
 
 use std::sync::OnceLock;

@@ -4,6 +4,8 @@
 
 mod util;
 
+mod attribution_llama;
+mod autograd;
 mod branch;
 mod constrained;
 mod constraint;

@@ -1,0 +1,866 @@
+//! Gradient attribution (saliency, input×gradient, integrated gradients) through a
+//! differentiable forward pass of the llama family (llama, mistral, smollm) and qwen2/qwen3,
+//! written in candle over the GGUF's weights dequantised to f32 on the CPU.
+//!
+//! The forward follows llama.cpp on the GGUF layout, not Hugging Face's:
+//! - llama-arch GGUFs have their Q/K weights permuted by `convert_hf_to_gguf` for llama.cpp's
+//!   NORMAL RoPE, which rotates adjacent pairs `(x[2i], x[2i+1])`; qwen2/qwen3 are converted
+//!   unpermuted and use NEOX RoPE (`x[i]` with `x[i + d/2]`), as llama.cpp does;
+//! - RMSNorm eps from `<arch>.attention.layer_norm_rms_epsilon`, RoPE base from
+//!   `<arch>.rope.freq_base` (linear scaling and `rope_freqs.weight` factors honoured), grouped
+//!   query attention from `<arch>.attention.head_count_kv`;
+//! - output projection `output.weight`, or the tied `token_embd.weight` when absent.
+//!
+//! Only input gradients are computed: weights are plain (untracked) tensors, and every matmul
+//! with a weight goes through `FrozenLinear`, whose backward returns the input's gradient
+//! only, so no weight gradient is ever formed. Logits are computed at the last position only.
+//!
+//! Semantics (attribution.md, "What the numbers mean"): the target function is p(target) by
+//! default, gradients are taken with respect to the input embeddings; the Inseq aggregation is
+//! the L2 norm over the hidden dimension, L1-normalised over the context.
+//!
+//! Tested on the llama-arch test model (SmolLM2; Mistral and SmolLM GGUFs are converted as
+//! `llama` too). The qwen2/qwen3 paths (NEOX RoPE, Q/K/V biases, per-head Q/K RMSNorm) follow
+//! llama.cpp but have not been checked against it on a real model yet.
+//!
+//! Threads: see `compute_pool` (on 2 cores, `CANDLE_NUM_THREADS=1` is the fastest setting).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+
+use super::error::AttributionError;
+use super::legendre::gauss_legendre_unit;
+
+/// GGUF architectures the autograd forward supports.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// Memory budget for one batch of integrated-gradients steps (activations kept for backward).
+const IG_MEMORY_BUDGET: usize = 2 << 30;
+/// Most interpolated inputs in one batch (beyond this, batching gains nothing on a CPU).
+const IG_MAX_BATCH: usize = 25;
+
+type CResult<T> = candle_core::Result<T>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeStyle {
+    /// llama.cpp NORMAL: adjacent pairs (GGUF layout of llama-arch Q/K weights).
+    Interleaved,
+    /// llama.cpp NEOX: halves.
+    Neox,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+/// A model's weights in f32 on the CPU, loaded once, with a differentiable forward pass.
+pub struct AutogradModel {
+    arch: String,
+    n_embd: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    n_vocab: usize,
+    eps: f64,
+    rope_style: RopeStyle,
+    rope_dim: usize,
+    /// Angular frequency of each rotated pair (len `rope_dim / 2`).
+    inv_freq: Vec<f64>,
+    tok_embd: Tensor,
+    output: Tensor,
+    output_norm: Tensor,
+    layers: Vec<Layer>,
+    unk_id: u32,
+    eos_id: Option<u32>,
+    device: Device,
+}
+
+/// What is differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetFn {
+    /// p(target) (Inseq's default).
+    #[default]
+    Prob,
+    /// log p(target).
+    Logprob,
+    /// The target's raw logit.
+    Logit,
+}
+
+/// How the per-dimension attribution of a token becomes one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Agg {
+    /// L2 norm over the hidden dimension, L1-normalised over the context (sums to 1).
+    #[default]
+    Inseq,
+    /// Signed sum over the hidden dimension (what IG's completeness checks).
+    Sum,
+    /// L2 norm over the hidden dimension, unnormalised.
+    L2,
+}
+
+/// Integrated gradients' starting point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// The embedding of token `id` at every position, except positions whose token is in
+    /// `keep`, which keep their own embedding (Inseq's default: unk/pad id, end-of-turn kept).
+    Token { id: u32, keep: Vec<u32> },
+    /// All-zero embeddings (badly conditioned for RMSNorm models).
+    Zero,
+}
+
+/// A gradient method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GradMethod {
+    Saliency,
+    InputXGradient,
+    /// Gauss–Legendre path integral with `steps` nodes on [0, 1].
+    IntegratedGradients {
+        steps: usize,
+        baseline: Baseline,
+    },
+}
+
+/// The result of one gradient attribution.
+#[derive(Debug, Clone)]
+pub struct GradAttribution {
+    /// One score per context token, per the aggregation asked for.
+    pub scores: Vec<f64>,
+    /// Signed sum over the hidden dimension, one per context token.
+    pub raw: Vec<f64>,
+    /// p(target) at the input under this engine.
+    pub target_prob: f64,
+    /// Integrated gradients only: |Σ raw − (f(input) − f(baseline))|.
+    pub completeness_error: Option<f64>,
+}
+
+/// `x @ wᵀ` for a constant weight `w` ([out, in]); the backward pass returns only the input's
+/// gradient (`grad @ w`), so no weight gradient is computed.
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen-linear: f32 input expected");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-linear: contiguous input expected");
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.matmul(&self.w)?))
+    }
+}
+
+/// `x [.., in] @ wᵀ (+ b)` → `[.., out]`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+    let dims = x.dims().to_vec();
+    let (lead, inner) = dims.split_at(dims.len() - 1);
+    let m: usize = lead.iter().product();
+    let x2 = x.contiguous()?.reshape((m, inner[0]))?;
+    let y = x2.apply_op1(FrozenLinear { w: w.clone() })?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+fn log_softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+fn meta_err(path: &Path, message: impl Into<String>) -> AttributionError {
+    AttributionError::BadModel {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn meta_uint(v: &Value) -> Option<u64> {
+    match v {
+        Value::U8(x) => Some(*x as u64),
+        Value::U16(x) => Some(*x as u64),
+        Value::U32(x) => Some(*x as u64),
+        Value::U64(x) => Some(*x),
+        Value::I8(x) => u64::try_from(*x).ok(),
+        Value::I16(x) => u64::try_from(*x).ok(),
+        Value::I32(x) => u64::try_from(*x).ok(),
+        Value::I64(x) => u64::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+fn meta_float(v: &Value) -> Option<f64> {
+    match v {
+        Value::F32(x) => Some(*x as f64),
+        Value::F64(x) => Some(*x),
+        other => meta_uint(other).map(|x| x as f64),
+    }
+}
+
+struct Gguf {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+    arch: String,
+}
+
+impl Gguf {
+    fn key(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(&format!("{}.{key}", self.arch))
+    }
+
+    fn uint(&self, key: &str) -> Result<Option<usize>, AttributionError> {
+        match self.key(key) {
+            None => Ok(None),
+            Some(v) => meta_uint(v).map(|x| Some(x as usize)).ok_or_else(|| {
+                meta_err(
+                    &self.path,
+                    format!("{}.{key} is not an unsigned integer", self.arch),
+                )
+            }),
+        }
+    }
+
+    fn req_uint(&self, key: &str) -> Result<usize, AttributionError> {
+        self.uint(key)?.ok_or_else(|| {
+            meta_err(
+                &self.path,
+                format!("metadata {}.{key} is missing", self.arch),
+            )
+        })
+    }
+
+    fn float(&self, key: &str) -> Result<Option<f64>, AttributionError> {
+        match self.key(key) {
+            None => Ok(None),
+            Some(v) => meta_float(v).map(Some).ok_or_else(|| {
+                meta_err(&self.path, format!("{}.{key} is not a number", self.arch))
+            }),
+        }
+    }
+
+    fn global_uint(&self, key: &str) -> Option<u64> {
+        self.content.metadata.get(key).and_then(meta_uint)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<Tensor, AttributionError> {
+        if !self.has(name) {
+            return Err(meta_err(&self.path, format!("tensor {name} is missing")));
+        }
+        let q = self
+            .content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| meta_err(&self.path, format!("tensor {name}: {e}")))?;
+        q.dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| meta_err(&self.path, format!("dequantise {name}: {e}")))
+    }
+
+    fn opt_tensor(&mut self, name: &str) -> Result<Option<Tensor>, AttributionError> {
+        if self.has(name) {
+            self.tensor(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl AutogradModel {
+    /// Read a GGUF file and dequantise its weights to f32 (CPU). An architecture outside
+    /// [`SUPPORTED_ARCHITECTURES`] gives [`AttributionError::UnsupportedArchitecture`].
+    pub fn load(path: &Path) -> Result<Self, AttributionError> {
+        let file = File::open(path).map_err(|source| AttributionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| AttributionError::Gguf {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(meta_err(path, "general.architecture is missing")),
+        };
+        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(AttributionError::UnsupportedArchitecture {
+                arch,
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            });
+        }
+        let mut g = Gguf {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            arch: arch.clone(),
+        };
+        let n_embd = g.req_uint("embedding_length")?;
+        let n_layer = g.req_uint("block_count")?;
+        let n_head = g.req_uint("attention.head_count")?;
+        let n_head_kv = g.uint("attention.head_count_kv")?.unwrap_or(n_head);
+        let head_dim = g
+            .uint("attention.key_length")?
+            .unwrap_or(n_embd / n_head.max(1));
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || head_dim == 0 {
+            return Err(meta_err(
+                path,
+                format!("unsupported head layout: {n_head} heads, {n_head_kv} KV heads"),
+            ));
+        }
+        if let Some(v) = g.uint("attention.value_length")?
+            && v != head_dim
+        {
+            return Err(meta_err(path, "key and value head sizes differ"));
+        }
+        let eps = g.float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let freq_base = g.float("rope.freq_base")?.unwrap_or(10000.0);
+        let rope_dim = g.uint("rope.dimension_count")?.unwrap_or(head_dim);
+        if rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
+            return Err(meta_err(
+                path,
+                format!("bad rope.dimension_count {rope_dim}"),
+            ));
+        }
+        let mut freq_scale = 1.0;
+        if let Some(Value::String(kind)) = g.key("rope.scaling.type") {
+            match kind.as_str() {
+                "none" => {}
+                "linear" => {
+                    if let Some(f) = g.float("rope.scaling.factor")?
+                        && f > 0.0
+                    {
+                        freq_scale = 1.0 / f;
+                    }
+                }
+                other => {
+                    return Err(meta_err(
+                        path,
+                        format!("RoPE scaling `{other}` is not supported by the autograd engine"),
+                    ));
+                }
+            }
+        }
+        let rope_style = match arch.as_str() {
+            "qwen2" | "qwen3" => RopeStyle::Neox,
+            _ => RopeStyle::Interleaved,
+        };
+        let freq_factors: Option<Vec<f32>> = g
+            .opt_tensor("rope_freqs.weight")?
+            .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
+            .transpose()?;
+        let inv_freq: Vec<f64> = (0..rope_dim / 2)
+            .map(|i| {
+                let f = freq_scale * freq_base.powf(-2.0 * i as f64 / rope_dim as f64);
+                match &freq_factors {
+                    Some(ff) => f / ff.get(i).copied().unwrap_or(1.0) as f64,
+                    None => f,
+                }
+            })
+            .collect();
+
+        let tok_embd = g.tensor("token_embd.weight")?;
+        let (n_vocab, d) = tok_embd.dims2()?;
+        if d != n_embd {
+            return Err(meta_err(path, "token_embd.weight does not match n_embd"));
+        }
+        let output = match g.opt_tensor("output.weight")? {
+            Some(t) => t,
+            None => tok_embd.clone(),
+        };
+        let output_norm = g.tensor("output_norm.weight")?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: g.tensor(&p("attn_norm.weight"))?,
+                wq: g.tensor(&p("attn_q.weight"))?,
+                wk: g.tensor(&p("attn_k.weight"))?,
+                wv: g.tensor(&p("attn_v.weight"))?,
+                bq: g.opt_tensor(&p("attn_q.bias"))?,
+                bk: g.opt_tensor(&p("attn_k.bias"))?,
+                bv: g.opt_tensor(&p("attn_v.bias"))?,
+                q_norm: g.opt_tensor(&p("attn_q_norm.weight"))?,
+                k_norm: g.opt_tensor(&p("attn_k_norm.weight"))?,
+                wo: g.tensor(&p("attn_output.weight"))?,
+                ffn_norm: g.tensor(&p("ffn_norm.weight"))?,
+                w_gate: g.tensor(&p("ffn_gate.weight"))?,
+                w_up: g.tensor(&p("ffn_up.weight"))?,
+                w_down: g.tensor(&p("ffn_down.weight"))?,
+            });
+        }
+        let unk_id = g
+            .global_uint("tokenizer.ggml.unknown_token_id")
+            .unwrap_or(0) as u32;
+        let eos_id = g
+            .global_uint("tokenizer.ggml.eos_token_id")
+            .map(|x| x as u32);
+        Ok(Self {
+            arch,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            eps,
+            rope_style,
+            rope_dim,
+            inv_freq,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            unk_id,
+            eos_id,
+            device: Device::Cpu,
+        })
+    }
+
+    /// The GGUF architecture name.
+    pub fn architecture(&self) -> &str {
+        &self.arch
+    }
+
+    /// Vocabulary size (rows of the embedding matrix).
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// Hidden size.
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
+    /// Number of transformer blocks.
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Inseq's default baseline for integrated gradients: the unknown token's embedding
+    /// (`tokenizer.ggml.unknown_token_id`, else id 0) everywhere, end-of-sequence positions
+    /// (`tokenizer.ggml.eos_token_id`) keeping their own embedding.
+    pub fn default_baseline(&self) -> Baseline {
+        Baseline::Token {
+            id: self.unk_id,
+            keep: self.eos_id.into_iter().collect(),
+        }
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<(), AttributionError> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.n_vocab) {
+            return Err(AttributionError::BadInput(format!(
+                "token id {bad} is out of range (vocabulary of {})",
+                self.n_vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// Input embeddings of `ids`: `[1, n, n_embd]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor, AttributionError> {
+        self.check_ids(ids)?;
+        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.tok_embd.index_select(&idx, 0)?.unsqueeze(0)?)
+    }
+
+    fn rope_tables(&self, n: usize) -> CResult<(Tensor, Tensor)> {
+        let half = self.rope_dim / 2;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for f in &self.inv_freq {
+                let theta = p as f64 * f;
+                cos.push(theta.cos() as f32);
+                sin.push(theta.sin() as f32);
+            }
+        }
+        let shape: &[usize] = match self.rope_style {
+            RopeStyle::Interleaved => &[1, n, 1, half, 1],
+            RopeStyle::Neox => &[1, n, 1, half],
+        };
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?,
+            Tensor::from_vec(sin, shape, &self.device)?,
+        ))
+    }
+
+    /// RoPE on `x` `[b, n, heads, head_dim]`, llama.cpp's convention for this architecture.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+        let (b, n, h, hd) = x.dims4()?;
+        let rd = self.rope_dim;
+        let half = rd / 2;
+        let xr = if rd < hd {
+            x.narrow(3, 0, rd)?
+        } else {
+            x.clone()
+        };
+        let rotated = match self.rope_style {
+            RopeStyle::Interleaved => {
+                let xr = xr.reshape((b, n, h, half, 2))?;
+                let x0 = xr.narrow(4, 0, 1)?;
+                let x1 = xr.narrow(4, 1, 1)?;
+                let o0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+                let o1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+                Tensor::cat(&[o0, o1], 4)?.reshape((b, n, h, rd))?
+            }
+            RopeStyle::Neox => {
+                let x0 = xr.narrow(3, 0, half)?;
+                let x1 = xr.narrow(3, half, half)?;
+                let o0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+                let o1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+                Tensor::cat(&[o0, o1], 3)?
+            }
+        };
+        if rd < hd {
+            Tensor::cat(&[rotated, x.narrow(3, rd, hd - rd)?], 3)
+        } else {
+            Ok(rotated)
+        }
+    }
+
+    fn forward_last(&self, x: &Tensor) -> CResult<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+        let (cos, sin) = self.rope_tables(n)?;
+        let mask: Vec<f32> = (0..n * n)
+            .map(|i| {
+                if i % n > i / n {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, n), &self.device)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let rep = h / hkv;
+        let mut x = x.clone();
+        for l in &self.layers {
+            let hn = rms_norm(&x, &l.attn_norm, self.eps)?;
+            let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
+            let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
+            let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
+            if let Some(w) = &l.q_norm {
+                q = rms_norm(&q, w, self.eps)?;
+            }
+            if let Some(w) = &l.k_norm {
+                k = rms_norm(&k, w, self.eps)?;
+            }
+            let q = self.rope(&q, &cos, &sin)?.transpose(1, 2)?.contiguous()?;
+            let k = self.rope(&k, &cos, &sin)?.transpose(1, 2)?;
+            let v = v.transpose(1, 2)?;
+            let (k, v) = if rep > 1 {
+                let k = k
+                    .unsqueeze(2)?
+                    .broadcast_as((b, hkv, rep, n, hd))?
+                    .reshape((b, h, n, hd))?;
+                let v = v
+                    .unsqueeze(2)?
+                    .broadcast_as((b, hkv, rep, n, hd))?
+                    .reshape((b, h, n, hd))?;
+                (k, v)
+            } else {
+                (k.contiguous()?, v.contiguous()?)
+            };
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = softmax_last(&att)?;
+            let o = att
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, n, h * hd))?;
+            x = (x + linear(&o, &l.wo, None)?)?;
+            let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
+            let g = linear(&hn, &l.w_gate, None)?.silu()?;
+            let u = linear(&hn, &l.w_up, None)?;
+            x = (x + linear(&(g * u)?, &l.w_down, None)?)?;
+        }
+        let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
+        let last = rms_norm(&last, &self.output_norm, self.eps)?;
+        linear(&last, &self.output, None)
+    }
+
+    /// Logits at the last position of each sequence: `embeddings` `[b, n, n_embd]` →
+    /// `[b, n_vocab]`. Differentiable with respect to `embeddings`.
+    pub fn logits_last(&self, embeddings: &Tensor) -> Result<Tensor, AttributionError> {
+        let (_, n, d) = embeddings.dims3()?;
+        if n == 0 || d != self.n_embd {
+            return Err(AttributionError::BadInput(format!(
+                "embeddings of shape {:?} do not fit the model (n_embd {})",
+                embeddings.dims(),
+                self.n_embd
+            )));
+        }
+        Ok(self.forward_last(embeddings)?)
+    }
+}
+
+fn target_value(logits: &Tensor, target: u32, f: TargetFn) -> CResult<Tensor> {
+    let t = target as usize;
+    match f {
+        TargetFn::Logit => logits.narrow(1, t, 1),
+        TargetFn::Prob => softmax_last(logits)?.narrow(1, t, 1),
+        TargetFn::Logprob => log_softmax_last(logits)?.narrow(1, t, 1),
+    }
+}
+
+/// Next-token logits after `context` under the autograd forward (for parity checks).
+pub fn next_token_logits(
+    model: &AutogradModel,
+    context: &[u32],
+) -> Result<Vec<f32>, AttributionError> {
+    in_compute_pool(|| next_token_logits_inner(model, context))
+}
+
+fn next_token_logits_inner(
+    model: &AutogradModel,
+    context: &[u32],
+) -> Result<Vec<f32>, AttributionError> {
+    if context.is_empty() {
+        return Err(AttributionError::BadInput("the context is empty".into()));
+    }
+    let e = model.embed(context)?;
+    Ok(model.logits_last(&e)?.squeeze(0)?.to_vec1::<f32>()?)
+}
+
+/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent).
+fn value_and_grad(
+    model: &AutogradModel,
+    inputs: &Tensor,
+    target: u32,
+    f: TargetFn,
+) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
+    let var = Var::from_tensor(inputs)?;
+    let logits = model.logits_last(var.as_tensor())?;
+    let vals = target_value(&logits, target, f)?;
+    let grads = vals.sum_all()?.backward()?;
+    let g = grads
+        .get(var.as_tensor())
+        .ok_or_else(|| AttributionError::Compute("no gradient reached the input".into()))?
+        .clone();
+    Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+}
+
+fn prob_of(logits: &Tensor, target: u32) -> Result<f64, AttributionError> {
+    let p = softmax_last(&logits.narrow(0, 0, 1)?)?
+        .narrow(1, target as usize, 1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(p[0] as f64)
+}
+
+/// Attribute `target` (the token predicted after `context`) to each context token.
+pub fn attribute(
+    model: &AutogradModel,
+    context: &[u32],
+    target: u32,
+    method: GradMethod,
+    target_fn: TargetFn,
+    agg: Agg,
+) -> Result<GradAttribution, AttributionError> {
+    in_compute_pool(|| attribute_inner(model, context, target, method, target_fn, agg))
+}
+
+fn attribute_inner(
+    model: &AutogradModel,
+    context: &[u32],
+    target: u32,
+    method: GradMethod,
+    target_fn: TargetFn,
+    agg: Agg,
+) -> Result<GradAttribution, AttributionError> {
+    if context.is_empty() {
+        return Err(AttributionError::BadInput("the context is empty".into()));
+    }
+    model.check_ids(&[target])?;
+    let e = model.embed(context)?; // [1, n, d]
+    let (_, n, d) = e.dims3()?;
+    let (attr, target_prob, completeness) = match method {
+        GradMethod::Saliency | GradMethod::InputXGradient => {
+            let (_, g, logits) = value_and_grad(model, &e, target, target_fn)?;
+            let p = prob_of(&logits, target)?;
+            let attr = if method == GradMethod::Saliency {
+                g
+            } else {
+                (&e * &g)?
+            };
+            (attr, p, None)
+        }
+        GradMethod::IntegratedGradients { steps, baseline } => {
+            if steps == 0 {
+                return Err(AttributionError::BadInput(
+                    "integrated gradients needs at least one step".into(),
+                ));
+            }
+            let b = baseline_embeddings(model, context, &e, &baseline)?;
+            let diff = (&e - &b)?;
+            let (alphas, weights) = gauss_legendre_unit(steps);
+            // Bytes of activations kept per interpolated input (attention maps dominate on
+            // long contexts, per-token activations on short ones).
+            let per_layer = 4 * (4 * model.n_head * n * n + n * (16 * d + 8 * model.ffn_dim()));
+            let per_input = (per_layer * model.n_layer()).max(1);
+            let chunk = (IG_MEMORY_BUDGET / per_input).clamp(1, IG_MAX_BATCH);
+            let mut acc = Tensor::zeros((1, n, d), DType::F32, &model.device)?;
+            for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
+                let k = a_chunk.len();
+                let a = Tensor::from_vec(
+                    a_chunk.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+                    (k, 1, 1),
+                    &model.device,
+                )?;
+                let w = Tensor::from_vec(
+                    w_chunk.iter().map(|&w| w as f32).collect::<Vec<_>>(),
+                    (k, 1, 1),
+                    &model.device,
+                )?;
+                let inputs = b.broadcast_add(&diff.broadcast_mul(&a)?)?;
+                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn)?;
+                acc = (acc + g.broadcast_mul(&w)?.sum_keepdim(0)?)?;
+            }
+            let attr = (&diff * &acc)?;
+            // f(input) and f(baseline) in one forward of two rows.
+            let ends = Tensor::cat(&[&e, &b], 0)?;
+            let logits = model.logits_last(&ends)?;
+            let f = target_value(&logits, target, target_fn)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let p = prob_of(&logits, target)?;
+            let sum: f64 = attr.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+            let err = (sum - (f[0] as f64 - f[1] as f64)).abs();
+            (attr, p, Some(err))
+        }
+    };
+    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
+    let raw = attr.sum(1)?.to_vec1::<f64>()?;
+    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+    let scores = match agg {
+        Agg::Sum => raw.clone(),
+        Agg::L2 => l2,
+        Agg::Inseq => {
+            let total: f64 = l2.iter().sum();
+            if total > 0.0 {
+                l2.iter().map(|x| x / total).collect()
+            } else {
+                l2
+            }
+        }
+    };
+    Ok(GradAttribution {
+        scores,
+        raw,
+        target_prob,
+        completeness_error: completeness,
+    })
+}
+
+fn baseline_embeddings(
+    model: &AutogradModel,
+    context: &[u32],
+    e: &Tensor,
+    baseline: &Baseline,
+) -> Result<Tensor, AttributionError> {
+    match baseline {
+        Baseline::Zero => Ok(e.zeros_like()?),
+        Baseline::Token { id, keep } => {
+            let ids: Vec<u32> = context
+                .iter()
+                .map(|t| if keep.contains(t) { *t } else { *id })
+                .collect();
+            model.embed(&ids)
+        }
+    }
+}
+
+impl AutogradModel {
+    fn ffn_dim(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.w_up.dim(0).ok())
+            .unwrap_or(4 * self.n_embd)
+    }
+}
+
+/// Where the autograd computation runs. candle's CPU backend runs matmuls on rayon's global
+/// pool (one thread per core) and large element-wise ops on its own spinning "barrier pool"
+/// (cores − 1 workers); on a 2-core machine the two pools fight over the cores (the barrier
+/// workers spin after each element-wise op while the matmul threads wait for a core), which
+/// made integrated gradients ~4× slower than either pool alone. There, unless the user chose
+/// the threads (`CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`), the computation runs inside a
+/// private one-thread rayon pool: matmuls then stay on that thread and the element-wise ops
+/// keep the second core. Measured on 2 cores, IG 8 + 64 steps on 25 tokens: 48.5 s with
+/// candle's defaults, 15.4 s with this pool, 10.5 s with `CANDLE_NUM_THREADS=1` set before start
+/// (the fastest: a binary may set it in `main` before any thread starts).
+fn compute_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let chosen = ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if chosen || cores > 2 {
+            return None;
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "ntv-autograd".into())
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match compute_pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}

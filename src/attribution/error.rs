@@ -1,0 +1,32 @@
+//! Errors of the attribution engines.
+
+use std::path::PathBuf;
+
+/// Why an attribution could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
+    #[error(
+        "the gradient methods (saliency, input_x_gradient, integrated_gradients) do not support the `{arch}` architecture (supported: {supported}); use `attention` or `occlusion`, which work for every architecture llama.cpp runs"
+    )]
+    UnsupportedArchitecture { arch: String, supported: String },
+    #[error("GGUF model {path}: {message}")]
+    BadModel { path: PathBuf, message: String },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("autograd computation failed: {0}")]
+    Compute(String),
+}
+
+impl From<candle_core::Error> for AttributionError {
+    fn from(e: candle_core::Error) -> Self {
+        AttributionError::Compute(e.to_string())
+    }
+}

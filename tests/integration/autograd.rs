@@ -1,0 +1,303 @@
+//! The autograd attribution engine (candle, f32 dequantised weights) on the real test model:
+//! parity of its forward with llama.cpp, the public worked example, IG's completeness.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use ntv::attribution::{
+    Agg, AttributionError, AutogradModel, Baseline, GradMethod, TargetFn, attribute,
+    next_token_logits,
+};
+use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
+use serde_json::Value;
+
+use crate::util::{KNOWN_IDS, model};
+
+fn autograd_model() -> &'static AutogradModel {
+    static M: OnceLock<AutogradModel> = OnceLock::new();
+    M.get_or_init(|| AutogradModel::load(model()).expect("autograd model loads"))
+}
+
+fn known_ids() -> Vec<u32> {
+    KNOWN_IDS.iter().map(|&i| i as u32).collect()
+}
+
+fn ig(steps: usize) -> GradMethod {
+    GradMethod::IntegratedGradients {
+        steps,
+        baseline: autograd_model().default_baseline(),
+    }
+}
+
+fn log_softmax(l: &[f32]) -> Vec<f64> {
+    let m = l.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let lse = l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+    l.iter().map(|&x| x as f64 - lse).collect()
+}
+
+fn argmax(l: &[f32]) -> usize {
+    l.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+#[test]
+fn autograd_forward_matches_llama_cpp() {
+    let am = autograd_model();
+    assert_eq!(am.architecture(), "llama");
+    let lm = Model::load(model(), &LoadOptions::default()).expect("llama.cpp model loads");
+    let mut prompts: Vec<Vec<i32>> = vec![KNOWN_IDS.iter().map(|&i| i as i32).collect()];
+    for text in [
+        "The quick brown fox jumps over the lazy dog. The dog",
+        "fn main() {\n    let x = vec![1, 2, 3];\n    println!(\"{}\", x",
+        "<|im_start|>user\nWhat is 7 times 8?<|im_end|>\n<|im_start|>assistant\n",
+    ] {
+        prompts.push(lm.tokenize(text, false, true));
+    }
+    let mut kls = Vec::new();
+    for ids in &prompts {
+        let opts = ContextOptions {
+            n_threads: 1,
+            ..ContextOptions::default()
+        };
+        let mut dec = Decoder::new(&lm, &opts).expect("context");
+        let ll = dec.eval(ids).expect("llama.cpp eval").to_vec();
+        let uids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let al = next_token_logits(am, &uids).expect("autograd logits");
+        assert_eq!(ll.len(), al.len(), "vocabulary sizes differ");
+        let (lp, ap) = (log_softmax(&ll), log_softmax(&al));
+        let kl: f64 = lp
+            .iter()
+            .zip(&ap)
+            .map(|(l, a)| {
+                if l.is_finite() {
+                    l.exp() * (l - a)
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        let (tl, ta) = (argmax(&ll), argmax(&al));
+        eprintln!(
+            "parity: {} tokens, top-1 llama.cpp {tl} (p={:.4}) autograd {ta} (p={:.4}), KL {kl:.5}",
+            ids.len(),
+            lp[tl].exp(),
+            ap[ta].exp()
+        );
+        assert_eq!(tl, ta, "top-1 differs for prompt {ids:?}");
+        kls.push(kl);
+    }
+    let mean = kls.iter().sum::<f64>() / kls.len() as f64;
+    eprintln!("parity: mean KL(llama.cpp || autograd) = {mean:.5} nats");
+    assert!(mean < 0.01, "mean KL {mean} nats ≥ 0.01: {kls:?}");
+}
+
+fn example() -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/attribution-example.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("example is JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(x: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..x.len()).collect();
+        idx.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
+        let mut r = vec![0.0; x.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+                j += 1;
+            }
+            for k in i..=j {
+                r[idx[k]] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+fn check_inseq_scores(scores: &[f64], n: usize, what: &str) {
+    assert_eq!(scores.len(), n, "{what}: one score per context token");
+    assert!(
+        scores.iter().all(|s| s.is_finite() && *s >= 0.0),
+        "{what}: scores finite and non-negative: {scores:?}"
+    );
+    let total: f64 = scores.iter().sum();
+    assert!((total - 1.0).abs() < 1e-9, "{what}: scores sum to {total}");
+}
+
+#[test]
+fn public_example_is_reproduced() {
+    let am = autograd_model();
+    assert_eq!(
+        am.default_baseline(),
+        Baseline::Token {
+            id: 0,
+            keep: vec![2]
+        },
+        "the example's baseline: id 0, <|im_end|> (id 2) kept"
+    );
+    let ex = example();
+    for case in ex["cases"].as_array().expect("cases") {
+        let context = ids(&case["context_ids"]);
+        let target = case["target_id"].as_u64().expect("target") as u32;
+        for (name, method) in [
+            ("saliency", GradMethod::Saliency),
+            ("input_x_gradient", GradMethod::InputXGradient),
+            ("integrated_gradients", ig(50)),
+        ] {
+            let started = Instant::now();
+            let got = attribute(am, &context, target, method, TargetFn::Prob, Agg::Inseq)
+                .expect("attribution");
+            let secs = started.elapsed().as_secs_f64();
+            let want = floats(&case["scores"][name]);
+            check_inseq_scores(&got.scores, context.len(), name);
+            assert_eq!(got.raw.len(), context.len());
+            let max_diff = got
+                .scores
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            let rho = spearman(&got.scores, &want);
+            eprintln!(
+                "example target {target} ({} tokens) {name}: max |Δ| {max_diff:.2e}, Spearman {rho:.4}, p(target) {:.4}, {secs:.2} s, completeness {:?}",
+                context.len(),
+                got.target_prob,
+                got.completeness_error
+            );
+            assert!(
+                max_diff < 1e-3,
+                "{name} for target {target}: max |Δ| {max_diff} (Spearman {rho})\n got {:?}\nwant {want:?}",
+                got.scores
+            );
+        }
+    }
+}
+
+#[test]
+fn integrated_gradients_completeness_improves_with_steps() {
+    let am = autograd_model();
+    let context = known_ids();
+    let err = |steps| {
+        let a = attribute(am, &context, 504, ig(steps), TargetFn::Prob, Agg::Sum).expect("IG");
+        assert_eq!(a.scores, a.raw, "--agg sum gives the raw signed scores");
+        a.completeness_error
+            .expect("IG reports its completeness error")
+    };
+    let (e8, e64) = (err(8), err(64));
+    eprintln!("IG completeness error: 8 steps {e8:.3e}, 64 steps {e64:.3e}");
+    assert!(e64 < e8, "completeness error 8 steps {e8}, 64 steps {e64}");
+}
+
+#[test]
+fn scores_are_well_formed_for_every_target_function_and_aggregation() {
+    let am = autograd_model();
+    let context = known_ids();
+    let n = context.len();
+    for target_fn in [TargetFn::Prob, TargetFn::Logprob, TargetFn::Logit] {
+        for method in [GradMethod::Saliency, GradMethod::InputXGradient, ig(4)] {
+            let inseq = attribute(am, &context, 504, method.clone(), target_fn, Agg::Inseq)
+                .expect("attribution");
+            check_inseq_scores(&inseq.scores, n, &format!("{method:?} {target_fn:?}"));
+            assert!(inseq.target_prob > 0.0 && inseq.target_prob <= 1.0);
+            let l2 = attribute(am, &context, 504, method.clone(), target_fn, Agg::L2)
+                .expect("attribution");
+            assert_eq!(l2.scores.len(), n);
+            assert!(l2.scores.iter().all(|s| s.is_finite() && *s >= 0.0));
+            let total: f64 = l2.scores.iter().sum();
+            for (a, b) in inseq.scores.iter().zip(&l2.scores) {
+                assert!((a - b / total).abs() < 1e-9, "inseq = l2 normalised");
+            }
+            assert!(l2.raw.iter().all(|s| s.is_finite()));
+        }
+    }
+    // A candidate next token other than the top one, and a one-token context.
+    let a = attribute(
+        am,
+        &[1],
+        504,
+        GradMethod::Saliency,
+        TargetFn::Prob,
+        Agg::Inseq,
+    )
+    .expect("one-token context");
+    assert_eq!(a.scores, vec![1.0]);
+    // Bad input is an error, not a panic.
+    assert!(matches!(
+        attribute(
+            am,
+            &[],
+            504,
+            GradMethod::Saliency,
+            TargetFn::Prob,
+            Agg::Inseq
+        ),
+        Err(AttributionError::BadInput(_))
+    ));
+    assert!(matches!(
+        attribute(
+            am,
+            &context,
+            1 << 20,
+            GradMethod::Saliency,
+            TargetFn::Prob,
+            Agg::Inseq
+        ),
+        Err(AttributionError::BadInput(_))
+    ));
+}
+
+#[test]
+fn unsupported_architecture_is_a_clear_error() {
+    use candle_core::quantized::gguf_file::{Value as GValue, write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gpt2.gguf");
+    let mut f = std::fs::File::create(&path).expect("create");
+    let arch = GValue::String("gpt2".into());
+    write(&mut f, &[("general.architecture", &arch)], &[]).expect("write GGUF");
+    drop(f);
+    let err = AutogradModel::load(&path)
+        .err()
+        .expect("gpt2 is not supported");
+    let msg = err.to_string();
+    assert!(matches!(
+        err,
+        AttributionError::UnsupportedArchitecture { .. }
+    ));
+    for needle in ["gpt2", "llama", "qwen2", "qwen3", "attention", "occlusion"] {
+        assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
+    }
+}
