@@ -98,8 +98,7 @@ fn autograd_forward_matches_llama_cpp() {
 }
 
 fn example() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/attribution-example.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/attribution-example.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("example is JSON")
