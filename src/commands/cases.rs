@@ -130,16 +130,10 @@ pub fn run_case(model: &Model, input: &CaseInput) -> anyhow::Result<CaseRun> {
             Ok(())
         },
     )?;
-    let mut text = Vec::new();
-    for &id in &completion_ids {
-        if !model.is_eog(id) {
-            text.extend_from_slice(&model.piece_bytes(id));
-        }
-    }
     Ok(CaseRun {
+        completion_text: super::text_of(model, &completion_ids),
         case: trace_case(input, trace_model(model)?, ids, steps, outcome.stop_reason),
         completion_ids,
-        completion_text: String::from_utf8_lossy(&text).into_owned(),
         tokens_per_second: if outcome.seconds > 0.0 {
             outcome.n_tokens as f64 / outcome.seconds
         } else {

@@ -208,15 +208,7 @@ pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
 
     let branch = prep.sc.session.active();
     let new_ids = branch.completion_ids[start..].to_vec();
-    let new_text = {
-        let mut b = Vec::new();
-        for &id in &new_ids {
-            if !model.is_eog(id) {
-                b.extend_from_slice(&model.piece_bytes(id));
-            }
-        }
-        String::from_utf8_lossy(&b).into_owned()
-    };
+    let new_text = super::text_of(model, &new_ids);
     let n = new_ids.len();
     let summary = GenerateSummary {
         kind: "summary".into(),

@@ -19,26 +19,8 @@ pub fn run(global: &GlobalArgs, args: LoadArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model, &runtime)?;
     let mref = model_ref(&model)?;
     warn_if_model_changed(&sc.session, &mref, &mut std::io::stderr());
-    let changed = sc
-        .session
-        .model
-        .as_ref()
-        .is_some_and(|m| m.path != mref.path);
-    let has_completion = sc
-        .session
-        .branches
-        .iter()
-        .any(|b| !b.completion_ids.is_empty());
-    if changed && has_completion {
-        if !args.reset {
-            return Err(crate::app::input_err(
-                "this session holds a completion made with another model",
-                "pass --reset to start the session over, or --session NEW.json to keep both",
-            ));
-        }
-        let fresh = crate::session::Session::new();
-        sc.session.branches = fresh.branches;
-        sc.session.active_branch = fresh.active_branch;
+    if !super::same_model(&sc.session, &mref.path) {
+        super::guard_completion(&mut sc.session, "model", args.reset)?;
     }
     let fingerprint = mref.fingerprint.sha256_head_tail.clone();
     sc.session.model = Some(mref);

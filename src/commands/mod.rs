@@ -225,6 +225,50 @@ pub fn prompt_ids(model: &Model, spec: &PromptSpec) -> anyhow::Result<(String, V
     }
 }
 
+/// Whether the session's prompt (text, system prompt, template flag) is `spec`.
+pub fn same_prompt(session: &Session, spec: &PromptSpec) -> bool {
+    session.prompt.as_deref() == Some(spec.prompt.as_str())
+        && session.system.as_deref() == Some(spec.system.as_str())
+        && session.chat_template == spec.chat_template
+}
+
+/// Whether the session's model (if it has one) is the file at `path`.
+pub fn same_model(session: &Session, path: &str) -> bool {
+    session.model.as_ref().is_none_or(|m| m.path == path)
+}
+
+/// A session holding a completion made for other inputs (`what`: "prompt" or "model") is kept:
+/// refuse unless `reset`, which starts the branches over.
+pub fn guard_completion(session: &mut Session, what: &str, reset: bool) -> anyhow::Result<()> {
+    if !session
+        .branches
+        .iter()
+        .any(|b| !b.completion_ids.is_empty())
+    {
+        return Ok(());
+    }
+    if !reset {
+        return Err(input_err(
+            format!("this session holds a completion for another {what}"),
+            "pass --reset to start the session over, or --session NEW.json to keep both",
+        ));
+    }
+    let fresh = Session::new();
+    session.branches = fresh.branches;
+    session.active_branch = fresh.active_branch;
+    Ok(())
+}
+
+/// Completion text of `ids`; end-of-generation tokens are left out (as llama.cpp's server and
+/// Hugging Face's `skip_special_tokens` do for the stop token).
+pub fn text_of(model: &Model, ids: &[i32]) -> String {
+    let mut bytes = Vec::new();
+    for &id in ids.iter().filter(|&&id| !model.is_eog(id)) {
+        bytes.extend_from_slice(&model.piece_bytes(id));
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Record the call's inputs in the session. When the session already holds a completion for
 /// another prompt/model, refuse unless `reset` (then the branches start over).
 pub fn adopt_inputs(
@@ -233,25 +277,10 @@ pub fn adopt_inputs(
     spec: &PromptSpec,
     reset: bool,
 ) -> anyhow::Result<()> {
-    let same_prompt = session.prompt.as_deref() == Some(spec.prompt.as_str())
-        && session.system.as_deref() == Some(spec.system.as_str())
-        && session.chat_template == spec.chat_template;
-    let same_model = session.model.as_ref().is_none_or(|m| m.path == model.path);
-    let has_completion = session
-        .branches
-        .iter()
-        .any(|b| !b.completion_ids.is_empty());
-    if has_completion && !(same_prompt && same_model) {
-        if !reset {
-            let what = if same_model { "prompt" } else { "model" };
-            return Err(input_err(
-                format!("this session holds a completion for another {what}"),
-                "pass --reset to start the session over, or --session NEW.json to keep both",
-            ));
-        }
-        let fresh = Session::new();
-        session.branches = fresh.branches;
-        session.active_branch = fresh.active_branch;
+    if !same_model(session, &model.path) {
+        guard_completion(session, "model", reset)?;
+    } else if !same_prompt(session, spec) {
+        guard_completion(session, "prompt", reset)?;
     }
     session.prompt = Some(spec.prompt.clone());
     session.system = Some(spec.system.clone());

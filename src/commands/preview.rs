@@ -77,12 +77,7 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
 
     // The session's completion applies only to the prompt and model it was made for.
     let completion: Vec<i32> = match &existing {
-        Some(s)
-            if s.prompt.as_deref() == Some(spec.prompt.as_str())
-                && s.system.as_deref() == Some(spec.system.as_str())
-                && s.chat_template == spec.chat_template
-                && s.model.as_ref().is_none_or(|m| m.path == mref.path) =>
-        {
+        Some(s) if super::same_prompt(s, &spec) && super::same_model(s, &mref.path) => {
             s.active().completion_ids.clone()
         }
         _ => Vec::new(),

@@ -136,17 +136,16 @@ pub fn pills_from_branch(branch: &Branch) -> Vec<TokenPill> {
         .collect()
 }
 
-/// Completion text from the branch's records; end-of-generation tokens are left out (as
-/// llama.cpp's server and Hugging Face's `skip_special_tokens` do for the stop token).
+/// Completion text of a branch ([`super::text_of`]); without a model, from its records
+/// (special tokens left out).
 pub fn completion_text(model: Option<&Model>, branch: &Branch) -> String {
-    let mut bytes = Vec::new();
-    for (&id, m) in branch.completion_ids.iter().zip(&branch.appended_meta) {
-        match model {
-            Some(model) if model.is_eog(id) => {}
-            Some(model) => bytes.extend_from_slice(&model.piece_bytes(id)),
-            None if m.selected.special => {}
-            None => bytes.extend_from_slice(m.selected.text.as_bytes()),
-        }
+    match model {
+        Some(model) => super::text_of(model, &branch.completion_ids),
+        None => branch
+            .appended_meta
+            .iter()
+            .filter(|m| !m.selected.special)
+            .map(|m| m.selected.text.as_str())
+            .collect(),
     }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
