@@ -55,6 +55,9 @@ fn classify(err: &anyhow::Error) -> (u8, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::trace::TraceError>() {
             return (if e.is_input() { 2 } else { 1 }, e.hint());
         }
+        if let Some(e) = cause.downcast_ref::<crate::attribution::AttributionError>() {
+            return (if e.is_input() { 2 } else { 1 }, e.hint());
+        }
         if let Some(e) = cause.downcast_ref::<crate::commands::check::Regression>() {
             return (1, Some(e.hint()));
         }
@@ -74,6 +77,19 @@ fn classify(err: &anyhow::Error) -> (u8, Option<String>) {
         }
     }
     (1, None)
+}
+
+/// The error and its causes on one line (a cause already in the text is not repeated).
+pub fn message(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -99,6 +115,7 @@ pub fn run() -> ExitCode {
         Command::Step(args) => commands::step::run(&cli.global, args),
         Command::Generate(args) => commands::generate::run(&cli.global, args),
         Command::Branch(args) => commands::branch::run(&cli.global, args),
+        Command::Attribute(args) => commands::attribute::run(&cli.global, args),
         Command::Model(args) => commands::model::run(&cli.global, args),
         Command::Check(args) => commands::check::run(&cli.global, args),
         Command::Diff(args) => commands::diff::run(&cli.global, args),
@@ -112,15 +129,7 @@ pub fn run() -> ExitCode {
         Err(err) => {
             let (code, hint) = classify(&err);
             let mut stderr = std::io::stderr().lock();
-            let mut msg = err.to_string();
-            for cause in err.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg.push_str(": ");
-                    msg.push_str(&c);
-                }
-            }
-            let _ = writeln!(stderr, "error: {msg}");
+            let _ = writeln!(stderr, "error: {}", message(&err));
             if let Some(h) = hint {
                 let _ = writeln!(stderr, "hint: {h}");
             }

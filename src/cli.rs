@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::attribution::attention::LayerAgg;
+use crate::attribution::{Agg, BaselineChoice, Method, TargetFn};
 use crate::sampling::{Preset, SamplerOrder};
 
 /// See what a language model does at each generation step.
@@ -119,6 +121,26 @@ completion keeps every token up to and including the one that completed the stop
   ntv branch new alt --at 4 && ntv branch switch alt
   ntv branch diff main alt")]
     Branch(BranchArgs),
+    /// Explain a token: how much each earlier token (prompt and completion) contributed to it.
+    /// Reads the session; changes nothing.
+    ///
+    /// The target is a completion token (--index, default the last one), a candidate next
+    /// token (--token / --text; the most probable one when there is no completion), or every
+    /// completion token (--all). attention and occlusion run through llama.cpp on the model's
+    /// own weights (every architecture); saliency, input_x_gradient and integrated_gradients
+    /// run an autograd forward over the weights dequantised to f32 (llama, mistral, qwen2,
+    /// qwen3 families).
+    #[command(after_help = "Examples:
+  ntv attribute -p \"The capital of France is\" --no-chat-template
+  ntv attribute --index 0 --method saliency          after ntv generate
+  ntv attribute --all --method attention --format json
+  ntv attribute --token 9553 --method integrated_gradients --steps 64
+  ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
+
+Batch lines: {\"id\", \"prompt\", \"system\", \"chat_template\", \"completion_ids\",
+\"index\" | \"token\" | \"all\", \"method\", \"agg\", \"target_fn\", \"steps\",
+\"baseline\"}; missing fields take the command-line values. Output is JSONL in input order.")]
+    Attribute(AttributeArgs),
     /// Re-run every case of a trace and compare: exit 0 when the behaviour is unchanged within
     /// --atol, 1 on a regression, 2 on bad input.
     #[command(after_help = "Examples:
@@ -146,7 +168,7 @@ completion keeps every token up to and including the one that completed the stop
   ntv schema                   every schema, keyed by name")]
     Schema {
         /// Output name: load, preview, step, generate, generate.step, branch.list, branch.show,
-        /// branch.diff, check, diff, trace, session.
+        /// branch.diff, check, diff, trace, session, attribute, attribute.record.
         name: Option<String>,
     },
     /// Print a shell completion script.
@@ -435,6 +457,90 @@ pub struct GenerateArgs {
     /// one JSONL record per case, then a summary.
     #[arg(long, value_name = "FILE.jsonl")]
     pub batch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Attribution method.
+    #[arg(long, value_enum, default_value_t = Method::Attention, help_heading = "Attribution")]
+    pub method: Method,
+    /// Attribute completion token I of the active branch (negative counts from the end).
+    #[arg(long, value_name = "I", allow_negative_numbers = true, help_heading = "Target", conflicts_with_all = ["token", "text", "all"])]
+    pub index: Option<i64>,
+    /// Attribute this candidate next token id at the end of the context.
+    #[arg(long, value_name = "ID", help_heading = "Target", conflicts_with_all = ["text", "all"])]
+    pub token: Option<i64>,
+    /// Attribute the candidate next token whose text is TEXT (must be one token).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        help_heading = "Target",
+        conflicts_with = "all"
+    )]
+    pub text: Option<String>,
+    /// Attribute every completion token (a targets × context matrix).
+    #[arg(long, help_heading = "Target")]
+    pub all: bool,
+    /// How per-dimension (or per-head) values become one score per token.
+    #[arg(long, value_enum, default_value_t = Agg::Inseq, help_heading = "Attribution")]
+    pub agg: Agg,
+    /// What is explained: p(target) (default for gradient methods, as Inseq), log p (default
+    /// for occlusion) or the raw logit (gradient methods). Attention ignores it.
+    #[arg(
+        long = "target-fn",
+        value_enum,
+        value_name = "FN",
+        help_heading = "Attribution"
+    )]
+    pub target_fn: Option<TargetFn>,
+    /// Attention: layers to use, comma-separated (default all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "L,..",
+        help_heading = "Attribution"
+    )]
+    pub layers: Option<Vec<usize>>,
+    /// Attention: heads to use in every layer, comma-separated (default all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "H,..",
+        help_heading = "Attribution"
+    )]
+    pub heads: Option<Vec<usize>>,
+    /// Attention: how layers combine.
+    #[arg(long = "layer-agg", value_enum, default_value_t = LayerAgg::Mean, value_name = "HOW", help_heading = "Attribution")]
+    pub layer_agg: LayerAgg,
+    /// Integrated gradients: Gauss–Legendre nodes on the path.
+    #[arg(
+        long,
+        default_value_t = 50,
+        value_name = "N",
+        help_heading = "Attribution"
+    )]
+    pub steps: usize,
+    /// Integrated gradients' baseline: unk (the unknown/pad token's embedding, end-of-turn
+    /// tokens kept, as Inseq) or zero (all-zero embeddings: badly conditioned for RMSNorm
+    /// models such as llama, whose first normalisation then divides by ~0).
+    #[arg(long, value_enum, default_value_t = BaselineChoice::Unk, help_heading = "Attribution")]
+    pub baseline: BaselineChoice,
+    /// Contributors listed under the heatmap.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Attribute every request of a JSONL file (model loaded once); JSONL out in input order.
+    #[arg(long, value_name = "FILE.jsonl", help_heading = "Batch")]
+    pub batch: Option<PathBuf>,
+    /// Stop at the first bad batch line (default: report it and go on).
+    #[arg(long, requires = "batch", help_heading = "Batch")]
+    pub fail_fast: bool,
+    /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
+    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args)]

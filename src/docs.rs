@@ -136,6 +136,8 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "diff",
     "trace",
     "session",
+    "attribute",
+    "attribute.record",
 ];
 
 /// The JSON Schema of one output (`ntv.<name>/1`), or None for an unknown name.
@@ -154,6 +156,8 @@ pub fn schema(name: &str) -> Option<serde_json::Value> {
         "diff" => schemars::schema_for!(crate::trace::DiffSummary),
         "trace" => schemars::schema_for!(crate::trace::Trace),
         "session" => schemars::schema_for!(crate::session::Session),
+        "attribute" => schemars::schema_for!(AttributeDoc),
+        "attribute.record" => schemars::schema_for!(AttributionLine),
         _ => return None,
     };
     let mut v = serde_json::to_value(s).ok()?;

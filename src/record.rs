@@ -378,3 +378,134 @@ pub struct BranchDiffDoc {
     pub first_divergence: Option<usize>,
     pub steps: Vec<DiffStep>,
 }
+
+/// A context token with its attribution score (`ntv attribute`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScoredToken {
+    /// Position in the context (0 = first prompt token).
+    pub index: usize,
+    pub id: i32,
+    /// Exact piece.
+    pub text: String,
+    /// The piece with visible whitespace.
+    pub display: String,
+    pub special: bool,
+    /// Part of the completion (false: part of the prompt).
+    pub completion: bool,
+    pub score: f64,
+}
+
+/// The token an attribution explains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributionTarget {
+    /// "completion" (a token of the completion, `--index`) or "candidate" (a possible next
+    /// token at the end of the context, `--token`).
+    pub kind: String,
+    /// Completion index of the target (completion targets only).
+    pub index: Option<usize>,
+    pub id: i32,
+    pub text: String,
+    pub display: String,
+    pub special: bool,
+    /// p(target | context) under the engine that computed the scores.
+    pub prob: f64,
+}
+
+/// Options of the attention method, as applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttentionSelection {
+    /// Layers used (null: all).
+    pub layers: Option<Vec<usize>>,
+    /// Heads used (null: all).
+    pub heads: Option<Vec<usize>>,
+    /// How layers combine: mean, max or last.
+    pub layer_agg: String,
+}
+
+/// One target's attribution (`ntv.attribute.record/1`): an element of `ntv attribute`'s
+/// `targets`, or one line of its JSONL output (batch included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributionRecord {
+    /// Always "attribution".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The batch line's `id`, echoed (batch only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+    /// Line number in the batch file (batch only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub method: crate::attribution::Method,
+    /// inseq (non-negative, sums to 1), sum (raw signed) or l2 (unnormalised magnitudes).
+    pub aggregation: crate::attribution::Agg,
+    /// prob, logprob or logit; null for attention (it does not look at the target).
+    pub target_fn: Option<crate::attribution::TargetFn>,
+    /// "llama.cpp" (model file's weights) or "autograd" (weights dequantised to f32).
+    pub engine: crate::attribution::Engine,
+    pub target: AttributionTarget,
+    /// Context tokens (prompt plus the completion before the target).
+    pub context_len: usize,
+    /// One score per context token, in context order.
+    pub scores: Vec<ScoredToken>,
+    /// Integrated gradients: quadrature nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Integrated gradients: unk (Inseq's) or zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::attribution::BaselineChoice>,
+    /// Integrated gradients: |Σ signed scores − (f(input) − f(baseline))|, in target-function
+    /// units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completeness_error: Option<f64>,
+    /// Attention: the layers and heads used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionSelection>,
+    /// Wall time of this target's attribution (engine start-up excluded).
+    pub elapsed_ms: f64,
+}
+
+/// A batch line that failed (`ntv attribute --batch`), in the JSONL stream at its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributionFailure {
+    /// Always "error".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The line's `id`, when it could be read.
+    pub id: Option<serde_json::Value>,
+    /// Line number in the batch file (1-based).
+    pub line: usize,
+    pub error: String,
+}
+
+/// One line of `ntv attribute --batch` output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AttributionLine {
+    Ok(Box<AttributionRecord>),
+    Failed(AttributionFailure),
+}
+
+/// Timings of `ntv attribute`, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributeTimings {
+    /// llama.cpp model load.
+    pub load_ms: f64,
+    /// Attribution of every target (engine start-up included).
+    pub attribute_ms: f64,
+}
+
+/// `ntv attribute` output (`ntv.attribute/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttributeDoc {
+    pub schema: String,
+    pub model: ModelFacts,
+    pub prompt: String,
+    pub system: String,
+    pub chat_template: bool,
+    pub prompt_tokens: Vec<TokenPill>,
+    pub completion_tokens: Vec<TokenPill>,
+    pub branch: String,
+    /// One record per target (several with --all).
+    pub targets: Vec<AttributionRecord>,
+    pub timings: AttributeTimings,
+}

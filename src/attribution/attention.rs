@@ -15,7 +15,7 @@ use crate::engine::{AttentionCapture, AttentionRows};
 use super::error::AttributionError;
 
 /// How the per-layer scores combine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayerAgg {
     /// Mean over layers (Inseq's default).
     #[default]
@@ -24,6 +24,17 @@ pub enum LayerAgg {
     Max,
     /// The last selected layer only.
     Last,
+}
+
+impl LayerAgg {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Max => "max",
+            Self::Last => "last",
+        }
+    }
 }
 
 impl FromStr for LayerAgg {
@@ -48,6 +59,9 @@ pub struct AttentionOptions {
     /// Heads to use (0-based, the same in every layer); `None` = all heads.
     pub heads: Option<Vec<usize>>,
     pub layer_agg: LayerAgg,
+    /// Skip the L1 renormalisations (`--agg sum|l2`): the plain mean (or max) over the selected
+    /// heads and layers of the attention probabilities.
+    pub raw: bool,
 }
 
 /// Attention attribution of one target.
@@ -119,7 +133,9 @@ pub fn aggregate(
             }
         }
         v.iter_mut().for_each(|x| *x /= heads.len() as f64);
-        l1_normalise(&mut v);
+        if !opts.raw {
+            l1_normalise(&mut v);
+        }
         v
     });
     let mut out = match opts.layer_agg {
@@ -136,7 +152,9 @@ pub fn aggregate(
             .unwrap_or_default(),
         LayerAgg::Last => per_layer.next_back().unwrap_or_default(),
     };
-    l1_normalise(&mut out);
+    if !opts.raw {
+        l1_normalise(&mut out);
+    }
     Ok(out)
 }
 
@@ -147,21 +165,39 @@ pub fn attribute(
     context: &[i32],
     target: i32,
     opts: &AttentionOptions,
-) -> anyhow::Result<AttentionAttribution> {
-    let rows = capture.capture_last(context)?;
-    if target < 0 || target as usize >= rows.logits.len() {
-        return Err(AttributionError::BadInput(format!(
-            "target token id {target} is outside the vocabulary (0..{})",
-            rows.logits.len()
-        ))
-        .into());
-    }
-    let scores = aggregate(&rows, opts)?;
-    Ok(AttentionAttribution {
-        scores,
-        target_prob: softmax_prob(&rows.logits, target),
-        rows,
-    })
+) -> Result<AttentionAttribution, AttributionError> {
+    let last = context.len().saturating_sub(1);
+    Ok(attribute_many(capture, context, &[(last, target)], opts)?.remove(0))
+}
+
+/// Several targets from one decode of `tokens`: `(p, target)` attributes `target` predicted at
+/// position `p` (its context is `tokens[..=p]`; the causal mask makes the row the same as a
+/// decode of that prefix alone). Used for every completion token of a sequence at once.
+pub fn attribute_many(
+    capture: &mut AttentionCapture<'_>,
+    tokens: &[i32],
+    targets: &[(usize, i32)],
+    opts: &AttentionOptions,
+) -> Result<Vec<AttentionAttribution>, AttributionError> {
+    let positions: Vec<usize> = targets.iter().map(|&(p, _)| p).collect();
+    let all = capture.capture(tokens, &positions)?;
+    all.into_iter()
+        .zip(targets)
+        .map(|(rows, &(_, target))| {
+            if target < 0 || target as usize >= rows.logits.len() {
+                return Err(AttributionError::BadInput(format!(
+                    "target token id {target} is outside the vocabulary (0..{})",
+                    rows.logits.len()
+                )));
+            }
+            let scores = aggregate(&rows, opts)?;
+            Ok(AttentionAttribution {
+                scores,
+                target_prob: softmax_prob(&rows.logits, target),
+                rows,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -204,6 +240,7 @@ mod tests {
             layers: Some(vec![0]),
             heads: Some(vec![1]),
             layer_agg: LayerAgg::Mean,
+            raw: false,
         };
         assert!(close(&aggregate(&rows(), &o).unwrap(), &[0.0, 0.5, 0.5]));
         let o = AttentionOptions {
@@ -227,6 +264,19 @@ mod tests {
         assert!(aggregate(&rows(), &bad).is_err());
         assert_eq!("last".parse::<LayerAgg>().unwrap(), LayerAgg::Last);
         assert!("median".parse::<LayerAgg>().is_err());
+    }
+
+    #[test]
+    fn raw_skips_the_renormalisations() {
+        let o = AttentionOptions {
+            layers: Some(vec![0]),
+            heads: Some(vec![0]),
+            raw: true,
+            ..Default::default()
+        };
+        let mut r = rows();
+        r.data[0] = 0.25; // l0 h0 = [.25, .5, 0]: sums to .75
+        assert!(close(&aggregate(&r, &o).unwrap(), &[0.25, 0.5, 0.0]));
     }
 
     #[test]

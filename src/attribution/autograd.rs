@@ -93,7 +93,19 @@ pub struct AutogradModel {
 }
 
 /// What is differentiated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum TargetFn {
     /// p(target) (Inseq's default).
     #[default]
@@ -105,14 +117,30 @@ pub enum TargetFn {
 }
 
 /// How the per-dimension attribution of a token becomes one score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Agg {
-    /// L2 norm over the hidden dimension, L1-normalised over the context (sums to 1).
+    /// Inseq-compatible: non-negative, sums to 1 (gradients: L2 norm over the hidden
+    /// dimension; attention: mean over heads, then layers, renormalised; occlusion: drops
+    /// clamped at 0).
     #[default]
     Inseq,
-    /// Signed sum over the hidden dimension (what IG's completeness checks).
+    /// Raw signed scores (gradients: sum over the hidden dimension, what IG's completeness
+    /// checks; occlusion: the signed drop; attention: plain mean over heads and layers).
     Sum,
-    /// L2 norm over the hidden dimension, unnormalised.
+    /// Unnormalised magnitudes (gradients: L2 norm over the hidden dimension; occlusion: |drop|;
+    /// attention: as sum).
     L2,
 }
 

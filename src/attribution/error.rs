@@ -23,6 +23,34 @@ pub enum AttributionError {
     BadInput(String),
     #[error("autograd computation failed: {0}")]
     Compute(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+impl AttributionError {
+    /// True when the user's input was at fault (exit code 2).
+    pub fn is_input(&self) -> bool {
+        match self {
+            Self::UnsupportedArchitecture { .. } | Self::BadInput(_) | Self::Gguf { .. } => true,
+            Self::Engine(e) => e.is_input(),
+            Self::Io { .. } | Self::BadModel { .. } | Self::Compute(_) => false,
+        }
+    }
+
+    /// How to fix it, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::UnsupportedArchitecture { .. } => {
+                Some("pass --method attention or --method occlusion".into())
+            }
+            Self::Compute(_) => Some(
+                "integrated gradients on long contexts needs memory: lower --steps or use saliency"
+                    .into(),
+            ),
+            Self::Engine(e) => e.hint(),
+            _ => None,
+        }
+    }
 }
 
 impl From<candle_core::Error> for AttributionError {

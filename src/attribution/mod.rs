@@ -3,16 +3,19 @@
 //! Submodules, one per engine: `autograd` (saliency, input×gradient, integrated gradients
 //! through a differentiable forward pass in candle over the GGUF's weights dequantised to f32),
 //! with `legendre` (Gauss–Legendre quadrature for integrated gradients) and `error`.
-//! Other engines (attention, occlusion through llama.cpp) are declared beside these.
+//! `attention` and `occlusion` run through llama.cpp; `runner` puts the engines behind one
+//! entry point ([`Attributor`]).
 
 pub mod attention;
 pub mod autograd;
 pub mod error;
 pub mod legendre;
 pub mod occlusion;
+pub mod runner;
 
 pub use autograd::{
     Agg, AutogradModel, Baseline, GradAttribution, GradMethod, SUPPORTED_ARCHITECTURES, TargetFn,
     attribute, next_token_logits,
 };
 pub use error::AttributionError;
+pub use runner::{Attributor, BaselineChoice, Engine, Method, Options, Outcome, Target};

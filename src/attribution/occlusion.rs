@@ -1,6 +1,7 @@
 //! `occlusion` attribution through llama.cpp: leave-one-out. For each context token j,
 //! `score_j = log p(target | context) − log p(target | context without token j)` (the tokens
-//! after j move down one position). Positive: the token helped the target; negative: it hurt.
+//! after j move down one position; with `--target-fn prob` the drop in p instead of log p).
+//! Positive: the token helped the target; negative: it hurt.
 //!
 //! Cost: the full context is decoded once; each variant reuses the KV cells of the prefix before
 //! j (sequence copies) and decodes only the `n − 1 − j` tokens after it, many variants per
@@ -14,6 +15,8 @@
 //!   it), then L1-normalised to sum to 1 (all zeros when no token helped).
 
 use crate::engine::Occluder;
+
+use super::{AttributionError, TargetFn};
 
 /// How occlusion's Δ log p become scores.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,8 +35,9 @@ pub enum OcclusionAgg {
 pub struct OcclusionAttribution {
     /// One score per context token, aggregated as asked.
     pub scores: Vec<f64>,
-    /// Signed Δ log p per context token (the raw scores, whatever the aggregation).
-    pub delta_logprob: Vec<f64>,
+    /// Signed drop of the target function (log p or p) per context token, whatever the
+    /// aggregation.
+    pub delta: Vec<f64>,
     /// log p(target | full context) under llama.cpp.
     pub full_logprob: f64,
     /// Tokens decoded for this target (full context once plus the suffixes).
@@ -63,19 +67,34 @@ pub fn aggregate(delta: &[f64], agg: OcclusionAgg) -> Vec<f64> {
 }
 
 /// Occlusion attribution of `target` (any token id: a completion token or a candidate) after
-/// `context`.
+/// `context`. `target_fn` is `Logprob` (Δ log p) or `Prob` (Δ p); `Logit` is refused (the
+/// leave-one-out decode scores probabilities).
 pub fn attribute(
     occluder: &mut Occluder<'_>,
     context: &[i32],
     target: i32,
+    target_fn: TargetFn,
     agg: OcclusionAgg,
-) -> Result<OcclusionAttribution, crate::engine::EngineError> {
+) -> Result<OcclusionAttribution, AttributionError> {
+    let value: fn(f64) -> f64 = match target_fn {
+        TargetFn::Logprob => |lp| lp,
+        TargetFn::Prob => f64::exp,
+        TargetFn::Logit => {
+            return Err(AttributionError::BadInput(
+                "occlusion measures the drop in log p or p: use --target-fn logprob (its default) or prob".into(),
+            ));
+        }
+    };
     let loo = occluder.leave_one_out(context, &[target])?;
     let full = loo.full[0];
-    let delta: Vec<f64> = loo.without.iter().map(|w| full - w[0]).collect();
+    let delta: Vec<f64> = loo
+        .without
+        .iter()
+        .map(|w| value(full) - value(w[0]))
+        .collect();
     Ok(OcclusionAttribution {
         scores: aggregate(&delta, agg),
-        delta_logprob: delta,
+        delta,
         full_logprob: full,
         decoded_tokens: loo.decoded_tokens,
         decode_calls: loo.decode_calls,

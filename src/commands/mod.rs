@@ -1,5 +1,6 @@
 //! One file per subcommand: glue between settings, engine, driver, session and render.
 
+pub mod attribute;
 pub mod branch;
 pub mod cases;
 pub mod check;

@@ -1,6 +1,7 @@
 //! Rendering: tables and heat-coloured text for people, JSON for machines. Every function takes
 //! a writer and never prints by itself.
 
+pub mod heatmap;
 pub mod json;
 pub mod palette;
 pub mod table;

@@ -99,6 +99,34 @@ impl Palette {
     }
 }
 
+/// Background ramps for attribution heatmaps (xterm 256 colours), weakest first.
+const HEAT_POS: [u8; 8] = [236, 52, 88, 124, 160, 196, 202, 214];
+const HEAT_NEG: [u8; 8] = [236, 17, 18, 19, 20, 21, 27, 33];
+
+impl Palette {
+    /// Text on a background shaded by `level` in [0, 1] (share of the largest magnitude):
+    /// warm for positive scores, cold for negative ones. Identity without colour.
+    pub fn heat(&self, s: &str, level: f64, negative: bool) -> String {
+        if !self.on {
+            return s.to_string();
+        }
+        let ramp = if negative { &HEAT_NEG } else { &HEAT_POS };
+        let l = if level.is_finite() {
+            level.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let i = ((l * (ramp.len() - 1) as f64).round() as usize).min(ramp.len() - 1);
+        let fg = if i >= 6 { 16 } else { 255 };
+        s.style(
+            Style::new()
+                .on_color(owo_colors::XtermColors::from(ramp[i]))
+                .color(owo_colors::XtermColors::from(fg)),
+        )
+        .to_string()
+    }
+}
+
 /// Decide whether to colour: `--color always|never` win; for `auto`, NO_COLOR (non-empty)
 /// turns colour off, CLICOLOR_FORCE (non-empty, not "0") turns it on, else only a terminal
 /// gets colour.

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ntv::attribution::TargetFn;
 use ntv::attribution::attention::{self, AttentionOptions, LayerAgg};
 use ntv::attribution::occlusion::{self, OcclusionAgg};
 use ntv::engine::{AttentionCapture, ContextOptions, Decoder, LoadOptions, Model, Occluder};
@@ -173,6 +174,7 @@ fn attention_reproduces_the_public_example_ranking() {
                 layers: Some(vec![0, 5, 29]),
                 heads: Some(vec![0, 8]),
                 layer_agg,
+                raw: false,
             };
             let s = attention::aggregate(&a.rows, &o).unwrap();
             assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -202,13 +204,14 @@ fn occlusion_scores_the_example_and_reuses_the_kv_prefix() {
     for (ctx, target, _) in cases() {
         let n = ctx.len();
         let started = Instant::now();
-        let o = occlusion::attribute(&mut occ, &ctx, target, OcclusionAgg::Raw).unwrap();
+        let o = occlusion::attribute(&mut occ, &ctx, target, TargetFn::Logprob, OcclusionAgg::Raw)
+            .unwrap();
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "occlusion, {n}-token context, target {target}: {secs:.3} s, {} tokens in {} decodes, Δlog p {:?}",
             o.decoded_tokens,
             o.decode_calls,
-            o.delta_logprob
+            o.delta
                 .iter()
                 .map(|x| (x * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>()
@@ -241,13 +244,13 @@ fn occlusion_scores_the_example_and_reuses_the_kv_prefix() {
             let without = logp(dec.eval(&short).unwrap(), target);
             let want = full - without;
             assert!(
-                (want - o.delta_logprob[j]).abs() < 1e-4,
+                (want - o.delta[j]).abs() < 1e-4,
                 "token {j}: scratch Δ {want} vs reused-prefix Δ {}",
-                o.delta_logprob[j]
+                o.delta[j]
             );
         }
         // Aggregations.
-        let norm = occlusion::aggregate(&o.delta_logprob, OcclusionAgg::Inseq);
+        let norm = occlusion::aggregate(&o.delta, OcclusionAgg::Inseq);
         assert!((norm.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!(norm.iter().all(|&x| x >= 0.0));
     }
@@ -260,9 +263,10 @@ fn occlusion_sanity_the_key_token_matters_more_than_filler() {
     // Case 2: "... The capital of France is Paris" → "." : removing "Paris" (the last token)
     // changes p(".") far more than removing "a" of the system prompt's "You are a helpful ...".
     let (ctx, target, _) = cases().remove(1);
-    let o = occlusion::attribute(&mut occ, &ctx, target, OcclusionAgg::Raw).unwrap();
-    let key = o.delta_logprob[ctx.len() - 1].abs();
-    let filler = o.delta_logprob[5].abs();
+    let o =
+        occlusion::attribute(&mut occ, &ctx, target, TargetFn::Logprob, OcclusionAgg::Raw).unwrap();
+    let key = o.delta[ctx.len() - 1].abs();
+    let filler = o.delta[5].abs();
     assert!(key > filler, "|Δ| key {key} vs filler {filler}");
 }
 
@@ -279,7 +283,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
         assert!(a.scores.iter().all(|x| x.is_finite()));
         assert!(a.target_prob > 0.0 && a.target_prob < 1.0);
         for agg in [OcclusionAgg::Raw, OcclusionAgg::Abs, OcclusionAgg::Inseq] {
-            let o = occlusion::attribute(&mut occ, &ctx, target, agg).unwrap();
+            let o = occlusion::attribute(&mut occ, &ctx, target, TargetFn::Logprob, agg).unwrap();
             assert_eq!(o.scores.len(), ctx.len());
             assert!(o.scores.iter().all(|x| x.is_finite()));
             assert!((o.target_prob() - a.target_prob).abs() < 0.02);
@@ -287,5 +291,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
     }
     // Out-of-vocabulary targets are refused.
     assert!(attention::attribute(&mut cap, &ctx, 1 << 20, &AttentionOptions::default()).is_err());
-    assert!(occlusion::attribute(&mut occ, &ctx, -1, OcclusionAgg::Raw).is_err());
+    assert!(
+        occlusion::attribute(&mut occ, &ctx, -1, TargetFn::Logprob, OcclusionAgg::Raw).is_err()
+    );
 }

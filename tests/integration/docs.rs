@@ -126,6 +126,42 @@ fn every_json_output_validates_against_its_schema() {
     let diff = sb.json(&["branch", "diff", "main", "main~1", "--json"]);
     validate("branch.diff", &diff);
     validate("session", &sb.session_json());
+    validate(
+        "attribute",
+        &sb.json(&["attribute", "--index", "0", "--json", "--layers", "0,1"]),
+    );
+    validate(
+        "attribute",
+        &sb.json(&[
+            "attribute",
+            "--all",
+            "--method",
+            "ig",
+            "--steps",
+            "2",
+            "--json",
+        ]),
+    );
+    let batch = sb.path().join("requests.jsonl");
+    std::fs::write(
+        &batch,
+        format!(
+            "{{\"id\": 1, \"prompt\": \"{PROMPT}\", \"method\": \"occlusion\"}}\n{{\"id\": 2, \"index\": 9}}\n"
+        ),
+    )
+    .unwrap();
+    let out = sb.run(&["attribute", "--batch", batch.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "one bad line: exit 2");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["type"], "error");
+    for l in &lines {
+        validate("attribute.record", l);
+    }
     let trace = sb.path().join("t.json");
     sb.jsonl(&[
         "generate",

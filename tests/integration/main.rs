@@ -4,6 +4,7 @@
 
 mod util;
 
+mod attribute;
 mod attribution_llama;
 mod autograd;
 mod branch;

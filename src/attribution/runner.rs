@@ -1,0 +1,421 @@
+//! One entry point over the three engines: pick the engine a method needs, create it once
+//! (lazily, sized to the longest context seen so far) and attribute targets with it.
+//!
+//! - `attention` and `occlusion` run through llama.cpp on the model already loaded (quantised
+//!   weights, any architecture);
+//! - the gradient methods run through the autograd forward ([`AutogradModel`]), loaded from the
+//!   same GGUF file on first use.
+//!
+//! Every result carries one score per context token, the engine that computed it and the
+//! target's probability under that engine.
+
+use crate::engine::{AttentionCapture, Model, Occluder};
+
+use super::AttributionError;
+use super::attention::{self, AttentionOptions};
+use super::autograd::{self, Agg, AutogradModel, Baseline, GradMethod, TargetFn};
+use super::occlusion::{self, OcclusionAgg};
+
+/// An attribution method.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Attention weights from the predicting position (llama.cpp; every architecture).
+    Attention,
+    /// Leave-one-out: the drop in log p(target) without each token (llama.cpp).
+    Occlusion,
+    /// |d p(target) / d embedding| (autograd).
+    Saliency,
+    /// embedding ⊙ gradient (autograd).
+    #[value(name = "input_x_gradient", alias = "input-x-gradient", alias = "ixg")]
+    #[serde(rename = "input_x_gradient")]
+    InputXGradient,
+    /// Gauss–Legendre path integral of the gradient from a baseline (autograd).
+    #[value(
+        name = "integrated_gradients",
+        alias = "integrated-gradients",
+        alias = "ig"
+    )]
+    IntegratedGradients,
+}
+
+impl Method {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Attention => "attention",
+            Self::Occlusion => "occlusion",
+            Self::Saliency => "saliency",
+            Self::InputXGradient => "input_x_gradient",
+            Self::IntegratedGradients => "integrated_gradients",
+        }
+    }
+
+    /// Whether the method needs the autograd engine.
+    pub fn is_gradient(self) -> bool {
+        matches!(
+            self,
+            Self::Saliency | Self::InputXGradient | Self::IntegratedGradients
+        )
+    }
+
+    /// The target function used when none is asked for: p for the gradient methods (Inseq),
+    /// log p for occlusion, none for attention (it does not look at the target).
+    pub fn default_target_fn(self) -> Option<TargetFn> {
+        match self {
+            Self::Attention => None,
+            Self::Occlusion => Some(TargetFn::Logprob),
+            _ => Some(TargetFn::Prob),
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = AttributionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        <Self as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+            AttributionError::BadInput(format!(
+                "unknown method `{s}` (use attention, occlusion, saliency, input_x_gradient or integrated_gradients)"
+            ))
+        })
+    }
+}
+
+/// Which engine computed a result.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum Engine {
+    /// llama.cpp on the model file's own (possibly quantised) weights.
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
+    /// The autograd forward (candle) over the weights dequantised to f32.
+    #[serde(rename = "autograd")]
+    Autograd,
+}
+
+/// Integrated gradients' baseline, as chosen on the command line.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineChoice {
+    /// The unknown/pad token's embedding at every position, end-of-turn tokens kept (Inseq).
+    #[default]
+    Unk,
+    /// All-zero embeddings (badly conditioned for RMSNorm models such as llama: the first
+    /// normalisation divides by ~0).
+    Zero,
+}
+
+/// How to attribute: method and its options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub method: Method,
+    pub agg: Agg,
+    /// `None` = the method's default ([`Method::default_target_fn`]).
+    pub target_fn: Option<TargetFn>,
+    /// Layers, heads and layer aggregation (attention only).
+    pub attention: AttentionOptions,
+    /// Integrated gradients' quadrature nodes.
+    pub steps: usize,
+    pub baseline: BaselineChoice,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            method: Method::Attention,
+            agg: Agg::Inseq,
+            target_fn: None,
+            attention: AttentionOptions::default(),
+            steps: 50,
+            baseline: BaselineChoice::Unk,
+        }
+    }
+}
+
+impl Options {
+    /// The target function in effect (`None` for attention).
+    pub fn effective_target_fn(&self) -> Option<TargetFn> {
+        match self.method {
+            Method::Attention => None,
+            m => self.target_fn.or(m.default_target_fn()),
+        }
+    }
+}
+
+/// One target: the token predicted after `tokens[..context_len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub context_len: usize,
+    pub id: i32,
+}
+
+/// The attribution of one target.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// One score per context token, aggregated as asked.
+    pub scores: Vec<f64>,
+    /// Signed per-token values before aggregation (gradient methods: sum over the hidden
+    /// dimension; occlusion: the drop), when the method has them.
+    pub raw: Option<Vec<f64>>,
+    /// p(target) under the engine that computed the scores.
+    pub target_prob: f64,
+    pub engine: Engine,
+    /// The target function differentiated / occluded (`None` for attention).
+    pub target_fn: Option<TargetFn>,
+    /// Integrated gradients: |Σ signed scores − (f(input) − f(baseline))|.
+    pub completeness_error: Option<f64>,
+}
+
+/// Engines for one model, created on first use and kept for the next targets.
+pub struct Attributor<'m> {
+    model: &'m Model,
+    threads: i32,
+    max_tokens: usize,
+    capture: Option<AttentionCapture<'m>>,
+    capture_len: usize,
+    occluder: Option<Occluder<'m>>,
+    occluder_len: usize,
+    autograd: Option<AutogradModel>,
+}
+
+/// Room for `n` tokens, rounded up so that slightly longer contexts reuse the engine.
+fn room(n: usize, max: usize) -> usize {
+    n.max(64).next_power_of_two().min(max.max(n))
+}
+
+impl<'m> Attributor<'m> {
+    /// Engines for `model` with `threads` CPU threads, for contexts of at most `max_tokens`.
+    pub fn new(model: &'m Model, threads: i32, max_tokens: usize) -> Self {
+        Self {
+            model,
+            threads,
+            max_tokens,
+            capture: None,
+            capture_len: 0,
+            occluder: None,
+            occluder_len: 0,
+            autograd: None,
+        }
+    }
+
+    /// The autograd model, loading (dequantising) it on first use.
+    pub fn autograd(&mut self) -> Result<&AutogradModel, AttributionError> {
+        if self.autograd.is_none() {
+            self.autograd = Some(AutogradModel::load(&self.model.info().path)?);
+        }
+        Ok(self.autograd.as_ref().expect("loaded above"))
+    }
+
+    fn check_len(&self, n: usize) -> Result<(), AttributionError> {
+        if n == 0 {
+            return Err(AttributionError::BadInput(
+                "the target has no context: there is nothing to attribute it to".into(),
+            ));
+        }
+        if n > self.max_tokens {
+            return Err(crate::engine::EngineError::ContextFull {
+                needed: n,
+                n_ctx: self.max_tokens,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn capture(&mut self, n: usize) -> Result<&mut AttentionCapture<'m>, AttributionError> {
+        if self.capture.is_none() || self.capture_len < n {
+            self.capture = None; // free the old context first
+            let len = room(n, self.max_tokens);
+            self.capture = Some(AttentionCapture::new(self.model, len, self.threads)?);
+            self.capture_len = len;
+        }
+        Ok(self.capture.as_mut().expect("created above"))
+    }
+
+    fn occluder(&mut self, n: usize) -> Result<&mut Occluder<'m>, AttributionError> {
+        if self.occluder.is_none() || self.occluder_len < n {
+            self.occluder = None;
+            let len = room(n, self.max_tokens);
+            self.occluder = Some(Occluder::new(self.model, len, self.threads)?);
+            self.occluder_len = len;
+        }
+        Ok(self.occluder.as_mut().expect("created above"))
+    }
+
+    /// Attribute each target (context `tokens[..t.context_len]`) with `opts`. Attention serves
+    /// every target from one decode of the longest context; the other methods take the targets
+    /// one by one.
+    pub fn run(
+        &mut self,
+        tokens: &[i32],
+        targets: &[Target],
+        opts: &Options,
+    ) -> Result<Vec<Outcome>, AttributionError> {
+        for t in targets {
+            if t.context_len > tokens.len() {
+                return Err(AttributionError::BadInput(format!(
+                    "a target's context ({} tokens) is longer than the sequence ({})",
+                    t.context_len,
+                    tokens.len()
+                )));
+            }
+            self.check_len(t.context_len)?;
+            if t.id < 0 || t.id as usize >= self.model.n_vocab() {
+                return Err(crate::engine::EngineError::TokenOutOfRange {
+                    id: t.id.into(),
+                    n_vocab: self.model.n_vocab(),
+                }
+                .into());
+            }
+        }
+        let target_fn = opts.effective_target_fn();
+        match opts.method {
+            Method::Attention => {
+                let longest = targets.iter().map(|t| t.context_len).max().unwrap_or(0);
+                if longest == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut aopts = opts.attention.clone();
+                aopts.raw = opts.agg != Agg::Inseq;
+                let rows: Vec<(usize, i32)> =
+                    targets.iter().map(|t| (t.context_len - 1, t.id)).collect();
+                let cap = self.capture(longest)?;
+                let out = attention::attribute_many(cap, &tokens[..longest], &rows, &aopts)?;
+                Ok(out
+                    .into_iter()
+                    .map(|a| Outcome {
+                        scores: a.scores,
+                        raw: None,
+                        target_prob: a.target_prob,
+                        engine: Engine::LlamaCpp,
+                        target_fn: None,
+                        completeness_error: None,
+                    })
+                    .collect())
+            }
+            Method::Occlusion => {
+                let agg = match opts.agg {
+                    Agg::Inseq => OcclusionAgg::Inseq,
+                    Agg::Sum => OcclusionAgg::Raw,
+                    Agg::L2 => OcclusionAgg::Abs,
+                };
+                let f = target_fn.unwrap_or(TargetFn::Logprob);
+                let mut out = Vec::with_capacity(targets.len());
+                for t in targets {
+                    let occ = self.occluder(t.context_len)?;
+                    let o = occlusion::attribute(occ, &tokens[..t.context_len], t.id, f, agg)?;
+                    out.push(Outcome {
+                        target_prob: o.target_prob(),
+                        scores: o.scores,
+                        raw: Some(o.delta),
+                        engine: Engine::LlamaCpp,
+                        target_fn: Some(f),
+                        completeness_error: None,
+                    });
+                }
+                Ok(out)
+            }
+            m => {
+                let f = target_fn.unwrap_or(TargetFn::Prob);
+                let steps = opts.steps;
+                let baseline_choice = opts.baseline;
+                let agg = opts.agg;
+                let model = self.autograd()?;
+                let method = match m {
+                    Method::Saliency => GradMethod::Saliency,
+                    Method::InputXGradient => GradMethod::InputXGradient,
+                    _ => GradMethod::IntegratedGradients {
+                        steps,
+                        baseline: match baseline_choice {
+                            BaselineChoice::Unk => model.default_baseline(),
+                            BaselineChoice::Zero => Baseline::Zero,
+                        },
+                    },
+                };
+                let mut out = Vec::with_capacity(targets.len());
+                for t in targets {
+                    let ctx: Vec<u32> = tokens[..t.context_len].iter().map(|&i| i as u32).collect();
+                    let g = autograd::attribute(model, &ctx, t.id as u32, method.clone(), f, agg)?;
+                    out.push(Outcome {
+                        scores: g.scores,
+                        raw: Some(g.raw),
+                        target_prob: g.target_prob,
+                        engine: Engine::Autograd,
+                        target_fn: Some(f),
+                        completeness_error: g.completeness_error,
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in [
+            Method::Attention,
+            Method::Occlusion,
+            Method::Saliency,
+            Method::InputXGradient,
+            Method::IntegratedGradients,
+        ] {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+            assert_eq!(
+                serde_json::to_value(m).unwrap(),
+                serde_json::Value::String(m.name().into())
+            );
+        }
+        assert_eq!("ig".parse::<Method>().unwrap(), Method::IntegratedGradients);
+        assert!("lime".parse::<Method>().is_err());
+    }
+
+    #[test]
+    fn target_function_defaults() {
+        let mut o = Options::default();
+        assert_eq!(o.effective_target_fn(), None);
+        o.method = Method::Occlusion;
+        assert_eq!(o.effective_target_fn(), Some(TargetFn::Logprob));
+        o.method = Method::Saliency;
+        assert_eq!(o.effective_target_fn(), Some(TargetFn::Prob));
+        o.target_fn = Some(TargetFn::Logit);
+        assert_eq!(o.effective_target_fn(), Some(TargetFn::Logit));
+        o.method = Method::Attention;
+        assert_eq!(o.effective_target_fn(), None);
+    }
+
+    #[test]
+    fn engine_room_rounds_up_within_the_limit() {
+        assert_eq!(room(10, 4096), 64);
+        assert_eq!(room(300, 4096), 512);
+        assert_eq!(room(3000, 4096), 4096);
+        assert_eq!(room(3000, 2000), 3000);
+    }
+}

@@ -1,0 +1,440 @@
+//! `ntv attribute` end to end on the real model: the public worked example through a batch
+//! file (every method, both targets), completion and candidate targets for every method, --all
+//! as a triangular matrix equal to one-by-one attribution, the table, batch errors, --fail-fast
+//! and --shard, and that the session is only read.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::util::{PROMPT, Sandbox, f, ids, m};
+
+const METHODS: [&str; 5] = [
+    "attention",
+    "occlusion",
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+];
+
+fn example() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/attribution-example.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("example fixture")).expect("JSON")
+}
+
+fn scores(record: &Value) -> Vec<f64> {
+    record["scores"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no scores in {record}"))
+        .iter()
+        .map(|s| f(&s["score"]))
+        .collect()
+}
+
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        for &k in &idx[i..=j] {
+            r[k] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+fn write_batch(sb: &Sandbox, name: &str, lines: &[Value]) -> String {
+    let path = sb.path().join(name);
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).expect("write batch");
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// The records without their wall-clock field.
+fn timeless(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("elapsed_ms");
+    }
+    v
+}
+
+#[test]
+fn public_example_is_reproduced_through_a_batch() {
+    let sb = Sandbox::new();
+    let ex = example();
+    let mut lines = Vec::new();
+    for (c, case) in ex["cases"].as_array().unwrap().iter().enumerate() {
+        let mut completion = ids(&case["completion_ids_before_target"]);
+        completion.push(case["target_id"].as_i64().unwrap());
+        for method in [
+            "attention",
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+        ] {
+            lines.push(json!({
+                "id": format!("{c}-{method}"),
+                "prompt": PROMPT,
+                "completion_ids": completion,
+                "index": case["target_index"],
+                "method": method,
+            }));
+        }
+    }
+    let batch = write_batch(&sb, "example.jsonl", &lines);
+    let records = sb.jsonl(&["attribute", "-m", m(), "--batch", &batch]);
+    assert_eq!(records.len(), lines.len(), "one record per request");
+    for (r, line) in records.iter().zip(&lines) {
+        assert_eq!(r["type"], "attribution", "{r}");
+        assert_eq!(r["id"], line["id"], "records come in input order");
+        let c: usize = line["id"].as_str().unwrap()[..1].parse().unwrap();
+        let case = &ex["cases"][c];
+        let method = line["method"].as_str().unwrap();
+        assert_eq!(r["method"], method);
+        assert_eq!(r["target"]["id"], case["target_id"]);
+        let got = scores(r);
+        let ctx_ids: Vec<i64> = r["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ctx_ids, ids(&case["context_ids"]), "exact context, by id");
+        let want: Vec<f64> = case["scores"][method]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(f)
+            .collect();
+        assert_eq!(got.len(), want.len());
+        assert!(
+            (got.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{method}: sums to 1"
+        );
+        if method == "attention" {
+            assert_eq!(r["engine"], "llama.cpp");
+            let rho = spearman(&got, &want);
+            assert!(rho >= 0.9, "case {c} attention: Spearman {rho}");
+        } else {
+            assert_eq!(r["engine"], "autograd");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-3, "case {c} {method}: max |Δ| {worst}");
+        }
+        if method == "integrated_gradients" {
+            assert_eq!(r["steps"], 50);
+            assert!(f(&r["completeness_error"]).is_finite());
+        }
+    }
+}
+
+#[test]
+fn every_method_explains_completion_and_candidate_targets() {
+    let sb = Sandbox::new();
+    sb.jsonl(&[
+        "generate",
+        "-m",
+        m(),
+        "-p",
+        PROMPT,
+        "-n",
+        "3",
+        "--greedy",
+        "--format",
+        "jsonl",
+    ]);
+    let session = sb.session_bytes();
+    let completion = ids(&sb.session_json()["branches"][0]["completion_ids"]);
+    let prompt_len = 25;
+    for method in METHODS {
+        let doc = sb.json(&[
+            "attribute",
+            "--index",
+            "1",
+            "--method",
+            method,
+            "--steps",
+            "4",
+            "--json",
+        ]);
+        let t = &doc["targets"][0];
+        assert_eq!(t["target"]["kind"], "completion");
+        assert_eq!(t["target"]["index"], 1);
+        assert_eq!(t["target"]["id"].as_i64(), Some(completion[1]));
+        let s = scores(t);
+        assert_eq!(
+            s.len(),
+            prompt_len + 1,
+            "{method}: one score per context token"
+        );
+        assert!(s.iter().all(|x| x.is_finite()), "{method}: finite");
+        let p = f(&t["target"]["prob"]);
+        assert!(p > 0.0 && p <= 1.0, "{method}: target probability {p}");
+        let last = &t["scores"][prompt_len];
+        assert_eq!(last["completion"], true);
+        assert_eq!(last["id"].as_i64(), Some(completion[0]));
+        assert_eq!(t["scores"][0]["special"], true, "<|im_start|> is special");
+
+        let cand = sb.json(&[
+            "attribute",
+            "--token",
+            "504",
+            "--method",
+            method,
+            "--steps",
+            "4",
+            "--json",
+        ]);
+        let t = &cand["targets"][0];
+        assert_eq!(t["target"]["kind"], "candidate");
+        assert_eq!(t["target"]["index"], Value::Null);
+        let s = scores(t);
+        assert_eq!(s.len(), prompt_len + completion.len());
+        assert!(s.iter().all(|x| x.is_finite()), "{method}: finite");
+    }
+    assert_eq!(
+        sb.session_bytes(),
+        session,
+        "attribute never writes the session"
+    );
+
+    // --text names the same candidate as its id.
+    let by_text = sb.json(&["attribute", "--text", " Paris", "--json"]);
+    let by_id = sb.json(&["attribute", "--token", "7042", "--json"]);
+    assert_eq!(
+        timeless(by_text["targets"][0].clone()),
+        timeless(by_id["targets"][0].clone())
+    );
+    // One layer and one head, unnormalised: the attention row itself, a distribution.
+    for (layer, head) in [("0", "0"), ("17", "5"), ("29", "8")] {
+        let raw = sb.json(&[
+            "attribute",
+            "--index",
+            "2",
+            "--layers",
+            layer,
+            "--heads",
+            head,
+            "--agg",
+            "sum",
+            "--json",
+        ]);
+        let s = scores(&raw["targets"][0]);
+        assert!(
+            (s.iter().sum::<f64>() - 1.0).abs() < 1e-4,
+            "layer {layer} head {head} sums to {}",
+            s.iter().sum::<f64>()
+        );
+        assert!(s.iter().all(|&x| x >= 0.0));
+    }
+    // Signed gradient scores: IG's completeness is about them.
+    let signed = sb.json(&[
+        "attribute",
+        "--index",
+        "0",
+        "--method",
+        "saliency",
+        "--agg",
+        "sum",
+        "--json",
+    ]);
+    assert!(scores(&signed["targets"][0]).iter().any(|&x| x < 0.0));
+}
+
+#[test]
+fn all_targets_form_a_triangle_equal_to_one_by_one() {
+    let sb = Sandbox::new();
+    sb.jsonl(&[
+        "generate",
+        "-m",
+        m(),
+        "-p",
+        PROMPT,
+        "-n",
+        "4",
+        "--greedy",
+        "--format",
+        "jsonl",
+    ]);
+    for method in ["attention", "occlusion"] {
+        let all = sb.json(&["attribute", "--all", "--method", method, "--json"]);
+        let targets = all["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 4);
+        for (i, t) in targets.iter().enumerate() {
+            assert_eq!(t["context_len"], 25 + i);
+            let one = sb.json(&[
+                "attribute",
+                "--index",
+                &i.to_string(),
+                "--method",
+                method,
+                "--json",
+            ]);
+            let (a, b) = (scores(t), scores(&one["targets"][0]));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 1e-4,
+                "{method} target {i}: --all differs by {worst}"
+            );
+        }
+    }
+    let table = sb.run(&["attribute", "--all", "--color", "never"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("targets × context (4 targets"), "{text}");
+    assert!(text.contains("top contributors per target"), "{text}");
+    let jsonl = sb.jsonl(&["attribute", "--all", "--format", "jsonl"]);
+    assert_eq!(jsonl.len(), 4, "one JSONL record per target");
+}
+
+#[test]
+fn table_shows_a_heatmap_legend_and_top_contributors() {
+    let sb = Sandbox::new();
+    let args = [
+        "attribute",
+        "-m",
+        m(),
+        "--no-session",
+        "-p",
+        PROMPT,
+        "--no-chat-template",
+        "--top",
+        "3",
+    ];
+    let out = sb.run(&[&args[..], &["--color", "never"]].concat());
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Without a completion the target is the most probable next token: " Paris".
+    assert!(text.contains("candidate next token [␠Paris]"), "{text}");
+    assert!(text.contains("→ [␠Paris]"), "{text}");
+    assert!(text.contains("legend:"), "{text}");
+    let top = &text[text.find("top contributors").expect("table")..];
+    assert_eq!(top.lines().count(), 5, "heading, header and 3 rows: {top}");
+    assert!(!text.contains('\u{1b}'));
+    let coloured = sb.run(&[&args[..], &["--color", "always"]].concat());
+    let text = String::from_utf8(coloured.stdout).unwrap();
+    assert!(
+        text.contains("\u{1b}[38;5;"),
+        "shaded backgrounds: {text:?}"
+    );
+}
+
+#[test]
+fn batch_reports_bad_lines_and_shards_partition_it() {
+    let sb = Sandbox::new();
+    let lines = vec![
+        json!({"id": "a", "prompt": PROMPT, "token": 7042}),
+        json!({"id": "b", "prompt": PROMPT, "completion_ids": [504], "index": 3}),
+        json!({"id": "c", "prompt": PROMPT, "method": "occlusion", "target_fn": "logit"}),
+        json!({"id": "d", "prompt": "Hi", "completion_ids": [504, 3575], "all": true, "method": "saliency"}),
+        json!({"id": "e", "prompt": PROMPT, "method": "lime"}),
+    ];
+    let batch = write_batch(&sb, "b.jsonl", &lines);
+    let out = sb.run(&["attribute", "-m", m(), "--batch", &batch]);
+    assert_eq!(out.status.code(), Some(2), "bad lines: exit 2 at the end");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for n in [2, 3, 5] {
+        assert!(
+            stderr.contains(&format!("line {n}:")),
+            "line {n} named: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("3 of 5 batch requests failed (lines 2, 3, 5)"),
+        "{stderr}"
+    );
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("a", "attribution"),
+            ("b", "error"),
+            ("c", "error"),
+            ("d", "attribution"),
+            ("d", "attribution"),
+            ("e", "error"),
+        ],
+        "input order, errors in place, --all lines give one record per target"
+    );
+    assert_eq!(records[1]["line"], 2);
+    assert!(records[2]["error"].as_str().unwrap().contains("logprob"));
+
+    // --fail-fast stops at line 2.
+    let out = sb.run(&["attribute", "-m", m(), "--batch", &batch, "--fail-fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fail-fast"));
+
+    // Shards: every record once, in the order of its shard.
+    let good = write_batch(&sb, "good.jsonl", &[&lines[..1], &lines[3..4]].concat());
+    let whole = sb.jsonl(&["attribute", "-m", m(), "--batch", &good]);
+    let s0 = sb.jsonl(&["attribute", "-m", m(), "--batch", &good, "--shard", "0/2"]);
+    let s1 = sb.jsonl(&["attribute", "-m", m(), "--batch", &good, "--shard", "1/2"]);
+    assert_eq!(s0.len(), 1);
+    assert_eq!(s1.len(), 2);
+    let joined: Vec<Value> = s0.into_iter().chain(s1).map(timeless).collect();
+    assert_eq!(joined, whole.into_iter().map(timeless).collect::<Vec<_>>());
+    sb.fails(&["attribute", "--batch", &good, "--shard", "2/2"], 2);
+}
+
+#[test]
+fn bad_targets_and_options_are_input_errors() {
+    let sb = Sandbox::new();
+    let base = ["attribute", "-m", m(), "--no-session", "-p", PROMPT];
+    let err = sb.fails(&[&base[..], &["--index", "0"]].concat(), 2);
+    assert!(err.contains("outside the completion (0 tokens)"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    let err = sb.fails(&[&base[..], &["--all"]].concat(), 2);
+    assert!(err.contains("--all needs completion tokens"), "{err}");
+    let err = sb.fails(&[&base[..], &["--token", "999999"]].concat(), 2);
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    let err = sb.fails(&[&base[..], &["--text", " Paris is"]].concat(), 2);
+    assert!(err.contains("not one"), "{err}");
+    let err = sb.fails(&[&base[..], &["--heads", "99"]].concat(), 2);
+    assert!(err.contains("head 99"), "{err}");
+    let err = sb.fails(
+        &[
+            &base[..],
+            &["--method", "occlusion", "--target-fn", "logit"],
+        ]
+        .concat(),
+        2,
+    );
+    assert!(err.contains("logprob"), "{err}");
+    let err = sb.fails(
+        &[&base[..], &["--method", "ig", "--steps", "0"]].concat(),
+        2,
+    );
+    assert!(err.contains("--steps 0"), "{err}");
+    sb.fails(&[&base[..], &["--method", "lime"]].concat(), 2);
+}
