@@ -31,32 +31,52 @@ impl Decoder<'_> {
     /// The KV state of the cached tokens ([`Decoder::cached`]) as bytes, for
     /// [`Decoder::restore_prefix`] in another process.
     pub fn save_prefix(&self) -> Result<Vec<u8>, EngineError> {
+        let mut bytes = vec![0u8; self.state_size()?];
+        self.save_prefix_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Bytes [`Decoder::save_prefix_into`] needs for the sequence's current state.
+    pub fn state_size(&self) -> Result<usize, EngineError> {
         if self.cached.is_empty() {
             return Err(EngineError::EmptyContext);
         }
-        let flags = LlamaStateSeqFlags::empty();
         log::take_errors();
-        let size = self.ctx.state_seq_get_size_ext(SEQ, flags);
+        let size = self
+            .ctx
+            .state_seq_get_size_ext(SEQ, LlamaStateSeqFlags::empty());
         if size == 0 {
             return Err(state_error("could not measure the KV state"));
         }
-        let mut bytes = vec![0u8; size];
-        // SAFETY: `bytes` owns exactly `size` writable bytes, the size llama.cpp has just
+        Ok(size)
+    }
+
+    /// Write the sequence's state into `buf`, which must be exactly
+    /// [`Decoder::state_size`] bytes (e.g. a memory-mapped file).
+    pub fn save_prefix_into(&self, buf: &mut [u8]) -> Result<(), EngineError> {
+        let size = self.state_size()?;
+        if buf.len() != size {
+            return Err(state_error(&format!(
+                "the KV state needs {size} bytes, the buffer has {}",
+                buf.len()
+            )));
+        }
+        // SAFETY: `buf` holds exactly `size` writable bytes, the size llama.cpp has just
         // reported for the same sequence and flags. Nothing can change the cache in between:
         // both calls happen under this one `&self` borrow, and every method that decodes or
         // edits the cache takes `&mut self`. The writer serialises the same cells it measured,
         // so it stays within the buffer (the wrapper passes `usize::MAX` as the bound, which is
-        // why the allocation must be exact), and the length it returns is checked below.
+        // why the length must be exact), and the length it returns is checked below.
         let written = unsafe {
             self.ctx
-                .state_seq_get_data_ext(bytes.as_mut_ptr(), SEQ, flags)
+                .state_seq_get_data_ext(buf.as_mut_ptr(), SEQ, LlamaStateSeqFlags::empty())
         };
         if written != size {
             return Err(state_error(&format!(
                 "the KV state took {written} bytes instead of the {size} announced"
             )));
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Put a state saved by [`Decoder::save_prefix`] into the cache, which then holds `tokens`.
