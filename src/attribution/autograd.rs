@@ -686,7 +686,7 @@ pub fn next_token_logits(
     model: &AutogradModel,
     context: &[u32],
 ) -> Result<Vec<f32>, AttributionError> {
-    in_compute_pool(|| next_token_logits_inner(model, context))
+    next_token_logits_inner(model, context)
 }
 
 fn next_token_logits_inner(
@@ -735,7 +735,7 @@ pub fn attribute(
     target_fn: TargetFn,
     agg: Agg,
 ) -> Result<GradAttribution, AttributionError> {
-    in_compute_pool(|| attribute_inner(model, context, target, method, target_fn, agg))
+    attribute_inner(model, context, target, method, target_fn, agg)
 }
 
 fn attribute_inner(
@@ -854,41 +854,5 @@ impl AutogradModel {
             .first()
             .and_then(|l| l.w_up.dim(0).ok())
             .unwrap_or(4 * self.n_embd)
-    }
-}
-
-/// Where the autograd computation runs. candle's CPU backend runs matmuls on rayon's global
-/// pool (one thread per core) and large element-wise ops on its own spinning "barrier pool"
-/// (cores − 1 workers); on a 2-core machine the two pools fight over the cores (the barrier
-/// workers spin after each element-wise op while the matmul threads wait for a core), which
-/// made integrated gradients ~4× slower than either pool alone. There, unless the user chose
-/// the threads (`CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`), the computation runs inside a
-/// private one-thread rayon pool: matmuls then stay on that thread and the element-wise ops
-/// keep the second core. Measured on 2 cores, IG 8 + 64 steps on 25 tokens: 48.5 s with
-/// candle's defaults, 15.4 s with this pool, 10.5 s with `CANDLE_NUM_THREADS=1` set before start
-/// (the fastest: a binary may set it in `main` before any thread starts).
-fn compute_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let chosen = ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
-            .iter()
-            .any(|k| std::env::var_os(k).is_some());
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if chosen || cores > 2 {
-            return None;
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "ntv-autograd".into())
-            .build()
-            .ok()
-    })
-    .as_ref()
-}
-
-fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match compute_pool() {
-        Some(pool) => pool.install(f),
-        None => f(),
     }
 }
