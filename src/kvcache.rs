@@ -10,9 +10,11 @@
 //! of SHA-256 over (model fingerprint, KV parameters), `n` the number of tokens, `key` SHA-256
 //! over (fingerprint, KV parameters, the `n` token ids). The name lets a lookup find the entries
 //! that are exact prefixes of a context by hashing only the lengths present in the folder. A file
-//! holds a header (magic, format version, the key material in full, the state length and the
-//! XXH3-128 checksum of the state: it guards against torn or corrupted files, not against an
-//! adversary, and runs at memory speed where SHA-256 cost ~25 ms per 46 MB state) and the state bytes of [`Decoder::save_prefix`]. Nothing is trusted
+//! holds llama.cpp's sequence-state file (written and read by llama.cpp itself, streamed between
+//! the KV cache and the file without a copy of the whole state in memory), then a header (magic,
+//! format version, the key material in full, the state length and the XXH3-128 checksum of the
+//! state: it guards against torn or corrupted files, not against an adversary, and runs at memory
+//! speed where SHA-256 cost ~25 ms per 46 MB state), its length and an end marker and the state bytes of [`Decoder::save_prefix`]. Nothing is trusted
 //! until all of it matches: wrong magic or version, key material that differs from the caller's
 //! or from the file name, a length that is not the file's, or a bad checksum make the entry
 //! ignored and deleted.
@@ -38,7 +40,7 @@
 //! failure there is worth a warning, not an error).
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,7 +52,9 @@ use crate::engine::Decoder;
 /// First bytes of every entry.
 const MAGIC: [u8; 8] = *b"NTVKVST\n";
 /// Entry format version; another version is ignored (and deleted).
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
+/// Last bytes of every entry (after the header and its length).
+const TRAILER_MAGIC: [u8; 8] = *b"NTVKVEND";
 /// Extension of complete entries.
 const ENTRY_EXT: &str = "ntvkv";
 /// Extension of entries being written (names also start with a dot).
@@ -84,15 +88,11 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 /// A folder of KV states keyed by model, KV parameters and token prefix.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KvCache {
     dir: PathBuf,
     max_bytes: u64,
     durable: bool,
-    /// The buffer of the last restored state, reused by the next store: its pages are already
-    /// mapped, so llama.cpp's copy into it does not fault on every page (about 12 ms saved per
-    /// 46 MB state).
-    scratch: std::sync::Mutex<Vec<u8>>,
 }
 
 /// An entry's file name, parsed.
@@ -381,7 +381,6 @@ impl KvCache {
             dir: dir.to_path_buf(),
             max_bytes,
             durable: true,
-            scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -442,7 +441,7 @@ impl KvCache {
         fingerprint: &str,
         kv_key: &str,
         tokens: &[i32],
-    ) -> Option<(usize, Vec<u8>)> {
+    ) -> Option<(usize, PathBuf)> {
         if tokens.is_empty() {
             return None;
         }
@@ -491,9 +490,9 @@ impl KvCache {
         candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.bytes.cmp(&b.1.bytes)));
         for (shared, e) in candidates {
             match self.read_entry(e, fingerprint, kv_key) {
-                Ok((entry_tokens, state)) if common_prefix(&entry_tokens, tokens) >= shared => {
+                Ok(entry_tokens) if common_prefix(&entry_tokens, tokens) >= shared => {
                     touch(&e.path);
-                    return Some((shared, state));
+                    return Some((shared, e.path.clone()));
                 }
                 Ok(_) => continue,
                 Err(err) => {
@@ -508,38 +507,46 @@ impl KvCache {
         None
     }
 
+    /// Read an entry's header from its trailer and check it against the caller, the file name
+    /// and the file's length.
     fn read_header(&self, e: &Listed, fingerprint: &str, kv_key: &str) -> io::Result<Header> {
-        let mut r = BufReader::new(File::open(&e.path)?);
-        let h = Header::read(&mut r)?;
+        let mut f = File::open(&e.path)?;
+        let file_len = f.metadata()?.len();
+        if file_len < 16 {
+            return Err(invalid("entry too short"));
+        }
+        f.seek(SeekFrom::End(-16))?;
+        let mut tail = [0u8; 16];
+        f.read_exact(&mut tail)?;
+        if tail[8..] != TRAILER_MAGIC {
+            return Err(invalid("not a ntv KV cache entry"));
+        }
+        let header_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+        if header_len > file_len - 16 {
+            return Err(invalid("header longer than the entry"));
+        }
+        let at = file_len - 16 - header_len;
+        f.seek(SeekFrom::Start(at))?;
+        let h = Header::read(&mut BufReader::new(f.take(header_len)))?;
+        if h.len() != header_len || h.state_len != at {
+            return Err(invalid(format!(
+                "entry is {file_len} bytes, its header announces a {}-byte state",
+                h.state_len
+            )));
+        }
         h.check(fingerprint, kv_key, &e.name)?;
         Ok(h)
     }
 
-    /// Read and verify a whole entry: header against the caller and the file name, length
-    /// against the file, checksum against the state.
-    fn read_entry(
-        &self,
-        e: &Listed,
-        fingerprint: &str,
-        kv_key: &str,
-    ) -> io::Result<(Vec<i32>, Vec<u8>)> {
-        let file = File::open(&e.path)?;
-        let file_len = file.metadata()?.len();
-        let mut r = BufReader::new(file);
-        let h = Header::read(&mut r)?;
-        h.check(fingerprint, kv_key, &e.name)?;
-        if h.len().checked_add(h.state_len) != Some(file_len) {
-            return Err(invalid(format!(
-                "entry is {file_len} bytes, its header announces {}",
-                h.len().saturating_add(h.state_len)
-            )));
-        }
-        let mut state = vec![0u8; h.state_len as usize];
-        r.read_exact(&mut state)?;
-        if checksum(&state) != h.state_sum {
+    /// Verify a whole entry: header against the caller, the file name and the length, checksum
+    /// against the state. Returns the tokens it holds.
+    fn read_entry(&self, e: &Listed, fingerprint: &str, kv_key: &str) -> io::Result<Vec<i32>> {
+        let h = self.read_header(e, fingerprint, kv_key)?;
+        let mut r = File::open(&e.path)?.take(h.state_len);
+        if checksum_of(&mut r)? != h.state_sum {
             return Err(invalid("state checksum mismatch"));
         }
-        Ok((h.tokens, state))
+        Ok(h.tokens)
     }
 
     /// Whether an entry for exactly `tokens` is present (by name; not verified).
@@ -564,24 +571,22 @@ impl KvCache {
         tokens: &[i32],
         state: &[u8],
     ) -> io::Result<()> {
-        self.store_with(fingerprint, kv_key, tokens, state.len(), |buf| {
-            buf.copy_from_slice(state);
-            Ok(())
-        })
+        self.store_with(fingerprint, kv_key, tokens, |path| fs::write(path, state))
     }
 
-    /// Store a state of `len` bytes, written by `fill` (so that a state of tens of MB is not
-    /// copied once more), as the KV state of exactly `tokens` (temp file, checksum, optional
-    /// fsync, rename: a reader never sees half an entry). Then drop the entries of the same model and parameters that hold a strict
-    /// prefix of `tokens` (this entry serves their contexts too) and evict the least recently
-    /// used entries beyond `max_bytes`. A state that alone exceeds `max_bytes` is not stored.
+    /// Store the state that `write` puts into a new file at the path it is given (llama.cpp's
+    /// sequence-state file: streamed from the KV cache, no copy of tens of MB in memory) as the
+    /// KV state of exactly `tokens`: checksum, header appended, optional fsync, rename (a reader
+    /// never sees half an entry). Then drop the entries of the same model and parameters that
+    /// hold a strict prefix of `tokens` (this entry serves their contexts too) and evict the
+    /// least recently used entries beyond `max_bytes`. A state that alone exceeds `max_bytes` is
+    /// not kept.
     pub fn store_with(
         &self,
         fingerprint: &str,
         kv_key: &str,
         tokens: &[i32],
-        len: usize,
-        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
+        write: impl FnOnce(&Path) -> io::Result<()>,
     ) -> io::Result<()> {
         if tokens.is_empty() || tokens.len() > MAX_TOKENS as usize {
             return Err(io::Error::new(
@@ -595,41 +600,63 @@ impl KvCache {
                 "fingerprint or KV parameters too long",
             ));
         }
-        let header_len = Header::encode(fingerprint, kv_key, tokens, len, &[0; 16]).len();
-        if (header_len + len) as u64 > self.max_bytes {
-            return Ok(());
-        }
         fs::create_dir_all(&self.dir)?;
         let ns = namespace(fingerprint, kv_key);
         let final_path = self.entry_path(fingerprint, kv_key, tokens);
         let temp_path = self.dir.join(temp_name(&ns, tokens.len()));
         let written = (|| {
-            // A buffer then one write: measured on a 46 MB state, filling a memory-mapped file
-            // instead took twice as long (a write fault per page).
-            let mut buf =
-                std::mem::take(&mut *self.scratch.lock().unwrap_or_else(|e| e.into_inner()));
-            buf.resize(len, 0);
-            fill(&mut buf)?;
-            let header = Header::encode(fingerprint, kv_key, tokens, len, &checksum(&buf));
-            let mut f = File::create_new(&temp_path)?;
+            write(&temp_path)?;
+            let mut f = File::options().read(true).append(true).open(&temp_path)?;
+            let len = f.metadata()?.len();
+            let sum = checksum_of(&mut (&f).take(len))?;
+            let mut header = Header::encode(fingerprint, kv_key, tokens, len as usize, &sum);
+            let header_len = header.len() as u64;
+            if len + header_len + 16 > self.max_bytes {
+                return Ok(false);
+            }
+            header.extend_from_slice(&header_len.to_le_bytes());
+            header.extend_from_slice(&TRAILER_MAGIC);
             f.write_all(&header)?;
-            f.write_all(&buf)?;
-            drop(buf);
             f.set_modified(SystemTime::now())?;
             if self.durable {
                 f.sync_all()?;
             }
             drop(f);
-            fs::rename(&temp_path, &final_path)
+            fs::rename(&temp_path, &final_path)?;
+            Ok(true)
         })();
-        if let Err(e) = written {
-            remove(&temp_path);
-            return Err(e);
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                remove(&temp_path);
+                return Ok(());
+            }
+            Err(e) => {
+                remove(&temp_path);
+                return Err(e);
+            }
         }
         sync_dir(&self.dir);
         self.supersede(&ns, fingerprint, kv_key, tokens);
         self.evict(&final_path);
         Ok(())
+    }
+
+    /// The state bytes of a verified entry (tests and tools; restores read the file directly).
+    pub fn state_bytes(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        let file_len = f.metadata()?.len();
+        f.seek(SeekFrom::End(-16))?;
+        let mut tail = [0u8; 16];
+        f.read_exact(&mut tail)?;
+        let header_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+        let state_len = file_len
+            .checked_sub(16 + header_len)
+            .ok_or_else(|| invalid("entry too short"))?;
+        f.seek(SeekFrom::Start(0))?;
+        let mut state = vec![0u8; state_len as usize];
+        f.read_exact(&mut state)?;
+        Ok(state)
     }
 
     /// Remove the entries of namespace `ns` that hold a strict prefix of `tokens`.
@@ -717,15 +744,13 @@ impl KvCache {
     /// the state (the decoder is then empty, as if new).
     pub fn restore_into(&self, dec: &mut Decoder<'_>, fingerprint: &str, tokens: &[i32]) -> usize {
         let kv_key = dec.kv_params_key();
-        let Some((n, state)) = self.lookup(fingerprint, &kv_key, tokens) else {
+        let Some((n, path)) = self.lookup(fingerprint, &kv_key, tokens) else {
             return 0;
         };
-        let restored = match dec.restore_prefix(&tokens[..n], &state) {
+        match dec.restore_prefix_file(&tokens[..n], &path) {
             Ok(()) => n,
             Err(_) => 0,
-        };
-        *self.scratch.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        restored
+        }
     }
 
     /// Store the KV state of what `dec` holds ([`Decoder::cached`]), unless an entry for exactly
@@ -742,9 +767,8 @@ impl KvCache {
             touch(&path);
             return Ok(false);
         }
-        let len = dec.state_size().map_err(io::Error::other)?;
-        self.store_with(fingerprint, &kv_key, tokens, len, |buf| {
-            dec.save_prefix_into(buf).map_err(io::Error::other)
+        self.store_with(fingerprint, &kv_key, tokens, |p| {
+            dec.save_prefix_file(p).map_err(io::Error::other)
         })?;
         Ok(path.is_file())
     }
@@ -754,8 +778,23 @@ impl KvCache {
 type Checksum = [u8; 16];
 
 /// XXH3-128 of `bytes`, little-endian.
+#[cfg(test)]
 fn checksum(bytes: &[u8]) -> Checksum {
     xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
+}
+
+/// XXH3-128 of everything `r` yields, streamed in 1 MB chunks.
+fn checksum_of(r: &mut impl Read) -> io::Result<Checksum> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(h.digest128().to_le_bytes()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Make a rename durable (best effort: not every platform can open a folder).
@@ -772,6 +811,7 @@ mod tests {
     /// `lookup` with the state copied out, for comparisons.
     fn look(c: &KvCache, fp: &str, kv: &str, tokens: &[i32]) -> Option<(usize, Vec<u8>)> {
         c.lookup(fp, kv, tokens)
+            .map(|(n, path)| (n, c.state_bytes(&path).expect("entry readable")))
     }
 
     const FP: &str = "size=1000;sha256=abc";
@@ -953,8 +993,13 @@ mod tests {
         // A complete entry written under a temp name, never renamed.
         let sum = checksum(&state(1, 64));
         let header = Header::encode(FP, KV, &[1, 2, 3], 64, &sum);
+        let len = (header.len() as u64).to_le_bytes().to_vec();
         let tmp = c.dir.join(temp_name(&namespace(FP, KV), 3));
-        fs::write(&tmp, [header, state(1, 64)].concat()).unwrap();
+        fs::write(
+            &tmp,
+            [state(1, 64), header, len, TRAILER_MAGIC.to_vec()].concat(),
+        )
+        .unwrap();
         assert_eq!(look(&c, FP, KV, &[1, 2, 3]), None);
         assert_eq!(c.usage().0, 1);
         // A recent temp file survives a store (someone may be writing it); a stale one goes.
@@ -972,7 +1017,7 @@ mod tests {
 
     #[test]
     fn least_recently_used_entries_are_evicted_beyond_the_bound() {
-        let one = (FIXED_HEADER + FP.len() + KV.len() + 4 + 1000) as u64;
+        let one = (FIXED_HEADER + FP.len() + KV.len() + 4 + 1000 + 16) as u64;
         let (_d, c) = cache(3 * one);
         c.store(FP, KV, &[1], &state(1, 1000)).unwrap();
         c.store(FP, KV, &[2], &state(2, 1000)).unwrap();

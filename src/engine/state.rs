@@ -10,6 +10,7 @@
 
 use llama_cpp_2::LlamaStateSeqFlags;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::token::LlamaToken;
 
 use super::decoder::Decoder;
 use super::error::EngineError;
@@ -79,6 +80,59 @@ impl Decoder<'_> {
         Ok(())
     }
 
+    /// Write the sequence's state to a new file at `path` in llama.cpp's sequence-state format
+    /// (the cached token ids, then the state), streamed from the KV cache.
+    pub fn save_prefix_file(&self, path: &std::path::Path) -> Result<(), EngineError> {
+        if self.cached.is_empty() {
+            return Err(EngineError::EmptyContext);
+        }
+        let tokens: Vec<LlamaToken> = self.cached.iter().map(|&t| LlamaToken(t)).collect();
+        log::take_errors();
+        self.ctx
+            .state_seq_save_file(path, SEQ, &tokens)
+            .map_err(|e| state_error(&format!("could not save the KV state: {e}")))?;
+        Ok(())
+    }
+
+    /// Restore a file written by [`Decoder::save_prefix_file`] for tokens that start with
+    /// `tokens`; the cache then holds `tokens` (positions past them are dropped). As with
+    /// [`Decoder::restore_prefix`], no logits come back, and on failure the cache is empty.
+    /// The file must have been checked first (llama.cpp trusts its contents).
+    pub fn restore_prefix_file(
+        &mut self,
+        tokens: &[i32],
+        path: &std::path::Path,
+    ) -> Result<(), EngineError> {
+        self.check_restorable(tokens)?;
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        self.last_row = None;
+        log::take_errors();
+        let n_ctx = self.n_ctx();
+        let result = match self.ctx.state_seq_load_file(path, SEQ, n_ctx) {
+            Err(e) => Err(state_error(&format!("could not load the KV state: {e}"))),
+            Ok((saved, _)) => {
+                if saved.len() < tokens.len() || saved.iter().zip(tokens).any(|(s, &t)| s.0 != t) {
+                    Err(EngineError::Decode(
+                        "the KV state file holds other tokens than asked for".into(),
+                    ))
+                } else {
+                    self.keep_restored(tokens.len())
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.cached = tokens.to_vec();
+                Ok(())
+            }
+            Err(e) => {
+                self.ctx.clear_kv_cache();
+                Err(e)
+            }
+        }
+    }
+
     /// Put a state saved by [`Decoder::save_prefix`] into the cache, which then holds `tokens`.
     /// The state may cover more positions than `tokens` (a longer saved context sharing this
     /// prefix): those are dropped. No logits come back: the next [`Decoder::eval`] decodes the
@@ -87,22 +141,7 @@ impl Decoder<'_> {
     /// The bytes must come from the same model and the same [`Decoder::kv_params_key`]; llama.cpp
     /// rejects a different layout, but not different numbers. On failure the cache is empty.
     pub fn restore_prefix(&mut self, tokens: &[i32], bytes: &[u8]) -> Result<(), EngineError> {
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyContext);
-        }
-        if tokens.len() > self.n_ctx() {
-            return Err(EngineError::ContextFull {
-                needed: tokens.len(),
-                n_ctx: self.n_ctx(),
-            });
-        }
-        let model = self.model();
-        if let Some(&bad) = tokens.iter().find(|&&t| !model.in_range(t)) {
-            return Err(EngineError::TokenOutOfRange {
-                id: bad.into(),
-                n_vocab: model.n_vocab(),
-            });
-        }
+        self.check_restorable(tokens)?;
         self.ctx.clear_kv_cache();
         self.cached.clear();
         self.last_row = None;
@@ -135,6 +174,27 @@ impl Decoder<'_> {
 
     /// After a restore: check that seq 0 holds positions `0..` at least `n` long, and drop
     /// whatever lies past `n`.
+    /// `tokens` can be the content of this context: not empty, within it, in the vocabulary.
+    fn check_restorable(&self, tokens: &[i32]) -> Result<(), EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyContext);
+        }
+        if tokens.len() > self.n_ctx() {
+            return Err(EngineError::ContextFull {
+                needed: tokens.len(),
+                n_ctx: self.n_ctx(),
+            });
+        }
+        let model = self.model();
+        if let Some(&bad) = tokens.iter().find(|&&t| !model.in_range(t)) {
+            return Err(EngineError::TokenOutOfRange {
+                id: bad.into(),
+                n_vocab: model.n_vocab(),
+            });
+        }
+        Ok(())
+    }
+
     fn keep_restored(&mut self, n: usize) -> Result<(), EngineError> {
         let (lo, hi) = (
             self.ctx.kv_cache_seq_pos_min(SEQ),
