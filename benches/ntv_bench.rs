@@ -5,10 +5,14 @@
 //! 1. distribution maths per step on the full vocabulary (µs/step);
 //! 2. `ntv preview` wall time, split into load / tokenise / prefill / maths (from its JSON);
 //! 3. generation with full per-step records vs a bare decode loop of the same engine;
-//! 4. the constraint mask per step and generation with a JSON schema vs without.
+//! 4. the constraint mask per step and generation with a JSON schema vs without;
+//! 5. one-shot `ntv step` processes with and without the prefix cache, and peak RSS;
+//! 6. attribution per target and method in batch mode (`ntv attribute --batch`, model loaded
+//!    once) on a short and a 372-token context, next to the Inseq reference figures.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
-//! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model).
+//! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
+//! NTV_BENCH_SECTIONS (default all, e.g. `5,6`).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -69,261 +73,281 @@ fn main() {
         n_batch: 512,
     };
 
+    let sections = std::env::var("NTV_BENCH_SECTIONS").unwrap_or_default();
+    let want = |n: u32| {
+        sections.trim().is_empty() || sections.split(',').any(|s| s.trim() == n.to_string())
+    };
+    let exe = env!("CARGO_BIN_EXE_ntv");
+
     // 1. Distribution maths on real logits.
-    let mut dec = Decoder::new(&model, &opts).expect("context");
-    let logits = dec.eval(&ids).expect("decode").to_vec();
-    let mut ws = Workspace::new();
-    let cases = [
-        (
-            "defaults (T 0.7, top-p 0.8, rep 1.05)",
-            SamplingParams::default(),
-        ),
-        (
-            "top-p 1 (every token kept, full sort)",
-            SamplingParams {
-                top_p: 1.0,
-                ..SamplingParams::default()
-            },
-        ),
-        (
-            "top-k 40, min-p 0.05",
-            SamplingParams {
-                top_k: 40,
-                min_p: 0.05,
-                ..SamplingParams::default()
-            },
-        ),
-    ];
-    println!(
-        "\n## 1. distribution maths per step ({} logits)",
-        logits.len()
-    );
-    println!("| case | compute µs | + record (display 10) µs |");
-    println!("|---|---:|---:|");
-    for (name, params) in &cases {
-        let iters = 300;
-        let t = Instant::now();
-        for _ in 0..iters {
-            let d = ws.compute(&logits, &ids, params, None).expect("maths");
-            black_box(d.greedy());
+    if want(1) {
+        let mut dec = Decoder::new(&model, &opts).expect("context");
+        let logits = dec.eval(&ids).expect("decode").to_vec();
+        let mut ws = Workspace::new();
+        let cases = [
+            (
+                "defaults (T 0.7, top-p 0.8, rep 1.05)",
+                SamplingParams::default(),
+            ),
+            (
+                "top-p 1 (every token kept, full sort)",
+                SamplingParams {
+                    top_p: 1.0,
+                    ..SamplingParams::default()
+                },
+            ),
+            (
+                "top-k 40, min-p 0.05",
+                SamplingParams {
+                    top_k: 40,
+                    min_p: 0.05,
+                    ..SamplingParams::default()
+                },
+            ),
+        ];
+        println!(
+            "\n## 1. distribution maths per step ({} logits)",
+            logits.len()
+        );
+        println!("| case | compute µs | + record (display 10) µs |");
+        println!("|---|---:|---:|");
+        for (name, params) in &cases {
+            let iters = 300;
+            let t = Instant::now();
+            for _ in 0..iters {
+                let d = ws.compute(&logits, &ids, params, None).expect("maths");
+                black_box(d.greedy());
+            }
+            let compute_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            let t = Instant::now();
+            for _ in 0..iters {
+                let d = ws.compute(&logits, &ids, params, None).expect("maths");
+                black_box(dist_record(&model, &d, 10, params));
+            }
+            let record_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            println!("| {name} | {compute_us:.0} | {record_us:.0} |");
         }
-        let compute_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
-        let t = Instant::now();
-        for _ in 0..iters {
-            let d = ws.compute(&logits, &ids, params, None).expect("maths");
-            black_box(dist_record(&model, &d, 10, params));
-        }
-        let record_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
-        println!("| {name} | {compute_us:.0} | {record_us:.0} |");
+        drop(dec);
     }
-    drop(dec);
 
     // 2. preview as a process, split from its own timings.
-    let exe = env!("CARGO_BIN_EXE_ntv");
-    let mut rows = Vec::new();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let out = Command::new(exe)
-            .args([
-                "preview",
-                "--no-session",
-                "--json",
-                "-t",
-                &threads.to_string(),
-            ])
-            .arg("-m")
-            .arg(&path)
-            .arg("The capital of France is")
-            .output()
-            .expect("run ntv");
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    if want(2) {
+        let mut rows = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let out = Command::new(exe)
+                .args([
+                    "preview",
+                    "--no-session",
+                    "--json",
+                    "-t",
+                    &threads.to_string(),
+                ])
+                .arg("-m")
+                .arg(&path)
+                .arg("The capital of France is")
+                .output()
+                .expect("run ntv");
+            let wall = t.elapsed().as_secs_f64() * 1e3;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            let tm = &v["timings"];
+            let g = |k: &str| tm[k].as_f64().unwrap_or(0.0);
+            rows.push([
+                wall,
+                g("load_ms"),
+                g("tokenize_ms"),
+                g("prefill_ms"),
+                g("maths_ms"),
+            ]);
+        }
+        let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+        println!("\n## 2. `ntv preview` (25-token chat prompt), median of {rounds} processes, ms");
+        println!("| wall | load | tokenise | prefill | maths | rest (process start, output) |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        let (w, l, tk, p, m) = (col(0), col(1), col(2), col(3), col(4));
+        println!(
+            "| {w:.1} | {l:.1} | {tk:.2} | {p:.1} | {m:.2} | {:.1} |",
+            w - l - tk - p - m
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let tm = &v["timings"];
-        let g = |k: &str| tm[k].as_f64().unwrap_or(0.0);
-        rows.push([
-            wall,
-            g("load_ms"),
-            g("tokenize_ms"),
-            g("prefill_ms"),
-            g("maths_ms"),
-        ]);
     }
-    let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
-    println!("\n## 2. `ntv preview` (25-token chat prompt), median of {rounds} processes, ms");
-    println!("| wall | load | tokenise | prefill | maths | rest (process start, output) |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    let (w, l, tk, p, m) = (col(0), col(1), col(2), col(3), col(4));
-    println!(
-        "| {w:.1} | {l:.1} | {tk:.2} | {p:.1} | {m:.2} | {:.1} |",
-        w - l - tk - p - m
-    );
 
-    // 3. generate with full records vs the bare engine, interleaved rounds.
     let params = SamplingParams {
         temperature: 1.0,
         ..SamplingParams::default()
     };
-    let mut bare = Vec::new();
-    let mut full = Vec::new();
-    for round in 0..rounds {
-        // Bare: decode one token at a time, pick the argmax of the raw logits.
-        let argmax = |logits: &[f32]| {
-            logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as i32)
-                .unwrap()
-        };
-        let mut dec = Decoder::new(&model, &opts).expect("context");
-        let mut last = argmax(dec.eval(&ids).expect("prefill"));
-        let t = Instant::now();
-        for _ in 0..n_tokens {
-            last = argmax(dec.push(last).expect("decode"));
-        }
-        bare.push(n_tokens as f64 / t.elapsed().as_secs_f64());
-        drop(dec);
-
-        // Full: ntv's step (penalties, temperature, truncation, sampling, a 10-candidate record
-        // with texts and ranks, RNG state) for every token.
-        let mut driver = Driver::new(&model, &opts, &ids).expect("context");
-        driver.decoder().eval(&ids).expect("prefill");
-        let mut rng = StreamRng::new(RngState {
-            seed: 7 + round as u64,
-            pos: 0,
-        });
-        let t = Instant::now();
-        let mut records = Vec::with_capacity(n_tokens);
-        for _ in 0..n_tokens {
-            records.push(
-                driver
-                    .step(&params, 10, Choice::Sample, &mut rng)
-                    .expect("step"),
-            );
-        }
-        full.push(n_tokens as f64 / t.elapsed().as_secs_f64());
-        black_box(records);
-    }
-    let ratios: Vec<f64> = full.iter().zip(&bare).map(|(f, b)| f / b).collect();
-    let (b, f) = (median(bare.clone()), median(full.clone()));
-    println!(
-        "\n## 3. generation, {n_tokens} tokens after a {}-token prompt, median of {rounds} interleaved rounds",
-        ids.len()
-    );
-    println!("| loop | tokens/s |");
-    println!("|---|---:|");
-    println!("| bare decode loop (argmax of raw logits) | {b:.1} |");
-    println!("| ntv step with full records | {f:.1} |");
-    println!(
-        "| **ratio full / bare** (median of per-round ratios) | **{:.3}** |",
-        median(ratios.clone())
-    );
-    println!(
-        "\nper-round ratios: {}",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
-    // 4. Constraints: the mask per step and constrained vs free generation.
-    let schema = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/person.schema.json"),
-    )
-    .expect("fixture");
-    let t = Instant::now();
-    let env = model.tok_env();
-    let env_ms = t.elapsed().as_secs_f64() * 1e3;
-    let json_prompt = model.tokenize(
-        "<|im_start|>user\nDescribe a person as JSON.<|im_end|>\n<|im_start|>assistant\n",
-        false,
-        true,
-    );
-    let mut free_tps = Vec::new();
-    let mut json_tps = Vec::new();
-    let mut mask_us: Vec<f64> = Vec::new();
-    for round in 0..rounds {
-        for constrained in [false, true] {
-            let mut driver = Driver::new(&model, &opts, &json_prompt).expect("context");
-            if constrained {
-                let c = Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
-                driver.set_constraint(Some(c)).expect("constraint");
+    // 3. generate with full records vs the bare engine, interleaved rounds.
+    if want(3) {
+        let mut bare = Vec::new();
+        let mut full = Vec::new();
+        for round in 0..rounds {
+            // Bare: decode one token at a time, pick the argmax of the raw logits.
+            let argmax = |logits: &[f32]| {
+                logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i as i32)
+                    .unwrap()
+            };
+            let mut dec = Decoder::new(&model, &opts).expect("context");
+            let mut last = argmax(dec.eval(&ids).expect("prefill"));
+            let t = Instant::now();
+            for _ in 0..n_tokens {
+                last = argmax(dec.push(last).expect("decode"));
             }
-            driver.decoder().eval(&json_prompt).expect("prefill");
+            bare.push(n_tokens as f64 / t.elapsed().as_secs_f64());
+            drop(dec);
+
+            // Full: ntv's step (penalties, temperature, truncation, sampling, a 10-candidate record
+            // with texts and ranks, RNG state) for every token.
+            let mut driver = Driver::new(&model, &opts, &ids).expect("context");
+            driver.decoder().eval(&ids).expect("prefill");
             let mut rng = StreamRng::new(RngState {
-                seed: 11 + round as u64,
+                seed: 7 + round as u64,
                 pos: 0,
             });
             let t = Instant::now();
-            let mut n = 0usize;
+            let mut records = Vec::with_capacity(n_tokens);
             for _ in 0..n_tokens {
-                driver
-                    .step(&params, 10, Choice::Sample, &mut rng)
-                    .expect("step");
-                n += 1;
-                if constrained && driver.constraint_complete().expect("matcher") {
-                    break;
-                }
+                records.push(
+                    driver
+                        .step(&params, 10, Choice::Sample, &mut rng)
+                        .expect("step"),
+                );
             }
-            let tps = n as f64 / t.elapsed().as_secs_f64();
-            if constrained {
-                json_tps.push(tps);
-                // Mask cost alone, replaying the same completion in a fresh matcher.
-                let mut c =
-                    Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
-                for &id in driver.completion() {
-                    let t = Instant::now();
-                    black_box(c.mask().expect("mask").count());
-                    mask_us.push(t.elapsed().as_secs_f64() * 1e6);
-                    c.consume(id as u32).expect("consume");
+            full.push(n_tokens as f64 / t.elapsed().as_secs_f64());
+            black_box(records);
+        }
+        let ratios: Vec<f64> = full.iter().zip(&bare).map(|(f, b)| f / b).collect();
+        let (b, f) = (median(bare.clone()), median(full.clone()));
+        println!(
+            "\n## 3. generation, {n_tokens} tokens after a {}-token prompt, median of {rounds} interleaved rounds",
+            ids.len()
+        );
+        println!("| loop | tokens/s |");
+        println!("|---|---:|");
+        println!("| bare decode loop (argmax of raw logits) | {b:.1} |");
+        println!("| ntv step with full records | {f:.1} |");
+        println!(
+            "| **ratio full / bare** (median of per-round ratios) | **{:.3}** |",
+            median(ratios.clone())
+        );
+        println!(
+            "\nper-round ratios: {}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    // 4. Constraints: the mask per step and constrained vs free generation.
+    if want(4) {
+        let schema = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/person.schema.json"),
+        )
+        .expect("fixture");
+        let t = Instant::now();
+        let env = model.tok_env();
+        let env_ms = t.elapsed().as_secs_f64() * 1e3;
+        let json_prompt = model.tokenize(
+            "<|im_start|>user\nDescribe a person as JSON.<|im_end|>\n<|im_start|>assistant\n",
+            false,
+            true,
+        );
+        let mut free_tps = Vec::new();
+        let mut json_tps = Vec::new();
+        let mut mask_us: Vec<f64> = Vec::new();
+        for round in 0..rounds {
+            for constrained in [false, true] {
+                let mut driver = Driver::new(&model, &opts, &json_prompt).expect("context");
+                if constrained {
+                    let c =
+                        Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
+                    driver.set_constraint(Some(c)).expect("constraint");
                 }
-            } else {
-                free_tps.push(tps);
+                driver.decoder().eval(&json_prompt).expect("prefill");
+                let mut rng = StreamRng::new(RngState {
+                    seed: 11 + round as u64,
+                    pos: 0,
+                });
+                let t = Instant::now();
+                let mut n = 0usize;
+                for _ in 0..n_tokens {
+                    driver
+                        .step(&params, 10, Choice::Sample, &mut rng)
+                        .expect("step");
+                    n += 1;
+                    if constrained && driver.constraint_complete().expect("matcher") {
+                        break;
+                    }
+                }
+                let tps = n as f64 / t.elapsed().as_secs_f64();
+                if constrained {
+                    json_tps.push(tps);
+                    // Mask cost alone, replaying the same completion in a fresh matcher.
+                    let mut c =
+                        Constraint::new(&env, ConstraintKind::JsonSchema, &schema).expect("schema");
+                    for &id in driver.completion() {
+                        let t = Instant::now();
+                        black_box(c.mask().expect("mask").count());
+                        mask_us.push(t.elapsed().as_secs_f64() * 1e6);
+                        c.consume(id as u32).expect("consume");
+                    }
+                } else {
+                    free_tps.push(tps);
+                }
             }
         }
+        let mask_max = mask_us.iter().copied().fold(0.0, f64::max);
+        println!(
+            "\n## 4. constraints (JSON schema fixtures/person.schema.json), median of {rounds} rounds"
+        );
+        println!("| measure | value |");
+        println!("|---|---:|");
+        println!("| token environment, built once per process | {env_ms:.1} ms |");
+        println!(
+            "| mask per step (49,152 tokens): median / max | {:.1} / {:.1} µs |",
+            median(mask_us.clone()),
+            mask_max
+        );
+        println!(
+            "| generate, unconstrained | {:.1} tokens/s |",
+            median(free_tps.clone())
+        );
+        println!(
+            "| generate, JSON schema | {:.1} tokens/s |",
+            median(json_tps.clone())
+        );
+        println!(
+            "| ratio constrained / free | {:.3} |",
+            median(json_tps) / median(free_tps)
+        );
     }
-    let mask_max = mask_us.iter().copied().fold(0.0, f64::max);
-    println!(
-        "\n## 4. constraints (JSON schema fixtures/person.schema.json), median of {rounds} rounds"
-    );
-    println!("| measure | value |");
-    println!("|---|---:|");
-    println!("| token environment, built once per process | {env_ms:.1} ms |");
-    println!(
-        "| mask per step (49,152 tokens): median / max | {:.1} / {:.1} µs |",
-        median(mask_us.clone()),
-        mask_max
-    );
-    println!(
-        "| generate, unconstrained | {:.1} tokens/s |",
-        median(free_tps.clone())
-    );
-    println!(
-        "| generate, JSON schema | {:.1} tokens/s |",
-        median(json_tps.clone())
-    );
-    println!(
-        "| ratio constrained / free | {:.3} |",
-        median(json_tps) / median(free_tps)
-    );
 
     // 5. One-shot `ntv step` processes on long contexts, with and without the prefix cache.
     // (Measured first: RUSAGE_CHILDREN is the maximum over every child so far, and so far the
     // children were `ntv preview` runs only.)
-    let rss = peak_rss_kb(exe, &path, threads);
-    step_processes(exe, &path, threads);
-    let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e6);
-    println!(
-        "\npeak RSS of `ntv preview`: {:.0} MB (model file {file_mb:.0} MB; target ≤ file + 150 MB = {:.0} MB)",
-        rss as f64 / 1e3,
-        file_mb + 150.0
-    );
+    if want(5) {
+        let rss = peak_rss_kb(exe, &path, threads);
+        step_processes(exe, &path, threads);
+        let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e6);
+        println!(
+            "\npeak RSS of `ntv preview`: {:.0} MB (model file {file_mb:.0} MB; target ≤ file + 150 MB = {:.0} MB)",
+            rss as f64 / 1e3,
+            file_mb + 150.0
+        );
+    }
+    // 6. Attribution in batch mode.
+    if want(6) {
+        attribution(exe, &path, &model, threads);
+    }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
 
@@ -446,6 +470,166 @@ fn peak_rss_kb(exe: &str, model: &std::path::Path, threads: i32) -> i64 {
     assert!(status.success());
     // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_CHILDREN covers the
     // waited-for children of this process (every ntv run above, so this is their maximum).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}
+
+/// The user prompt that makes a chat context of about `n` tokens (SmolLM2's ChatML template with
+/// the default system prompt), with its token count.
+fn prompt_of_about(model: &Model, n: usize) -> (String, usize) {
+    let sentence = "The lighthouse keeper watched the sea and wrote in his log every night. ";
+    let count = |user: &str| {
+        model
+            .tokenize(
+                &format!(
+                    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+                ),
+                false,
+                true,
+            )
+            .len()
+    };
+    let mut best = (String::new(), 0usize);
+    for k in 1..200 {
+        let user = format!("Summarise: {}", sentence.repeat(k));
+        let c = count(&user);
+        if best.1.abs_diff(n) > c.abs_diff(n) {
+            best = (user, c);
+        }
+        if c > n {
+            break;
+        }
+    }
+    best
+}
+
+/// Run one `ntv attribute --batch` child over `lines`; the per-target milliseconds of the
+/// records whose id is "timed", grouped by method, in input order.
+fn attribute_batch(
+    exe: &str,
+    model: &std::path::Path,
+    threads: i32,
+    lines: &[serde_json::Value],
+) -> Vec<(String, f64, usize)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("batch.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).expect("write batch");
+    let out = Command::new(exe)
+        .args([
+            "attribute",
+            "--no-session",
+            "-t",
+            &threads.to_string(),
+            "--batch",
+        ])
+        .arg(&file)
+        .arg("-m")
+        .arg(model)
+        .current_dir(dir.path())
+        .output()
+        .expect("run ntv attribute");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSONL"))
+        .filter(|r| r["id"] == "timed")
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap_or_default().to_string(),
+                r["elapsed_ms"].as_f64().unwrap_or(f64::NAN),
+                r["context_len"].as_u64().unwrap_or(0) as usize,
+            )
+        })
+        .collect()
+}
+
+/// Section 6: time per target for each method, batch mode, short and 372-token contexts.
+fn attribution(exe: &str, path: &std::path::Path, model: &Model, threads: i32) {
+    use serde_json::json;
+    // Inseq 0.7 on PyTorch f32, 2 idle cores (issue #5): lower end of the 25–65-token range and
+    // of the 372-token range, seconds per target.
+    let inseq = |method: &str, long: bool| -> Option<f64> {
+        match (method, long) {
+            ("attention", false) => Some(0.14),
+            ("saliency", false) => Some(0.28),
+            ("input_x_gradient", false) => Some(0.28),
+            ("integrated_gradients", false) => Some(5.1),
+            ("attention", true) => Some(0.92),
+            ("saliency", true) => Some(1.82),
+            ("input_x_gradient", true) => Some(1.83),
+            _ => None,
+        }
+    };
+    let short_prompt = "The capital of France is".to_string();
+    let (long_prompt, long_n) = prompt_of_about(model, 372);
+    println!(
+        "\n## 6. attribution per target, batch mode (`ntv attribute --batch`, model loaded once; engine start-up excluded), median ms"
+    );
+    println!("| method | context tokens | ntv | Inseq (lower end) | ntv / Inseq |");
+    println!("|---|---:|---:|---:|---:|");
+    let methods = [
+        ("attention", 5, 3),
+        ("saliency", 5, 2),
+        ("input_x_gradient", 5, 2),
+        ("integrated_gradients", 3, 1),
+        ("occlusion", 3, 1),
+    ];
+    for (long, prompt) in [(false, &short_prompt), (true, &long_prompt)] {
+        let mut lines = Vec::new();
+        for (method, short_runs, long_runs) in methods {
+            // One warm-up per method (engine creation, first touch of the weights).
+            lines.push(
+                json!({"id": "warm", "prompt": "Hi", "token": 504, "method": method, "steps": 2}),
+            );
+            for _ in 0..if long { long_runs } else { short_runs } {
+                lines
+                    .push(json!({"id": "timed", "prompt": prompt, "token": 504, "method": method}));
+            }
+        }
+        let before = peak_children_kb();
+        let t = Instant::now();
+        let records = attribute_batch(exe, path, threads, &lines);
+        let wall = t.elapsed().as_secs_f64();
+        for (method, ..) in methods {
+            let times: Vec<f64> = records
+                .iter()
+                .filter(|r| r.0 == method)
+                .map(|r| r.1)
+                .collect();
+            let n = records.iter().find(|r| r.0 == method).map_or(0, |r| r.2);
+            let ms = median(times);
+            let (reference, ratio) = match inseq(method, long) {
+                Some(s) => (format!("{:.0}", s * 1e3), format!("{:.2}", ms / (s * 1e3))),
+                None if method == "occlusion" => ("–".into(), "–".into()),
+                None => ("killed (> 24 GB)".into(), "–".into()),
+            };
+            println!("| {method} | {n} | {ms:.0} | {reference} | {ratio} |");
+        }
+        let peak = peak_children_kb();
+        println!(
+            "\n{} context ({}): batch wall {wall:.1} s; peak RSS of attribution processes so far {:.2} GB{}",
+            if long { "long" } else { "short" },
+            if long { long_n } else { 25 },
+            peak as f64 / 1e6,
+            if peak > before {
+                ""
+            } else {
+                " (an earlier child was larger)"
+            }
+        );
+    }
+}
+
+/// Largest peak RSS over every waited-for child so far, in KB.
+fn peak_children_kb() -> i64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     usage.ru_maxrss
