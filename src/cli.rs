@@ -459,12 +459,55 @@ pub struct GenerateArgs {
     pub batch: Option<PathBuf>,
 }
 
+/// Model and runtime options of `attribute` (no prefix cache: its engines use contexts of their
+/// own).
+#[derive(Debug, Args, Clone, Default)]
+pub struct EngineArgs {
+    /// GGUF model file (default: the session's model, else the default model, fetched on
+    /// first use).
+    #[arg(short = 'm', long, value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// CPU threads for llama.cpp (default: available cores).
+    #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
+    pub threads: Option<i32>,
+    /// Longest context in tokens.
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub ctx_size: u32,
+    /// Layers to offload to the GPU (default: all, when the build has a GPU back end).
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        short = 'g',
+        value_name = "N"
+    )]
+    pub gpu_layers: Option<u32>,
+}
+
+impl EngineArgs {
+    /// The same options as the commands that decode take (no cache).
+    pub fn runtime(&self) -> RuntimeArgs {
+        RuntimeArgs {
+            model: self.model.clone(),
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            gpu_layers: self.gpu_layers,
+            no_cache: true,
+            cache_size: 0,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AttributeArgs {
     #[command(flatten)]
     pub prompt: PromptArgs,
     #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub engine: EngineArgs,
     /// Attribution method.
     #[arg(long, value_enum, default_value_t = Method::Attention, help_heading = "Attribution")]
     pub method: Method,

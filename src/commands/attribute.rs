@@ -285,9 +285,10 @@ pub fn run(global: &GlobalArgs, args: AttributeArgs) -> anyhow::Result<()> {
     let sc = super::SessionCtx::open(global, false)?;
     let existing = sc.existing().cloned();
     let opts = options(&args)?;
-    let ctx_opts = settings::context_options(&args.runtime)?;
+    let runtime = args.engine.runtime();
+    let ctx_opts = settings::context_options(&runtime)?;
     let model_path = settings::model_path(
-        args.runtime.model.as_deref(),
+        runtime.model.as_deref(),
         existing
             .as_ref()
             .and_then(|s| s.model.as_ref())
@@ -300,13 +301,13 @@ pub fn run(global: &GlobalArgs, args: AttributeArgs) -> anyhow::Result<()> {
             .map(|p| prompt_spec(&args.prompt, Some(&p), None))
             .transpose()?;
         let requests = read_requests(batch, shard)?;
-        let model = load_model(&model_path, &args.runtime)?;
+        let model = load_model(&model_path, &runtime)?;
         return run_batch(&model, &ctx_opts, &args, &opts, base, &requests, &out);
     }
 
     let spec = prompt_spec(&args.prompt, None, existing.as_ref())?;
     let t = Instant::now();
-    let model = load_model(&model_path, &args.runtime)?;
+    let model = load_model(&model_path, &runtime)?;
     let load_ms = ms(t);
     let mref = model_ref(&model)?;
     if let Some(s) = &existing {
