@@ -190,32 +190,11 @@ Batch lines: {\"id\", \"prompt\", \"system\", \"chat_template\", \"completion_id
     },
 }
 
-/// Model and runtime options.
+/// Model and runtime options of every command that decodes.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RuntimeArgs {
-    /// GGUF model file (default: the session's model, else the default model, fetched on
-    /// first use).
-    #[arg(short = 'm', long, value_name = "GGUF")]
-    pub model: Option<PathBuf>,
-    /// CPU threads (default: available cores).
-    #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
-    pub threads: Option<i32>,
-    /// Context size in tokens.
-    #[arg(
-        short = 'c',
-        long = "ctx-size",
-        value_name = "N",
-        default_value_t = 4096
-    )]
-    pub ctx_size: u32,
-    /// Layers to offload to the GPU (default: all, when the build has a GPU back end).
-    #[arg(
-        long = "gpu-layers",
-        alias = "n-gpu-layers",
-        short = 'g',
-        value_name = "N"
-    )]
-    pub gpu_layers: Option<u32>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Do not use the prefix cache (KV state of earlier calls, kept beside the session in
     /// SESSION.kvcache/; always safe to delete).
     #[arg(long)]
@@ -459,18 +438,18 @@ pub struct GenerateArgs {
     pub batch: Option<PathBuf>,
 }
 
-/// Model and runtime options of `attribute` (no prefix cache: its engines use contexts of their
-/// own).
+/// The model and how llama.cpp runs it (`attribute` takes only these: its engines use
+/// contexts of their own, so the prefix cache does not apply).
 #[derive(Debug, Args, Clone, Default)]
 pub struct EngineArgs {
     /// GGUF model file (default: the session's model, else the default model, fetched on
     /// first use).
     #[arg(short = 'm', long, value_name = "GGUF")]
     pub model: Option<PathBuf>,
-    /// CPU threads for llama.cpp (default: available cores).
+    /// CPU threads (default: available cores).
     #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
     pub threads: Option<i32>,
-    /// Longest context in tokens.
+    /// Context size in tokens.
     #[arg(
         short = 'c',
         long = "ctx-size",
@@ -486,20 +465,6 @@ pub struct EngineArgs {
         value_name = "N"
     )]
     pub gpu_layers: Option<u32>,
-}
-
-impl EngineArgs {
-    /// The same options as the commands that decode take (no cache).
-    pub fn runtime(&self) -> RuntimeArgs {
-        RuntimeArgs {
-            model: self.model.clone(),
-            threads: self.threads,
-            ctx_size: self.ctx_size,
-            gpu_layers: self.gpu_layers,
-            no_cache: true,
-            cache_size: 0,
-        }
-    }
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::app::input_err;
-use crate::cli::{GlobalArgs, OutputFormat, PromptArgs, RuntimeArgs, SamplingArgs};
+use crate::cli::{EngineArgs, GlobalArgs, OutputFormat, PromptArgs, SamplingArgs};
 use crate::engine::ContextOptions;
 use crate::render::Palette;
 use crate::sampling::{Preset, SamplingParams};
@@ -168,7 +168,7 @@ pub fn check_display_k(k: usize, n_vocab: usize) -> anyhow::Result<()> {
 }
 
 /// Context options from the runtime flags.
-pub fn context_options(rt: &RuntimeArgs) -> anyhow::Result<ContextOptions> {
+pub fn context_options(rt: &EngineArgs) -> anyhow::Result<ContextOptions> {
     let mut opts = ContextOptions {
         n_ctx: rt.ctx_size,
         ..ContextOptions::default()

@@ -285,8 +285,8 @@ pub fn run(global: &GlobalArgs, args: AttributeArgs) -> anyhow::Result<()> {
     let sc = super::SessionCtx::open(global, false)?;
     let existing = sc.existing().cloned();
     let opts = options(&args)?;
-    let runtime = args.engine.runtime();
-    let ctx_opts = settings::context_options(&runtime)?;
+    let runtime = &args.engine;
+    let ctx_opts = settings::context_options(runtime)?;
     let model_path = settings::model_path(
         runtime.model.as_deref(),
         existing
@@ -301,13 +301,13 @@ pub fn run(global: &GlobalArgs, args: AttributeArgs) -> anyhow::Result<()> {
             .map(|p| prompt_spec(&args.prompt, Some(&p), None))
             .transpose()?;
         let requests = read_requests(batch, shard)?;
-        let model = load_model(&model_path, &runtime)?;
+        let model = load_model(&model_path, runtime)?;
         return run_batch(&model, &ctx_opts, &args, &opts, base, &requests, &out);
     }
 
     let spec = prompt_spec(&args.prompt, None, existing.as_ref())?;
     let t = Instant::now();
-    let model = load_model(&model_path, &runtime)?;
+    let model = load_model(&model_path, runtime)?;
     let load_ms = ms(t);
     let mref = model_ref(&model)?;
     if let Some(s) = &existing {
@@ -609,19 +609,16 @@ fn run_batch(
             Err((e, id)) => {
                 let msg = crate::app::message(&e);
                 all_input &= is_input_error(&e);
+                let record = AttributionLine::Failed(AttributionFailure {
+                    kind: "error".into(),
+                    id,
+                    line: *line,
+                    error: msg.clone(),
+                });
+                write_json(&mut stdout, &record, false)?;
                 if args.fail_fast {
-                    bar.finish_and_clear();
-                    write_json(
-                        &mut stdout,
-                        &AttributionLine::Failed(AttributionFailure {
-                            kind: "error".into(),
-                            id,
-                            line: *line,
-                            error: msg,
-                        }),
-                        false,
-                    )?;
                     stdout.flush()?;
+                    bar.finish_and_clear();
                     return Err(e.context(format!(
                         "{} line {line} (stopped: --fail-fast)",
                         path.display()
@@ -634,16 +631,6 @@ fn run_batch(
                         path.display()
                     );
                 });
-                write_json(
-                    &mut stdout,
-                    &AttributionLine::Failed(AttributionFailure {
-                        kind: "error".into(),
-                        id,
-                        line: *line,
-                        error: msg,
-                    }),
-                    false,
-                )?;
                 failed.push(*line);
             }
         }

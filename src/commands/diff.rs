@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::app::input_err;
-use crate::cli::{DiffArgs, GlobalArgs, OutputFormat, RuntimeArgs};
+use crate::cli::{DiffArgs, EngineArgs, GlobalArgs, OutputFormat};
 use crate::driver::{Choice, Driver};
 use crate::engine::{ContextOptions, Decoder};
 use crate::render::table;
@@ -44,7 +44,7 @@ fn models(
     a: &std::path::Path,
     b: &std::path::Path,
 ) -> anyhow::Result<crate::trace::DiffSummary> {
-    let rt = RuntimeArgs::default();
+    let rt = EngineArgs::default();
     let model_a = load_model(a, &rt)?;
     let model_b = load_model(b, &rt)?;
     if model_a.n_vocab() != model_b.n_vocab() {

@@ -254,19 +254,19 @@ fn batch(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     )?;
     let params = settings::with_greedy(params, args.seed.greedy);
     let display_k = settings::display_k(&args.sampling, existing.as_ref().map(|s| s.display_k))?;
-    let ctx_opts = settings::context_options(&args.runtime)?;
+    let ctx_opts = settings::context_options(&args.runtime.engine)?;
     let constraint = settings::constraint(
         &args.constraint,
         existing.as_ref().and_then(|s| s.constraint.as_ref()),
     )?;
     let model_path = settings::model_path(
-        args.runtime.model.as_deref(),
+        args.runtime.engine.model.as_deref(),
         existing
             .as_ref()
             .and_then(|s| s.model.as_ref())
             .map(|m| m.path.as_str()),
     )?;
-    let model = super::load_model(&model_path, &args.runtime)?;
+    let model = super::load_model(&model_path, &args.runtime.engine)?;
     settings::check_display_k(display_k, model.n_vocab())?;
     let base = CaseInput {
         id: None,

@@ -12,7 +12,7 @@ use super::{SessionCtx, facts, load_model, model_ref, warn_if_model_changed, wri
 pub fn run(global: &GlobalArgs, args: LoadArgs) -> anyhow::Result<()> {
     let out = settings::output(global, None);
     let mut sc = SessionCtx::open(global, true)?;
-    let runtime = crate::cli::RuntimeArgs {
+    let runtime = crate::cli::EngineArgs {
         gpu_layers: args.gpu_layers,
         ..Default::default()
     };

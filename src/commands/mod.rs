@@ -22,7 +22,7 @@ use anyhow::Context;
 
 use crate::app::input_err;
 use crate::chat::{self, ChatInput};
-use crate::cli::{GlobalArgs, PromptArgs, RuntimeArgs};
+use crate::cli::{EngineArgs, GlobalArgs, PromptArgs, RuntimeArgs};
 use crate::engine::{LoadOptions, Model};
 
 use crate::record::ModelFacts;
@@ -112,7 +112,7 @@ pub fn facts(model: &Model) -> ModelFacts {
 
 /// Load the model at `path` with the runtime flags. A load that takes over a second shows a
 /// progress bar on stderr when stderr is a terminal (indicatif draws nothing otherwise).
-pub fn load_model(path: &Path, rt: &RuntimeArgs) -> anyhow::Result<Model> {
+pub fn load_model(path: &Path, rt: &EngineArgs) -> anyhow::Result<Model> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::hidden());
     bar.set_style(

@@ -49,13 +49,13 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
         &args.sampling,
     )?;
     let display_k = settings::display_k(&args.sampling, existing.as_ref().map(|s| s.display_k))?;
-    let ctx_opts = settings::context_options(&args.runtime)?;
+    let ctx_opts = settings::context_options(&args.runtime.engine)?;
     let cspec = settings::constraint(
         &args.constraint,
         existing.as_ref().and_then(|s| s.constraint.as_ref()),
     )?;
     let model_path = settings::model_path(
-        args.runtime.model.as_deref(),
+        args.runtime.engine.model.as_deref(),
         existing
             .as_ref()
             .and_then(|s| s.model.as_ref())
@@ -63,7 +63,7 @@ pub fn run(global: &GlobalArgs, args: PreviewArgs) -> anyhow::Result<()> {
     )?;
 
     let t = Instant::now();
-    let model = load_model(&model_path, &args.runtime)?;
+    let model = load_model(&model_path, &args.runtime.engine)?;
     let load_ms = ms(t);
     settings::check_display_k(display_k, model.n_vocab())?;
     let mref = model_ref(&model)?;

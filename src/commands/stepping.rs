@@ -60,19 +60,19 @@ pub fn prepare(
         sampling,
     )?;
     let display_k = settings::display_k(sampling, existing.as_ref().map(|s| s.display_k))?;
-    let ctx_opts = settings::context_options(runtime)?;
+    let ctx_opts = settings::context_options(&runtime.engine)?;
     let cspec = settings::constraint(
         constraint_args,
         existing.as_ref().and_then(|s| s.constraint.as_ref()),
     )?;
     let model_path = settings::model_path(
-        runtime.model.as_deref(),
+        runtime.engine.model.as_deref(),
         existing
             .as_ref()
             .and_then(|s| s.model.as_ref())
             .map(|m| m.path.as_str()),
     )?;
-    let model = load_model(&model_path, runtime)?;
+    let model = load_model(&model_path, &runtime.engine)?;
     settings::check_display_k(display_k, model.n_vocab())?;
     let mref = model_ref(&model)?;
     if let Some(s) = &existing {

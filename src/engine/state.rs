@@ -103,34 +103,19 @@ impl Decoder<'_> {
         tokens: &[i32],
         path: &std::path::Path,
     ) -> Result<(), EngineError> {
-        self.check_restorable(tokens)?;
-        self.ctx.clear_kv_cache();
-        self.cached.clear();
-        self.last_row = None;
-        log::take_errors();
-        let n_ctx = self.n_ctx();
-        let result = match self.ctx.state_seq_load_file(path, SEQ, n_ctx) {
-            Err(e) => Err(state_error(&format!("could not load the KV state: {e}"))),
-            Ok((saved, _)) => {
-                if saved.len() < tokens.len() || saved.iter().zip(tokens).any(|(s, &t)| s.0 != t) {
-                    Err(EngineError::Decode(
-                        "the KV state file holds other tokens than asked for".into(),
-                    ))
-                } else {
-                    self.keep_restored(tokens.len())
-                }
+        self.restore_with(tokens, |dec| {
+            let n_ctx = dec.n_ctx();
+            let (saved, _) = dec
+                .ctx
+                .state_seq_load_file(path, SEQ, n_ctx)
+                .map_err(|e| state_error(&format!("could not load the KV state: {e}")))?;
+            if saved.len() < tokens.len() || saved.iter().zip(tokens).any(|(s, &t)| s.0 != t) {
+                return Err(EngineError::Decode(
+                    "the KV state file holds other tokens than asked for".into(),
+                ));
             }
-        };
-        match result {
-            Ok(()) => {
-                self.cached = tokens.to_vec();
-                Ok(())
-            }
-            Err(e) => {
-                self.ctx.clear_kv_cache();
-                Err(e)
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Put a state saved by [`Decoder::save_prefix`] into the cache, which then holds `tokens`.
@@ -141,26 +126,37 @@ impl Decoder<'_> {
     /// The bytes must come from the same model and the same [`Decoder::kv_params_key`]; llama.cpp
     /// rejects a different layout, but not different numbers. On failure the cache is empty.
     pub fn restore_prefix(&mut self, tokens: &[i32], bytes: &[u8]) -> Result<(), EngineError> {
+        self.restore_with(tokens, |dec| {
+            // SAFETY: `bytes` is a live slice for the whole call and llama.cpp reads it through
+            // a bounds-checked reader (running past its end throws, which the C API catches and
+            // reports as 0). It checks the magic, stream count, cell count against this
+            // context's size, layer count, K/V types and row sizes, and rejects a mismatch
+            // without touching other sequences. `&mut self` means no decode runs meanwhile.
+            let ok = unsafe {
+                dec.ctx
+                    .state_seq_set_data_ext(bytes, SEQ, LlamaStateSeqFlags::empty())
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(state_error("llama.cpp rejected the cached KV state"))
+            }
+        })
+    }
+
+    /// Empty the cache, `load` a state into sequence 0, keep its first `tokens.len()`
+    /// positions; on any failure the cache is left empty.
+    fn restore_with(
+        &mut self,
+        tokens: &[i32],
+        load: impl FnOnce(&mut Self) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         self.check_restorable(tokens)?;
         self.ctx.clear_kv_cache();
         self.cached.clear();
         self.last_row = None;
         log::take_errors();
-        // SAFETY: `bytes` is a live slice for the whole call and llama.cpp reads it through a
-        // bounds-checked reader (running past its end throws, which the C API catches and
-        // reports as 0). It checks the magic, stream count, cell count against this context's
-        // size, layer count, K/V types and row sizes, and rejects a mismatch without touching
-        // other sequences. `&mut self` means no decode runs meanwhile.
-        let ok = unsafe {
-            self.ctx
-                .state_seq_set_data_ext(bytes, SEQ, LlamaStateSeqFlags::empty())
-        };
-        let result = if !ok {
-            Err(state_error("llama.cpp rejected the cached KV state"))
-        } else {
-            self.keep_restored(tokens.len())
-        };
-        match result {
+        match load(self).and_then(|()| self.keep_restored(tokens.len())) {
             Ok(()) => {
                 self.cached = tokens.to_vec();
                 Ok(())
@@ -172,8 +168,6 @@ impl Decoder<'_> {
         }
     }
 
-    /// After a restore: check that seq 0 holds positions `0..` at least `n` long, and drop
-    /// whatever lies past `n`.
     /// `tokens` can be the content of this context: not empty, within it, in the vocabulary.
     fn check_restorable(&self, tokens: &[i32]) -> Result<(), EngineError> {
         if tokens.is_empty() {

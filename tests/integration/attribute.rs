@@ -3,11 +3,9 @@
 //! as a triangular matrix equal to one-by-one attribution, the table, batch errors, --fail-fast
 //! and --shard, and that the session is only read.
 
-use std::path::PathBuf;
-
 use serde_json::{Value, json};
 
-use crate::util::{PROMPT, Sandbox, f, ids, m};
+use crate::util::{PROMPT, Sandbox, attribution_example, f, ids, m, spearman};
 
 const METHODS: [&str; 5] = [
     "attention",
@@ -17,11 +15,6 @@ const METHODS: [&str; 5] = [
     "integrated_gradients",
 ];
 
-fn example() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/attribution-example.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("example fixture")).expect("JSON")
-}
-
 fn scores(record: &Value) -> Vec<f64> {
     record["scores"]
         .as_array()
@@ -29,34 +22,6 @@ fn scores(record: &Value) -> Vec<f64> {
         .iter()
         .map(|s| f(&s["score"]))
         .collect()
-}
-
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
-            r[k] = (i + j) as f64 / 2.0 + 1.0;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
 }
 
 fn write_batch(sb: &Sandbox, name: &str, lines: &[Value]) -> String {
@@ -77,7 +42,7 @@ fn timeless(mut v: Value) -> Value {
 #[test]
 fn public_example_is_reproduced_through_a_batch() {
     let sb = Sandbox::new();
-    let ex = example();
+    let ex = attribution_example();
     let mut lines = Vec::new();
     for (c, case) in ex["cases"].as_array().unwrap().iter().enumerate() {
         let mut completion = ids(&case["completion_ids_before_target"]);

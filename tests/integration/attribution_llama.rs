@@ -4,16 +4,14 @@
 //! per token, reuses the KV prefix (counted decoded tokens), agrees with decoding each shortened
 //! context from scratch, and both methods take completion and candidate targets.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ntv::attribution::TargetFn;
 use ntv::attribution::attention::{self, AttentionOptions, LayerAgg};
 use ntv::attribution::occlusion::{self, OcclusionAgg};
 use ntv::engine::{AttentionCapture, ContextOptions, Decoder, LoadOptions, Model, Occluder};
-use serde_json::Value;
 
-use crate::util::{KNOWN_IDS, model};
+use crate::util::{KNOWN_IDS, attribution_example, model, spearman};
 
 fn load() -> Model {
     Model::load(model(), &LoadOptions::default()).expect("model loads")
@@ -23,16 +21,9 @@ fn known() -> Vec<i32> {
     KNOWN_IDS.iter().map(|&i| i as i32).collect()
 }
 
-fn example() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/attribution-example.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("example is JSON")
-}
-
 /// (context ids, target id, reference attention scores) of each example case.
 fn cases() -> Vec<(Vec<i32>, i32, Vec<f64>)> {
-    example()["cases"]
+    attribution_example()["cases"]
         .as_array()
         .expect("cases")
         .iter()
@@ -52,36 +43,6 @@ fn cases() -> Vec<(Vec<i32>, i32, Vec<f64>)> {
             (ids, c["target_id"].as_i64().expect("target") as i32, att)
         })
         .collect()
-}
-
-/// Ranks with ties averaged (1-based).
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            r[k] = avg;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! The autograd attribution engine (candle, f32 dequantised weights) on the real test model:
 //! parity of its forward with llama.cpp, the public worked example, IG's completeness.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use ntv::attribution::{
 use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
 use serde_json::Value;
 
-use crate::util::{KNOWN_IDS, model};
+use crate::util::{KNOWN_IDS, attribution_example, model, spearman};
 
 fn autograd_model() -> &'static AutogradModel {
     static M: OnceLock<AutogradModel> = OnceLock::new();
@@ -97,13 +96,6 @@ fn autograd_forward_matches_llama_cpp() {
     assert!(mean < 0.01, "mean KL {mean} nats ≥ 0.01: {kls:?}");
 }
 
-fn example() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/attribution-example.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("example is JSON")
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("array")
@@ -118,33 +110,6 @@ fn floats(v: &Value) -> Vec<f64> {
         .iter()
         .map(|x| x.as_f64().expect("number"))
         .collect()
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    fn ranks(x: &[f64]) -> Vec<f64> {
-        let mut idx: Vec<usize> = (0..x.len()).collect();
-        idx.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
-        let mut r = vec![0.0; x.len()];
-        let mut i = 0;
-        while i < idx.len() {
-            let mut j = i;
-            while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
-                j += 1;
-            }
-            for k in i..=j {
-                r[idx[k]] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    }
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
 }
 
 fn check_inseq_scores(scores: &[f64], n: usize, what: &str) {
@@ -168,7 +133,7 @@ fn public_example_is_reproduced() {
         },
         "the example's baseline: id 0, <|im_end|> (id 2) kept"
     );
-    let ex = example();
+    let ex = attribution_example();
     for case in ex["cases"].as_array().expect("cases") {
         let context = ids(&case["context_ids"]);
         let target = case["target_id"].as_u64().expect("target") as u32;
