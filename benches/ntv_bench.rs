@@ -584,10 +584,17 @@ fn attribution(exe: &str, path: &std::path::Path, model: &Model, threads: i32) {
     for (long, prompt) in [(false, &short_prompt), (true, &long_prompt)] {
         let mut lines = Vec::new();
         for (method, short_runs, long_runs) in methods {
-            // One warm-up per method (engine creation, first touch of the weights).
-            lines.push(
-                json!({"id": "warm", "prompt": "Hi", "token": 504, "method": method, "steps": 2}),
-            );
+            // One warm-up per method (engine creation, first touch of the weights and of the
+            // activation memory) on the same context; integrated gradients with 2 nodes, and
+            // occlusion (quadratic) on a short prompt.
+            let warm_prompt = if method == "occlusion" {
+                "Hi"
+            } else {
+                prompt.as_str()
+            };
+            lines.push(json!({
+                "id": "warm", "prompt": warm_prompt, "token": 504, "method": method, "steps": 2
+            }));
             for _ in 0..if long { long_runs } else { short_runs } {
                 lines
                     .push(json!({"id": "timed", "prompt": prompt, "token": 504, "method": method}));
