@@ -50,6 +50,14 @@ fn autograd_forward_matches_llama_cpp() {
     let am = autograd_model();
     assert_eq!(am.architecture(), "llama");
     let lm = Model::load(model(), &LoadOptions::default()).expect("llama.cpp model loads");
+    assert_parity(&lm, am, 0.0);
+}
+
+/// The autograd forward's next-token distribution agrees with llama.cpp's on four prompts:
+/// same top-1 on each (or, with `tie` > 0, the two top-1s within `tie` of each other in
+/// probability under both engines: a near tie that quantisation may flip), mean
+/// KL(llama.cpp ‖ autograd) under 0.01 nats.
+pub fn assert_parity(lm: &Model, am: &AutogradModel, tie: f64) {
     let mut prompts: Vec<Vec<i32>> = vec![KNOWN_IDS.iter().map(|&i| i as i32).collect()];
     for text in [
         "The quick brown fox jumps over the lazy dog. The dog",
@@ -64,7 +72,7 @@ fn autograd_forward_matches_llama_cpp() {
             n_threads: 1,
             ..ContextOptions::default()
         };
-        let mut dec = Decoder::new(&lm, &opts).expect("context");
+        let mut dec = Decoder::new(lm, &opts).expect("context");
         let ll = dec.eval(ids).expect("llama.cpp eval").to_vec();
         let uids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         let al = next_token_logits(am, &uids).expect("autograd logits");
@@ -83,16 +91,29 @@ fn autograd_forward_matches_llama_cpp() {
             .sum();
         let (tl, ta) = (argmax(&ll), argmax(&al));
         eprintln!(
-            "parity: {} tokens, top-1 llama.cpp {tl} (p={:.4}) autograd {ta} (p={:.4}), KL {kl:.5}",
+            "parity ({}): {} tokens, top-1 llama.cpp {tl} (p={:.4}) autograd {ta} (p={:.4}), KL {kl:.5}",
+            am.architecture(),
             ids.len(),
             lp[tl].exp(),
             ap[ta].exp()
         );
-        assert_eq!(tl, ta, "top-1 differs for prompt {ids:?}");
+        let near_tie =
+            (lp[tl].exp() - lp[ta].exp()).abs() < tie && (ap[tl].exp() - ap[ta].exp()).abs() < tie;
+        assert!(
+            tl == ta || near_tie,
+            "top-1 differs for prompt {ids:?}: llama.cpp {tl} p {:.4}/{:.4}, autograd {ta} p {:.4}/{:.4}",
+            lp[tl].exp(),
+            lp[ta].exp(),
+            ap[tl].exp(),
+            ap[ta].exp()
+        );
         kls.push(kl);
     }
     let mean = kls.iter().sum::<f64>() / kls.len() as f64;
-    eprintln!("parity: mean KL(llama.cpp || autograd) = {mean:.5} nats");
+    eprintln!(
+        "parity ({}): mean KL(llama.cpp || autograd) = {mean:.5} nats",
+        am.architecture()
+    );
     assert!(mean < 0.01, "mean KL {mean} nats ≥ 0.01: {kls:?}");
 }
 

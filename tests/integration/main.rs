@@ -19,6 +19,7 @@ mod prefix_cache;
 mod preview;
 mod readme;
 mod regress;
+mod second_arch;
 mod session_file;
 mod step;
 mod trace;
