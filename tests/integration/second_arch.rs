@@ -1,7 +1,8 @@
-//! A second architecture, made offline from the test model: the same weights written as a
-//! `qwen2` GGUF (`llama.*` metadata renamed to `qwen2.*`, zero Q/K/V biases added). llama.cpp
-//! runs it as qwen2 — NEOX RoPE instead of llama's, so a different function from the original —
-//! and ntv must follow: the autograd forward agrees with llama.cpp on it (the parity test; KL
+//! More architectures, made offline from the test model: the same weights written as a `qwen2`
+//! GGUF (`llama.*` metadata renamed to `qwen2.*`, zero Q/K/V biases added) and as a `qwen3` GGUF
+//! (per-head Q/K RMSNorm weights of ones added). llama.cpp runs them as qwen2/qwen3 — NEOX RoPE
+//! instead of llama's, and qwen3's extra norms, so different functions from the original — and
+//! ntv must follow: the autograd forward agrees with llama.cpp on it (the parity test; KL
 //! 0.002–0.008 nats per prompt as measured, like the llama original's 0.004),
 //! attention rows are distributions, and `ntv attribute` works on it end to end.
 
@@ -19,8 +20,21 @@ use crate::util::{KNOWN_IDS, PROMPT, Sandbox, model};
 /// The qwen2 copy of the test model, written once per test process.
 fn qwen2_gguf() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-as-qwen2.gguf");
+    PATH.get_or_init(|| rewrite_as("qwen2"))
+}
+
+/// The qwen3 copy of the test model, written once per test process.
+fn qwen3_gguf() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| rewrite_as("qwen3"))
+}
+
+/// The test model's weights as a GGUF of architecture `arch` (qwen2: zero Q/K/V biases; qwen3:
+/// Q/K norm weights of ones), in the cargo target's temp folder.
+fn rewrite_as(arch: &str) -> PathBuf {
+    {
+        let out =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-as-{arch}.gguf"));
         let mut reader = BufReader::new(std::fs::File::open(model()).expect("test model"));
         let content = gguf_file::Content::read(&mut reader).expect("GGUF");
         let get_u32 = |k: &str| content.metadata[k].to_u32().expect("u32 metadata");
@@ -34,11 +48,11 @@ fn qwen2_gguf() -> &'static Path {
             .iter()
             .map(|(k, v)| {
                 let key = match k.strip_prefix("llama.") {
-                    Some(rest) => format!("qwen2.{rest}"),
+                    Some(rest) => format!("{arch}.{rest}"),
                     None => k.clone(),
                 };
                 let value = if k == "general.architecture" {
-                    gguf_file::Value::String("qwen2".into())
+                    gguf_file::Value::String(arch.into())
                 } else {
                     v.clone()
                 };
@@ -60,10 +74,19 @@ fn qwen2_gguf() -> &'static Path {
             let t = Tensor::zeros(n, DType::F32, &Device::Cpu).expect("zeros");
             QTensor::quantize(&t, GgmlDType::F32).expect("f32 tensor")
         };
+        let ones = |n: usize| {
+            let t = Tensor::ones(n, DType::F32, &Device::Cpu).expect("ones");
+            QTensor::quantize(&t, GgmlDType::F32).expect("f32 tensor")
+        };
         for i in 0..n_layer {
-            tensors.push((format!("blk.{i}.attn_q.bias"), zeros(n_embd)));
-            tensors.push((format!("blk.{i}.attn_k.bias"), zeros(kv_dim)));
-            tensors.push((format!("blk.{i}.attn_v.bias"), zeros(kv_dim)));
+            if arch == "qwen3" {
+                tensors.push((format!("blk.{i}.attn_q_norm.weight"), ones(n_embd / n_head)));
+                tensors.push((format!("blk.{i}.attn_k_norm.weight"), ones(n_embd / n_head)));
+            } else {
+                tensors.push((format!("blk.{i}.attn_q.bias"), zeros(n_embd)));
+                tensors.push((format!("blk.{i}.attn_k.bias"), zeros(kv_dim)));
+                tensors.push((format!("blk.{i}.attn_v.bias"), zeros(kv_dim)));
+            }
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let tmp = out.with_extension("gguf.tmp");
@@ -75,17 +98,25 @@ fn qwen2_gguf() -> &'static Path {
         drop(w);
         std::fs::rename(&tmp, &out).expect("rename");
         out
-    })
+    }
 }
 
 #[test]
 fn a_qwen2_model_runs_and_the_autograd_forward_follows_llama_cpp() {
-    let path = qwen2_gguf();
-    let lm = Model::load(path, &LoadOptions::default()).expect("llama.cpp loads the qwen2 copy");
-    assert_eq!(lm.info().architecture, "qwen2");
-    let am = AutogradModel::load(path).expect("autograd loads the qwen2 copy");
-    assert_eq!(am.architecture(), "qwen2");
-    // This copy is not a trained qwen2 model (its Q/K weights were permuted for llama's RoPE),
+    check_architecture(qwen2_gguf(), "qwen2");
+}
+
+#[test]
+fn a_qwen3_model_runs_and_the_autograd_forward_follows_llama_cpp() {
+    check_architecture(qwen3_gguf(), "qwen3");
+}
+
+fn check_architecture(path: &Path, arch: &str) {
+    let lm = Model::load(path, &LoadOptions::default()).expect("llama.cpp loads the copy");
+    assert_eq!(lm.info().architecture, arch);
+    let am = AutogradModel::load(path).expect("autograd loads the copy");
+    assert_eq!(am.architecture(), arch);
+    // This copy is not a trained model (its Q/K weights were permuted for llama's RoPE),
     // so its distributions are flat and near ties are common: a top-1 flip between two tokens
     // within 0.02 of each other under both engines is quantisation, not a different model.
     crate::autograd::assert_parity(&lm, &am, 0.02);
