@@ -14,18 +14,19 @@
 //! the KV cache and the file without a copy of the whole state in memory), then a header (magic,
 //! format version, the key material in full, the state length and the XXH3-128 checksum of the
 //! state: it guards against torn or corrupted files, not against an adversary, and runs at memory
-//! speed where SHA-256 cost ~25 ms per 46 MB state), its length and an end marker and the state bytes of [`Decoder::save_prefix`]. Nothing is trusted
-//! until all of it matches: wrong magic or version, key material that differs from the caller's
+//! speed where SHA-256 cost ~25 ms per 46 MB state), the header's length and an end marker.
+//! Nothing is trusted, and llama.cpp reads nothing, until all of it matches: wrong magic or version, key material that differs from the caller's
 //! or from the file name, a length that is not the file's, or a bad checksum make the entry
 //! ignored and deleted.
 //!
-//! **Writes** go to a temp file (`.…tmp`, never read) that is fsynced and then renamed: an
-//! interrupted process leaves either the whole entry or none. Temp files older than
+//! **Writes** go to a temp file (`.…tmp`, never read) that is fsynced (unless the cache was
+//! opened without durability, as the commands do) and then renamed: an interrupted process
+//! leaves either the whole entry or none. Temp files older than
 //! [`STALE_TEMP`] are removed by later stores.
 //!
 //! **Lookups** also use an entry that holds a *longer* context sharing a prefix with the one asked
-//! for (after an undo or a rewind): [`Decoder::restore_prefix`] drops the positions past the
-//! shared part. Such an entry is used only when the shared part is at least 1/[`MIN_SHARE`] of
+//! for (after an undo or a rewind): [`Decoder::restore_prefix_file`] drops the positions past
+//! the shared part. Such an entry is used only when the shared part is at least 1/[`MIN_SHARE`] of
 //! what it holds, since restoring costs time in proportion to its size.
 //!
 //! **What is kept.** Storing a context supersedes the entries of the same model and parameters

@@ -8,7 +8,7 @@
 //! - [`Trace`] is the file (`"schema": "ntv.trace/1"`): the build that recorded it and one
 //!   [`TraceCase`] per prompt, with every input needed to re-run the case and every step's
 //!   selected token, top-k probabilities and entropies.
-//! - [`read`] and [`write`] load and save it (atomic write, precise errors naming the file).
+//! - [`read`] and [`write()`] load and save it (atomic write, precise errors naming the file).
 //! - [`check_case`] compares a re-run with a recorded case ([`CheckReport`], `ntv.check/1`).
 //! - [`kl_divergence`], [`kl_from_logits`], [`summarize`] and [`diff_traces`] compare two
 //!   distributions, in the style of llama.cpp's perplexity KL-divergence mode
