@@ -199,6 +199,9 @@ pub struct Attributor<'m> {
     occluder: Option<Occluder<'m>>,
     occluder_len: usize,
     autograd: Option<AutogradModel>,
+    /// The autograd engine's threads when fewer than the cores were asked for (`-t`): candle's
+    /// matmuls split their work on the current rayon pool.
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// Room for `n` tokens, rounded up so that slightly longer contexts reuse the engine.
@@ -209,6 +212,16 @@ fn room(n: usize, max: usize) -> usize {
 impl<'m> Attributor<'m> {
     /// Engines for `model` with `threads` CPU threads, for contexts of at most `max_tokens`.
     pub fn new(model: &'m Model, threads: i32, max_tokens: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = (threads >= 1 && (threads as usize) < cores)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads as usize)
+                    .thread_name(|i| format!("ntv-autograd-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten();
         Self {
             model,
             threads,
@@ -218,6 +231,7 @@ impl<'m> Attributor<'m> {
             occluder: None,
             occluder_len: 0,
             autograd: None,
+            pool,
         }
     }
 
@@ -343,7 +357,8 @@ impl<'m> Attributor<'m> {
                 let steps = opts.steps;
                 let baseline_choice = opts.baseline;
                 let agg = opts.agg;
-                let model = self.autograd()?;
+                self.autograd()?;
+                let model = self.autograd.as_ref().expect("loaded above");
                 let method = match m {
                     Method::Saliency => GradMethod::Saliency,
                     Method::InputXGradient => GradMethod::InputXGradient,
@@ -358,7 +373,12 @@ impl<'m> Attributor<'m> {
                 let mut out = Vec::with_capacity(targets.len());
                 for t in targets {
                     let ctx: Vec<u32> = tokens[..t.context_len].iter().map(|&i| i as u32).collect();
-                    let g = autograd::attribute(model, &ctx, t.id as u32, method.clone(), f, agg)?;
+                    let run =
+                        || autograd::attribute(model, &ctx, t.id as u32, method.clone(), f, agg);
+                    let g = match &self.pool {
+                        Some(pool) => pool.install(run)?,
+                        None => run()?,
+                    };
                     out.push(Outcome {
                         scores: g.scores,
                         raw: Some(g.raw),
