@@ -62,14 +62,6 @@ impl Method {
         }
     }
 
-    /// Whether the method needs the autograd engine.
-    pub fn is_gradient(self) -> bool {
-        matches!(
-            self,
-            Self::Saliency | Self::InputXGradient | Self::IntegratedGradients
-        )
-    }
-
     /// The target function used when none is asked for: p for the gradient methods (Inseq),
     /// log p for occlusion, none for attention (it does not look at the target).
     pub fn default_target_fn(self) -> Option<TargetFn> {
