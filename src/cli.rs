@@ -20,7 +20,7 @@ use crate::sampling::{Preset, SamplerOrder};
   ntv preview -m model.gguf -p \"Hi\" --format json  the same as JSON
   ntv generate -p \"Write a haiku\" -n 32 --seed 7    stream a sampled completion
   ntv step --greedy; ntv step --undo; ntv branch list
-  ntv attribute --method saliency                   why the last token (heatmap, top contributors)
+  ntv attribute --method saliency                 why the last token (heatmap, top contributors)
 
 Exit status: 0 success, 1 runtime failure, 2 bad usage or input.")]
 pub struct Cli {
