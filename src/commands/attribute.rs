@@ -21,7 +21,7 @@ use crate::driver::pill;
 use crate::engine::{ContextOptions, Decoder, Model};
 use crate::record::{
     AttentionSelection, AttributeDoc, AttributeTimings, AttributionFailure, AttributionLine,
-    AttributionRecord, AttributionTarget, ScoredToken,
+    AttributionRecord, AttributionTarget, ScoredToken, TokenPill,
 };
 use crate::render::heatmap;
 use crate::settings;
@@ -158,9 +158,18 @@ fn options(args: &AttributeArgs) -> anyhow::Result<Options> {
     })
 }
 
-/// The most probable next token after `context` (one llama.cpp decode).
-fn top_next(model: &Model, ctx: &ContextOptions, context: &[i32]) -> anyhow::Result<i32> {
-    let mut dec = Decoder::new(model, ctx)?;
+/// The most probable next token after `context`. `dec` is created on first use and kept, so a
+/// batch makes one context for all its default targets and reuses the KV prefix they share.
+fn top_next<'m>(
+    model: &'m Model,
+    ctx: &ContextOptions,
+    dec: &mut Option<Decoder<'m>>,
+    context: &[i32],
+) -> anyhow::Result<i32> {
+    let dec = match dec {
+        Some(d) => d,
+        None => dec.insert(Decoder::new(model, ctx)?),
+    };
     let logits = dec.eval(context)?;
     let best = logits
         .iter()
@@ -171,10 +180,10 @@ fn top_next(model: &Model, ctx: &ContextOptions, context: &[i32]) -> anyhow::Res
     Ok(best)
 }
 
-/// The JSON record of one attributed target.
+/// The JSON record of one attributed target; `pills` are the sequence's tokens as shown.
 fn to_record(
     model: &Model,
-    tokens: &[i32],
+    pills: &[TokenPill],
     prompt_len: usize,
     r: &Resolved,
     o: Outcome,
@@ -183,21 +192,18 @@ fn to_record(
 ) -> AttributionRecord {
     let t = pill(model, r.target.id);
     let n = r.target.context_len;
-    let scores = tokens[..n]
+    let scores = pills[..n]
         .iter()
         .zip(&o.scores)
         .enumerate()
-        .map(|(index, (&id, &score))| {
-            let p = pill(model, id);
-            ScoredToken {
-                index,
-                id,
-                text: p.text,
-                display: p.display,
-                special: p.special,
-                completion: index >= prompt_len,
-                score,
-            }
+        .map(|(index, (p, &score))| ScoredToken {
+            index,
+            id: p.id,
+            text: p.text.clone(),
+            display: p.display.clone(),
+            special: p.special,
+            completion: index >= prompt_len,
+            score,
         })
         .collect();
     let ig = opts.method == Method::IntegratedGradients;
@@ -251,10 +257,20 @@ fn attribute_all(
     let plain: Vec<Target> = targets.iter().map(|r| r.target).collect();
     let outcomes = attributor.run(tokens, &plain, opts)?;
     let each = ms(t) / targets.len().max(1) as f64;
+    // Each token's text once, however many targets (--all) show it.
+    let longest = targets
+        .iter()
+        .map(|r| r.target.context_len)
+        .max()
+        .unwrap_or(0);
+    let pills: Vec<TokenPill> = tokens[..longest]
+        .iter()
+        .map(|&id| pill(model, id))
+        .collect();
     Ok(targets
         .iter()
         .zip(outcomes)
-        .map(|(r, o)| to_record(model, tokens, prompt_len, r, o, opts, each))
+        .map(|(r, o)| to_record(model, &pills, prompt_len, r, o, opts, each))
         .collect())
 }
 
@@ -328,8 +344,9 @@ pub fn run(global: &GlobalArgs, args: AttributeArgs) -> anyhow::Result<()> {
         _ => TargetSel::Default,
     };
     let tokens: Vec<i32> = prompt.iter().chain(&completion).copied().collect();
+    let mut next_dec = None;
     let targets = resolve_targets(sel, prompt.len(), &completion, &mut || {
-        top_next(&model, &ctx_opts, &tokens)
+        top_next(&model, &ctx_opts, &mut next_dec, &tokens)
     })?;
 
     let t = Instant::now();
@@ -394,8 +411,27 @@ pub struct Request {
     pub baseline: Option<BaselineChoice>,
 }
 
+/// A line that is not a request: why, and its `id` when the line is JSON that has one.
+#[derive(Debug, Clone)]
+pub struct BadLine {
+    pub message: String,
+    pub id: Option<serde_json::Value>,
+}
+
 /// A batch line: its number and the request, or why it could not be read.
-pub type Line = (usize, Result<Request, String>);
+pub type Line = (usize, Result<Request, BadLine>);
+
+fn parse_request(line: &str) -> Result<Request, BadLine> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| BadLine {
+        message: e.to_string(),
+        id: None,
+    })?;
+    let id = value.get("id").cloned();
+    Request::deserialize(value).map_err(|e| BadLine {
+        message: e.to_string(),
+        id,
+    })
+}
 
 /// Read the requests of `path` (blank lines skipped) that fall in `shard` (`K/N`: every N-th
 /// request starting at the K-th, counting requests from 0). A line that is not a valid request
@@ -414,7 +450,7 @@ pub fn read_requests(path: &Path, shard: Option<(usize, usize)>) -> anyhow::Resu
         .filter(|(_, l)| !l.trim().is_empty())
         .enumerate()
         .filter(|(ordinal, _)| ordinal % n == k)
-        .map(|(_, (i, l))| (i + 1, serde_json::from_str(l).map_err(|e| e.to_string())))
+        .map(|(_, (i, l))| (i + 1, parse_request(l)))
         .collect();
     if text.lines().all(|l| l.trim().is_empty()) {
         return Err(input_err(
@@ -425,17 +461,12 @@ pub fn read_requests(path: &Path, shard: Option<(usize, usize)>) -> anyhow::Resu
     Ok(lines)
 }
 
-/// The id a raw line carries, for the error record of a line that failed to parse.
-fn id_of_bad_line(path: &Path, line: usize) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(text.lines().nth(line - 1)?).ok()?;
-    v.get("id").cloned()
-}
-
 /// Attribute one request with the command-line defaults.
-fn run_request(
-    model: &Model,
+#[allow(clippy::too_many_arguments)]
+fn run_request<'m>(
+    model: &'m Model,
     ctx_opts: &ContextOptions,
+    next_dec: &mut Option<Decoder<'m>>,
     attributor: &mut Attributor<'_>,
     args: &AttributeArgs,
     base_opts: &Options,
@@ -525,7 +556,7 @@ fn run_request(
     }
     let tokens: Vec<i32> = prompt_ids.iter().chain(&completion).copied().collect();
     let targets = resolve_targets(sel, prompt_ids.len(), &completion, &mut || {
-        top_next(model, ctx_opts, &tokens)
+        top_next(model, ctx_opts, next_dec, &tokens)
     })?;
     let mut records = attribute_all(
         attributor,
@@ -576,6 +607,7 @@ fn run_batch(
     );
     bar.set_prefix(format!("attributing ({})", args.method.name()));
     let mut attributor = Attributor::new(model, ctx_opts.n_threads, ctx_opts.n_ctx as usize);
+    let mut next_dec = None;
     let mut stdout = std::io::stdout().lock();
     let (mut failed, mut all_input, mut targets) = (Vec::new(), true, 0usize);
     for (line, req) in requests {
@@ -583,6 +615,7 @@ fn run_batch(
             Ok(r) => run_request(
                 model,
                 ctx_opts,
+                &mut next_dec,
                 &mut attributor,
                 args,
                 opts,
@@ -590,12 +623,12 @@ fn run_batch(
                 r,
             )
             .map_err(|e| (e, r.id.clone())),
-            Err(msg) => Err((
+            Err(bad) => Err((
                 anyhow::Error::new(InputError::new(
-                    format!("not a request: {msg}"),
+                    format!("not a request: {}", bad.message),
                     Some("each line is one JSON object (see ntv attribute --help)".into()),
                 )),
-                id_of_bad_line(path, *line),
+                bad.id.clone(),
             )),
         };
         match result {

@@ -360,6 +360,37 @@ fn batch_reports_bad_lines_and_shards_partition_it() {
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fail-fast"));
 
+    // Default targets (no completion: the most probable next token) in a batch, where one
+    // llama.cpp context serves every line, equal the one-shot command's.
+    let one = sb.json(&[
+        "attribute",
+        "-m",
+        m(),
+        "--no-session",
+        "-p",
+        PROMPT,
+        "--json",
+    ]);
+    let defaults = write_batch(
+        &sb,
+        "defaults.jsonl",
+        &[
+            json!({"prompt": PROMPT}),
+            json!({"prompt": "Hi"}),
+            json!({"prompt": PROMPT}),
+        ],
+    );
+    let recs = sb.jsonl(&["attribute", "-m", m(), "--batch", &defaults]);
+    assert_eq!(recs.len(), 3);
+    for i in [0, 2] {
+        assert_eq!(
+            recs[i]["target"],
+            one["targets"][0]["target"],
+            "line {}",
+            i + 1
+        );
+    }
+
     // Shards: every record once, in the order of its shard.
     let good = write_batch(&sb, "good.jsonl", &[&lines[..1], &lines[3..4]].concat());
     let whole = sb.jsonl(&["attribute", "-m", m(), "--batch", &good]);
