@@ -512,26 +512,12 @@ impl KvCache {
     /// and the file's length.
     fn read_header(&self, e: &Listed, fingerprint: &str, kv_key: &str) -> io::Result<Header> {
         let mut f = File::open(&e.path)?;
-        let file_len = f.metadata()?.len();
-        if file_len < 16 {
-            return Err(invalid("entry too short"));
-        }
-        f.seek(SeekFrom::End(-16))?;
-        let mut tail = [0u8; 16];
-        f.read_exact(&mut tail)?;
-        if tail[8..] != TRAILER_MAGIC {
-            return Err(invalid("not a ntv KV cache entry"));
-        }
-        let header_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
-        if header_len > file_len - 16 {
-            return Err(invalid("header longer than the entry"));
-        }
-        let at = file_len - 16 - header_len;
+        let (at, header_len) = read_trailer(&mut f)?;
         f.seek(SeekFrom::Start(at))?;
         let h = Header::read(&mut BufReader::new(f.take(header_len)))?;
         if h.len() != header_len || h.state_len != at {
             return Err(invalid(format!(
-                "entry is {file_len} bytes, its header announces a {}-byte state",
+                "entry has a {at}-byte state, its header announces {} bytes",
                 h.state_len
             )));
         }
@@ -641,23 +627,6 @@ impl KvCache {
         self.supersede(&ns, fingerprint, kv_key, tokens);
         self.evict(&final_path);
         Ok(())
-    }
-
-    /// The state bytes of a verified entry (tests and tools; restores read the file directly).
-    pub fn state_bytes(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let mut f = File::open(path)?;
-        let file_len = f.metadata()?.len();
-        f.seek(SeekFrom::End(-16))?;
-        let mut tail = [0u8; 16];
-        f.read_exact(&mut tail)?;
-        let header_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
-        let state_len = file_len
-            .checked_sub(16 + header_len)
-            .ok_or_else(|| invalid("entry too short"))?;
-        f.seek(SeekFrom::Start(0))?;
-        let mut state = vec![0u8; state_len as usize];
-        f.read_exact(&mut state)?;
-        Ok(state)
     }
 
     /// Remove the entries of namespace `ns` that hold a strict prefix of `tokens`.
@@ -775,6 +744,25 @@ impl KvCache {
     }
 }
 
+/// The end of an entry: (where the header starts = the state's length, the header's length).
+fn read_trailer(f: &mut File) -> io::Result<(u64, u64)> {
+    let file_len = f.metadata()?.len();
+    if file_len < 16 {
+        return Err(invalid("entry too short"));
+    }
+    f.seek(SeekFrom::End(-16))?;
+    let mut tail = [0u8; 16];
+    f.read_exact(&mut tail)?;
+    if tail[8..] != TRAILER_MAGIC {
+        return Err(invalid("not a ntv KV cache entry"));
+    }
+    let header_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+    if header_len > file_len - 16 {
+        return Err(invalid("header longer than the entry"));
+    }
+    Ok((file_len - 16 - header_len, header_len))
+}
+
 /// Checksum of a stored state.
 type Checksum = [u8; 16];
 
@@ -812,7 +800,17 @@ mod tests {
     /// `lookup` with the state copied out, for comparisons.
     fn look(c: &KvCache, fp: &str, kv: &str, tokens: &[i32]) -> Option<(usize, Vec<u8>)> {
         c.lookup(fp, kv, tokens)
-            .map(|(n, path)| (n, c.state_bytes(&path).expect("entry readable")))
+            .map(|(n, path)| (n, state_bytes(&path)))
+    }
+
+    /// The state bytes of an entry (restores hand the file to llama.cpp instead).
+    fn state_bytes(path: &Path) -> Vec<u8> {
+        let mut f = File::open(path).expect("entry readable");
+        let (state_len, _) = read_trailer(&mut f).expect("entry trailer");
+        let mut state = vec![0u8; state_len as usize];
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_exact(&mut state).unwrap();
+        state
     }
 
     const FP: &str = "size=1000;sha256=abc";
