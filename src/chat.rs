@@ -3,6 +3,15 @@
 
 use minijinja::{Environment, ErrorKind, Value, context};
 
+/// The prompt as resolved for one call: user text, system prompt, whether the model's chat
+/// template wraps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptSpec {
+    pub prompt: String,
+    pub system: String,
+    pub chat_template: bool,
+}
+
 /// The default system prompt of the original demo.
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 
@@ -11,8 +20,6 @@ pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 pub enum ChatError {
     #[error("the model's chat template does not render: {0}")]
     Render(String),
-    #[error("the model has no chat template")]
-    NoTemplate,
 }
 
 impl ChatError {
@@ -81,6 +88,15 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
         eos_token => input.eos_token,
     })
     .map_err(|e| ChatError::Render(describe(&e)))
+}
+
+impl crate::error::Diagnose for ChatError {
+    fn is_input(&self) -> bool {
+        ChatError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        ChatError::hint(self)
+    }
 }
 
 #[cfg(test)]

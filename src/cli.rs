@@ -168,7 +168,8 @@ Batch lines: {\"id\", \"prompt\", \"system\", \"chat_template\", \"completion_id
   ntv schema generate.step     the schema of one JSONL step record
   ntv schema                   every schema, keyed by name")]
     Schema {
-        /// Output name: load, preview, step, generate, generate.step, branch.list, branch.show,
+        /// Output name: load, preview, step, generate, generate.step, generate.batch,
+        /// branch.list, branch.show,
         /// branch.diff, check, diff, trace, session, attribute, attribute.record.
         name: Option<String>,
     },
@@ -397,6 +398,10 @@ pub struct StepArgs {
     /// Rewind to completion position I on a new branch and take --token there.
     #[arg(long, value_name = "I", requires = "token")]
     pub at: Option<usize>,
+    /// Stop when the completion text contains this (repeatable; kept in the session, shared
+    /// with `generate`).
+    #[arg(long, value_name = "TEXT", conflicts_with = "undo")]
+    pub stop: Vec<String>,
     /// Start the session over when it holds a completion for another prompt or model.
     #[arg(long)]
     pub reset: bool,
@@ -435,8 +440,14 @@ pub struct GenerateArgs {
     /// "max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
     /// "greedy"}; missing fields take the command-line values) without touching the session;
     /// one JSONL record per case, then a summary.
-    #[arg(long, value_name = "FILE.jsonl")]
+    #[arg(long, value_name = "FILE.jsonl", help_heading = "Batch")]
     pub batch: Option<PathBuf>,
+    /// Stop at the first bad batch line (default: report it and go on).
+    #[arg(long, requires = "batch", help_heading = "Batch")]
+    pub fail_fast: bool,
+    /// Take every N-th case starting at K (0 <= K < N), to split a batch over processes.
+    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    pub shard: Option<String>,
 }
 
 /// The model and how llama.cpp runs it (`attribute` takes only these: its engines use

@@ -18,6 +18,23 @@ pub enum StepError {
     Constraint(#[from] ConstraintError),
 }
 
+impl crate::error::Diagnose for StepError {
+    fn is_input(&self) -> bool {
+        match self {
+            Self::Engine(e) => e.is_input(),
+            Self::Sampling(e) => e.is_input(),
+            Self::Constraint(e) => e.is_input(),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::Engine(e) => e.hint(),
+            Self::Sampling(e) => e.hint(),
+            Self::Constraint(e) => e.hint(),
+        }
+    }
+}
+
 /// How to choose the next token.
 #[derive(Debug, Clone, Copy)]
 pub enum Choice {
@@ -27,6 +44,17 @@ pub enum Choice {
     Sample,
     /// This id, whatever the distribution says (must be in the vocabulary).
     Force(i32, ForcedBy),
+}
+
+impl Choice {
+    /// Greedy when the parameters say so, else a draw.
+    pub fn for_params(params: &SamplingParams) -> Self {
+        if params.greedy {
+            Self::Greedy
+        } else {
+            Self::Sample
+        }
+    }
 }
 
 /// Token pill for an id.
@@ -169,6 +197,11 @@ impl<'m> Driver<'m> {
         &mut self.dec
     }
 
+    /// The decoder, to read its statistics.
+    pub fn decoder_ref(&self) -> &Decoder<'m> {
+        &self.dec
+    }
+
     /// Context length.
     pub fn n_ctx(&self) -> usize {
         self.dec.n_ctx()
@@ -198,10 +231,7 @@ impl<'m> Driver<'m> {
         display_k: usize,
     ) -> Result<Dist, StepError> {
         let mask = self.mask()?;
-        let kind = self
-            .constraint
-            .as_ref()
-            .map(|c| c.kind().as_str().to_string());
+        let kind = self.constraint.as_ref().map(|c| c.kind());
         let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
         let d = self.ws.compute(
@@ -249,10 +279,7 @@ impl<'m> Driver<'m> {
             }
             .into());
         }
-        let kind = self
-            .constraint
-            .as_ref()
-            .map(|c| c.kind().as_str().to_string());
+        let kind = self.constraint.as_ref().map(|c| c.kind());
         let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
         let d = self.ws.compute(

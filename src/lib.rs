@@ -1,27 +1,36 @@
 //! ntv: see what a language model does at each generation step.
 //!
-//! Crate map: `cli` (clap definitions) → `app` (parse, dispatch, exit status) → `commands`
-//! (one file per subcommand, glue only) over `settings` (CLI + session → parameters), `engine`
+//! Crate map: `cli` (clap definitions) → `app` (parse, read the terminal, dispatch, exit
+//! status) → `commands` (the CLI front-end: resolve, call the core, render) → `workbench` (the
+//! application core: model, driver, KV and prefix cache, constraint, session; the one step
+//! loop) over `settings` (flags + environment + session + terminal → one struct), `engine`
 //! (the only llama.cpp code), `sampling` (pure maths), `session` (the state file), `chat`
-//! (prompt templates), `driver` (steps), `record` (JSON shapes) and `render` (writers).
+//! (prompt templates), `driver` (one step), `record` (JSON shapes), `render` (writers and the
+//! one emitter), `batch` (batch files) and `error` (the leaf every error maps into).
+//!
+//! Public modules are the ones the binary, the integration tests and the benchmarks use; the
+//! rest is crate-private, so an unused item is a warning.
 #![deny(unsafe_code)]
 
 pub mod app;
 pub mod attribution;
+pub(crate) mod batch;
 pub mod chat;
-pub mod cli;
-pub mod commands;
+pub(crate) mod cli;
+pub(crate) mod commands;
 pub mod constraint;
 pub mod docs;
 pub mod driver;
 #[allow(unsafe_code)]
 pub mod engine;
-pub mod fsutil;
+pub mod error;
+pub(crate) mod fsutil;
 pub mod kvcache;
 pub mod models;
 pub mod record;
-pub mod render;
+pub(crate) mod render;
 pub mod sampling;
 pub mod session;
 pub mod settings;
 pub mod trace;
+pub mod workbench;

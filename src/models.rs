@@ -227,3 +227,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     std::io::copy(&mut f, &mut hasher)?;
     Ok(hex(&hasher.finalize()))
 }
+
+impl crate::error::Diagnose for FetchError {
+    fn is_input(&self) -> bool {
+        false
+    }
+    fn hint(&self) -> Option<String> {
+        FetchError::hint(self)
+    }
+}

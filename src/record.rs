@@ -64,7 +64,7 @@ pub struct Dist {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_token_count: Option<usize>,
     pub constraint_active: bool,
-    pub constraint_type: Option<String>,
+    pub constraint_type: Option<crate::constraint::ConstraintKind>,
     /// Entropy of p_base in bits.
     pub entropy_base: f64,
     /// Entropy of p_final in bits.
@@ -157,6 +157,12 @@ pub enum StopReason {
     ConstraintComplete,
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl StopReason {
     /// The JSON name.
     pub fn as_str(self) -> &'static str {
@@ -228,10 +234,41 @@ pub struct PreviewDoc {
     pub presets: Vec<PresetInfo>,
     pub dist: Dist,
     /// The active constraint (kind and source), when there is one.
-    pub constraint: Option<crate::session::ConstraintSpec>,
+    pub constraint: Option<crate::constraint::ConstraintSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<Vec<PromptLogprob>>,
+    pub cache: CacheUse,
     pub timings: Timings,
+}
+
+/// Every preset with its parameters, for the JSON output.
+pub fn presets() -> Vec<PresetInfo> {
+    use crate::sampling::Preset;
+    [
+        Preset::Greedy,
+        Preset::Balanced,
+        Preset::Reliable,
+        Preset::Creative,
+        Preset::Custom,
+    ]
+    .into_iter()
+    .map(|p| PresetInfo {
+        name: p,
+        description: p.describe().to_string(),
+        params: p.params(),
+    })
+    .collect()
+}
+
+/// What the prefix cache and llama.cpp did for a call: a restored prefix skips decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct CacheUse {
+    /// A prefix cache was in use (off with --no-cache or --no-session).
+    pub enabled: bool,
+    /// Context tokens whose KV state came from the prefix cache.
+    pub restored_tokens: usize,
+    /// Tokens llama.cpp decoded in this call.
+    pub decoded_tokens: usize,
 }
 
 /// A named preset.
@@ -257,7 +294,7 @@ pub struct StepRecord {
     pub stop_reason: Option<StopReason>,
     /// The active constraint (kind and source), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub constraint: Option<crate::session::ConstraintSpec>,
+    pub constraint: Option<crate::constraint::ConstraintSpec>,
 }
 
 /// `ntv step` output (`ntv.step/1`).
@@ -267,8 +304,8 @@ pub struct StepDoc {
     pub branch: String,
     /// Set when --at created a new branch.
     pub created_branch: Option<String>,
-    /// What the edit did: "append", "undo", "rewind".
-    pub action: String,
+    /// What the edit did.
+    pub action: StepAction,
     pub steps: Vec<StepRecord>,
     pub appended: Vec<TokenPill>,
     pub appended_meta: Vec<AppendedMeta>,
@@ -283,7 +320,20 @@ pub struct StepDoc {
     pub stop_reason: Option<StopReason>,
     pub seed: Option<u64>,
     /// The active constraint (kind and source), when there is one.
-    pub constraint: Option<crate::session::ConstraintSpec>,
+    pub constraint: Option<crate::constraint::ConstraintSpec>,
+    pub cache: CacheUse,
+}
+
+/// What `ntv step` did to the branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAction {
+    /// Tokens appended to the active branch.
+    Append,
+    /// Tokens dropped (`--undo`).
+    Undo,
+    /// A new branch from position `--at`, with the forced token appended.
+    Rewind,
 }
 
 /// The last record of `generate`'s JSONL stream, and `generate --format json`'s document.
@@ -307,7 +357,8 @@ pub struct GenerateSummary {
     pub seed: Option<u64>,
     pub params: SamplingParams,
     /// The active constraint (kind and source), when there is one.
-    pub constraint: Option<crate::session::ConstraintSpec>,
+    pub constraint: Option<crate::constraint::ConstraintSpec>,
+    pub cache: CacheUse,
     /// Present in `--format json` (all steps in one document).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepRecord>>,
@@ -320,7 +371,7 @@ pub struct BranchRow {
     pub parent: Option<String>,
     pub fork_position: Option<usize>,
     pub length: usize,
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
     pub active: bool,
     pub seed: Option<u64>,
 }
@@ -398,9 +449,7 @@ pub struct ScoredToken {
 /// The token an attribution explains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AttributionTarget {
-    /// "completion" (a token of the completion, `--index`) or "candidate" (a possible next
-    /// token at the end of the context, `--token`).
-    pub kind: String,
+    pub kind: TargetKind,
     /// Completion index of the target (completion targets only).
     pub index: Option<usize>,
     pub id: i32,
@@ -411,6 +460,16 @@ pub struct AttributionTarget {
     pub prob: f64,
 }
 
+/// What kind of token an attribution explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A token of the completion (`--index`).
+    Completion,
+    /// A possible next token at the end of the context (`--token`, `--text`).
+    Candidate,
+}
+
 /// Options of the attention method, as applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AttentionSelection {
@@ -418,8 +477,8 @@ pub struct AttentionSelection {
     pub layers: Option<Vec<usize>>,
     /// Heads used (null: all).
     pub heads: Option<Vec<usize>>,
-    /// How layers combine: mean, max or last.
-    pub layer_agg: String,
+    /// How layers combine.
+    pub layer_agg: crate::attribution::attention::LayerAgg,
 }
 
 /// One target's attribution (`ntv.attribute.record/1`): an element of `ntv attribute`'s
@@ -464,9 +523,10 @@ pub struct AttributionRecord {
     pub elapsed_ms: f64,
 }
 
-/// A batch line that failed (`ntv attribute --batch`), in the JSONL stream at its place.
+/// A batch line that failed (`generate --batch`, `attribute --batch`), in the JSONL stream
+/// at its place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct AttributionFailure {
+pub struct BatchFailure {
     /// Always "error".
     #[serde(rename = "type")]
     pub kind: String,
@@ -482,7 +542,50 @@ pub struct AttributionFailure {
 #[serde(untagged)]
 pub enum AttributionLine {
     Ok(Box<AttributionRecord>),
-    Failed(AttributionFailure),
+    Failed(BatchFailure),
+}
+
+/// One case of `ntv generate --batch` (`ntv.generate.batch/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GenerateCase {
+    /// Always "case".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The line's `id`, as text.
+    pub id: Option<String>,
+    /// Line number in the batch file (1-based).
+    pub line: usize,
+    pub completion_text: String,
+    pub completion_ids: Vec<i32>,
+    pub stop_reason: StopReason,
+    pub n_tokens: usize,
+    pub tokens_per_second: f64,
+    pub seed: u64,
+}
+
+/// The last line of `ntv generate --batch` output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GenerateBatchSummary {
+    /// Always "summary".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Always "ntv.generate.batch/1".
+    pub schema: String,
+    /// Cases run (bad lines included).
+    pub cases: usize,
+    /// Lines that failed.
+    pub failed: usize,
+    /// The trace written (--record).
+    pub trace: Option<String>,
+}
+
+/// One line of `ntv generate --batch` output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GenerateBatchLine {
+    Case(GenerateCase),
+    Failed(BatchFailure),
+    Summary(GenerateBatchSummary),
 }
 
 /// Timings of `ntv attribute`, in milliseconds.

@@ -1,19 +1,58 @@
-//! Raw flags → resolved settings: CLI values override the session's, which override presets
-//! and defaults; terminal detection and environment are read here and nowhere else.
+//! Raw flags → resolved settings, once per call.
+//!
+//! Precedence, field by field: a flag given now, else the session's value, else the default
+//! (a preset given now resets the sampling base first). The terminal and the environment
+//! variables ntv reads itself (`NO_COLOR`, `CLICOLOR_FORCE`, `COLUMNS`) are read by
+//! [`Terminal::detect`] and nowhere else; clap reads `NTV_SESSION` and `NTV_THREADS` into the
+//! flags. Everything below [`Terminal::detect`] and the prompt/grammar file reads is pure, so
+//! the precedence rules are unit-tested here.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
-use crate::app::input_err;
-use crate::cli::{EngineArgs, GlobalArgs, OutputFormat, PromptArgs, SamplingArgs};
+use crate::chat;
+use crate::cli::{
+    ColorChoice, ConstraintArgs, EngineArgs, GlobalArgs, OutputFormat, PromptArgs, RuntimeArgs,
+    SamplingArgs, SeedArgs,
+};
+use crate::constraint::{self, ConstraintKind, ConstraintSpec};
 use crate::engine::ContextOptions;
+use crate::error::{Context, Result, input_err};
 use crate::render::Palette;
 use crate::sampling::{Preset, SamplingParams};
+use crate::session::{DEFAULT_DISPLAY_K, Session};
 
 /// Default session file name (in the working directory).
 pub const DEFAULT_SESSION: &str = "ntv-session.json";
+/// Default cap on new tokens of `generate`.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// What ntv learns from the terminal and the environment, read once at start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Terminal {
+    pub stdout_tty: bool,
+    pub stderr_tty: bool,
+    /// `NO_COLOR` set and non-empty.
+    pub no_color: bool,
+    /// `CLICOLOR_FORCE` set, non-empty and not `0`.
+    pub clicolor_force: bool,
+    /// `COLUMNS`, when it holds a number.
+    pub columns: Option<usize>,
+}
+
+impl Terminal {
+    /// Look at the real terminal and environment.
+    pub fn detect() -> Self {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        Self {
+            stdout_tty: std::io::stdout().is_terminal(),
+            stderr_tty: std::io::stderr().is_terminal(),
+            no_color: var("NO_COLOR").is_some(),
+            clicolor_force: var("CLICOLOR_FORCE").is_some_and(|v| v != "0"),
+            columns: var("COLUMNS").and_then(|c| c.to_str()?.trim().parse().ok()),
+        }
+    }
+}
 
 /// Where output goes and how it looks.
 #[derive(Debug, Clone, Copy)]
@@ -22,28 +61,53 @@ pub struct OutputSettings {
     pub palette: Palette,
     pub stdout_tty: bool,
     pub stderr_tty: bool,
+    /// Width for tables that adapt to the terminal (`COLUMNS`, else 100).
+    pub width: usize,
+}
+
+impl OutputSettings {
+    /// Whether a progress bar belongs on stderr (a terminal there, data piped away).
+    pub fn progress_bar(&self) -> bool {
+        self.stderr_tty && !self.stdout_tty
+    }
+}
+
+/// Whether to colour: `--color always|never` win; for `auto`, NO_COLOR turns colour off,
+/// CLICOLOR_FORCE turns it on, else only a terminal gets colour.
+pub fn colour(choice: ColorChoice, term: &Terminal) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto if term.no_color => false,
+        ColorChoice::Auto if term.clicolor_force => true,
+        ColorChoice::Auto => term.stdout_tty,
+    }
 }
 
 /// Resolve format and colour. `stream_default` is the format used when stdout is not a
-/// terminal and no format was asked for (jsonl for `generate`).
-pub fn output(global: &GlobalArgs, stream_default: Option<OutputFormat>) -> OutputSettings {
-    let stdout_tty = std::io::stdout().is_terminal();
-    let stderr_tty = std::io::stderr().is_terminal();
+/// terminal and no format was asked for (jsonl for `generate`). JSON is never coloured.
+pub fn output(
+    global: &GlobalArgs,
+    term: &Terminal,
+    stream_default: Option<OutputFormat>,
+) -> OutputSettings {
     let format = if global.json {
         OutputFormat::Json
     } else if let Some(f) = global.format {
         f
-    } else if !stdout_tty && let Some(f) = stream_default {
+    } else if !term.stdout_tty
+        && let Some(f) = stream_default
+    {
         f
     } else {
         OutputFormat::Table
     };
-    let colour = crate::render::palette::resolve(global.color, stdout_tty);
     OutputSettings {
         format,
-        palette: Palette::new(colour && format == OutputFormat::Table),
-        stdout_tty,
-        stderr_tty,
+        palette: Palette::new(colour(global.color, term) && format == OutputFormat::Table),
+        stdout_tty: term.stdout_tty,
+        stderr_tty: term.stderr_tty,
+        width: term.columns.unwrap_or(100),
     }
 }
 
@@ -60,9 +124,11 @@ pub fn session_path(global: &GlobalArgs) -> Option<PathBuf> {
     )
 }
 
+pub use crate::chat::PromptSpec;
+
 /// The prompt text given on the command line (`-p`, `-p -` for stdin, `-f FILE`, or a
 /// positional argument), if any.
-pub fn cli_prompt(args: &PromptArgs, positional: Option<&str>) -> anyhow::Result<Option<String>> {
+pub fn cli_prompt(args: &PromptArgs, positional: Option<&str>) -> Result<Option<String>> {
     if let Some(p) = positional {
         return Ok(Some(p.to_string()));
     }
@@ -99,13 +165,42 @@ pub fn cli_chat_template(args: &PromptArgs) -> Option<bool> {
     }
 }
 
+/// The prompt of a call: the text given now (already read) else the session's; system prompt
+/// and template flag likewise, defaults last. `None` when there is no prompt at all.
+pub fn prompt(
+    given: Option<String>,
+    args: &PromptArgs,
+    session: Option<&Session>,
+) -> Option<PromptSpec> {
+    let prompt = given.or_else(|| session.and_then(|s| s.prompt.clone()))?;
+    Some(PromptSpec {
+        prompt,
+        system: args
+            .system
+            .clone()
+            .or_else(|| session.and_then(|s| s.system.clone()))
+            .unwrap_or_else(|| chat::DEFAULT_SYSTEM.to_string()),
+        chat_template: cli_chat_template(args)
+            .or(session.map(|s| s.chat_template))
+            .unwrap_or(true),
+    })
+}
+
+/// The error of a call that needs a prompt and has none.
+pub fn no_prompt() -> crate::error::Error {
+    input_err(
+        "no prompt: nothing to show the model",
+        "pass a prompt with -p TEXT (or -f FILE, or -p - for stdin)",
+    )
+}
+
 /// Sampling parameters: a preset given now resets the base; otherwise the session's values
 /// (or the defaults) are the base; then every flag given overrides its field. Validated.
 pub fn params(
     base: Option<&SamplingParams>,
     base_preset: Option<Preset>,
     args: &SamplingArgs,
-) -> anyhow::Result<(SamplingParams, Option<Preset>)> {
+) -> Result<(SamplingParams, Option<Preset>)> {
     let (mut p, mut preset) = match args.preset {
         Some(preset) => (preset.params(), Some(preset)),
         None => (base.cloned().unwrap_or_default(), base_preset),
@@ -135,18 +230,10 @@ pub fn params(
     Ok((p, preset))
 }
 
-/// Add the greedy flag of step/generate to resolved parameters.
-pub fn with_greedy(mut p: SamplingParams, greedy: bool) -> SamplingParams {
-    if greedy {
-        p.greedy = true;
-    }
-    p
-}
-
 /// How many candidates to show: the flag, else the session's, else 10; at most the
-/// vocabulary size (checked once the model is known).
-pub fn display_k(args: &SamplingArgs, session: Option<usize>) -> anyhow::Result<usize> {
-    let k = args.display_k.or(session).unwrap_or(10);
+/// vocabulary size (checked once the model is known, [`check_display_k`]).
+pub fn display_k(args: &SamplingArgs, session: Option<usize>) -> Result<usize> {
+    let k = args.display_k.or(session).unwrap_or(DEFAULT_DISPLAY_K);
     if k == 0 {
         return Err(input_err(
             "--display-k must be at least 1",
@@ -157,29 +244,38 @@ pub fn display_k(args: &SamplingArgs, session: Option<usize>) -> anyhow::Result<
 }
 
 /// Check the display count against the vocabulary.
-pub fn check_display_k(k: usize, n_vocab: usize) -> anyhow::Result<()> {
-    if k > n_vocab {
+pub fn check_display_k(k: usize, n_vocab: usize) -> Result<()> {
+    if k == 0 || k > n_vocab {
         return Err(input_err(
-            format!("--display-k {k} is larger than the vocabulary ({n_vocab} tokens)"),
+            if k == 0 {
+                "--display-k must be at least 1".to_string()
+            } else {
+                format!("--display-k {k} is larger than the vocabulary ({n_vocab} tokens)")
+            },
             format!("pass --display-k N with 1 <= N <= {n_vocab}"),
         ));
     }
     Ok(())
 }
 
-/// Context options from the runtime flags.
-pub fn context_options(rt: &EngineArgs) -> anyhow::Result<ContextOptions> {
+/// A thread count given with -t.
+pub fn threads(t: Option<i32>) -> Result<Option<i32>> {
+    match t {
+        Some(t) if t < 1 => Err(input_err(
+            format!("--threads {t} is not a thread count"),
+            "pass -t N with N >= 1",
+        )),
+        t => Ok(t),
+    }
+}
+
+/// Context options from the engine flags.
+pub fn context_options(rt: &EngineArgs) -> Result<ContextOptions> {
     let mut opts = ContextOptions {
         n_ctx: rt.ctx_size,
         ..ContextOptions::default()
     };
-    if let Some(t) = rt.threads {
-        if t < 1 {
-            return Err(input_err(
-                format!("--threads {t} is not a thread count"),
-                "pass -t N with N >= 1",
-            ));
-        }
+    if let Some(t) = threads(rt.threads)? {
         opts.n_threads = t;
     }
     if rt.ctx_size < 16 {
@@ -191,20 +287,36 @@ pub fn context_options(rt: &EngineArgs) -> anyhow::Result<ContextOptions> {
     Ok(opts)
 }
 
-/// The model to use: the flag, else the session's, else the default model (fetched on first
-/// use through pip).
-pub fn model_path(cli: Option<&Path>, session: Option<&str>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = cli {
-        return Ok(p.to_path_buf());
+/// Which model file a call uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelChoice {
+    /// A file named by the flag or the session.
+    Path(PathBuf),
+    /// The default model (fetched on first use through pip).
+    Default,
+}
+
+impl ModelChoice {
+    /// The flag, else the session's, else the default model.
+    pub fn resolve(cli: Option<&Path>, session: Option<&Session>) -> Self {
+        match (cli, session.and_then(|s| s.model.as_ref())) {
+            (Some(p), _) => Self::Path(p.to_path_buf()),
+            (None, Some(m)) => Self::Path(PathBuf::from(&m.path)),
+            (None, None) => Self::Default,
+        }
     }
-    if let Some(p) = session {
-        return Ok(PathBuf::from(p));
+
+    /// The file, fetching the default model when it is not cached yet.
+    pub fn path(&self) -> Result<PathBuf> {
+        match self {
+            Self::Path(p) => Ok(p.clone()),
+            Self::Default => Ok(crate::models::ensure_default_model()?),
+        }
     }
-    Ok(crate::models::ensure_default_model()?)
 }
 
 /// Read a constraint argument that is a file path, or the text itself when no such file exists.
-fn file_or_text(value: &str) -> anyhow::Result<String> {
+fn file_or_text(value: &str) -> Result<String> {
     let path = Path::new(value);
     if path.is_file() {
         return std::fs::read_to_string(path).map_err(|e| {
@@ -221,10 +333,9 @@ fn file_or_text(value: &str) -> anyhow::Result<String> {
 /// it. The source is compiled here, before any model work, so a malformed regex, grammar or
 /// schema fails fast (exit 2) with the parser's message.
 pub fn constraint(
-    args: &crate::cli::ConstraintArgs,
-    session: Option<&crate::session::ConstraintSpec>,
-) -> anyhow::Result<Option<crate::session::ConstraintSpec>> {
-    use crate::constraint::{self, ConstraintKind};
+    args: &ConstraintArgs,
+    session: Option<&ConstraintSpec>,
+) -> Result<Option<ConstraintSpec>> {
     if args.no_constraint {
         return Ok(None);
     }
@@ -254,21 +365,349 @@ pub fn constraint(
         None
     };
     let spec = match given {
-        Some((kind, source)) => crate::session::ConstraintSpec {
-            kind: kind.as_str().to_string(),
-            source,
-        },
+        Some((kind, source)) => ConstraintSpec { kind, source },
         None => match session {
             Some(s) => s.clone(),
             None => return Ok(None),
         },
     };
-    let kind = ConstraintKind::parse(&spec.kind).ok_or_else(|| {
-        input_err(
-            format!("unknown constraint kind '{}' in the session", spec.kind),
-            "pass --no-constraint to drop it",
-        )
-    })?;
-    constraint::grammar(kind, &spec.source)?;
+    constraint::grammar(spec.kind, &spec.source)?;
     Ok(Some(spec))
+}
+
+/// The prefix cache of a call: its size limit in bytes, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSetting {
+    Off,
+    Limit(u64),
+}
+
+impl CacheSetting {
+    /// `--no-cache` wins; otherwise `--cache-size` MB.
+    pub fn from_flags(rt: &RuntimeArgs) -> Self {
+        if rt.no_cache {
+            Self::Off
+        } else {
+            Self::Limit(rt.cache_size.saturating_mul(1_000_000))
+        }
+    }
+}
+
+/// The seed flags of a call (`--seed`, `--reset-rng`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedChoice {
+    pub seed: Option<u64>,
+    pub reset_rng: bool,
+}
+
+/// Everything a call that decodes on the session needs, resolved once.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// The prompt; `None` when neither the flags nor the session give one.
+    pub prompt: Option<PromptSpec>,
+    /// Parameters as stored in the session (without --greedy).
+    pub params: SamplingParams,
+    pub preset: Option<Preset>,
+    /// `--greedy`: this call chooses the most probable kept token.
+    pub greedy: bool,
+    pub display_k: usize,
+    pub context: ContextOptions,
+    pub gpu_layers: Option<u32>,
+    pub constraint: Option<ConstraintSpec>,
+    pub model: ModelChoice,
+    pub cache: CacheSetting,
+    /// The seed flags of this call.
+    pub seed: SeedChoice,
+    /// Stop sequences: the flags, else the session's.
+    pub stops: Vec<String>,
+    /// `-n` of generate as given now, else the session's.
+    pub max_tokens: Option<u32>,
+}
+
+impl RunSettings {
+    /// The parameters this call samples with (--greedy applied).
+    pub fn call_params(&self) -> SamplingParams {
+        let mut p = self.params.clone();
+        p.greedy |= self.greedy;
+        p
+    }
+
+    /// The prompt, or the input error of a call without one.
+    pub fn require_prompt(&self) -> Result<&PromptSpec> {
+        self.prompt.as_ref().ok_or_else(no_prompt)
+    }
+}
+
+/// The raw flags of a call that decodes (commands without some of them pass defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct RunFlags<'a> {
+    /// The prompt text given now, already read (`-p`, `-f`, stdin or positional).
+    pub given_prompt: Option<&'a str>,
+    pub prompt: &'a PromptArgs,
+    pub runtime: &'a RuntimeArgs,
+    pub sampling: &'a SamplingArgs,
+    pub constraint: &'a ConstraintArgs,
+    pub seed: &'a SeedArgs,
+    /// `--stop` values given now.
+    pub stops: &'a [String],
+    /// `-n` of generate given now.
+    pub max_tokens: Option<u32>,
+}
+
+/// Resolve every setting of a call from its flags and the session found on disk (if any).
+/// Validation that needs no model happens here, so bad input fails before the model loads.
+pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSettings> {
+    let (params, preset) = params(
+        session.map(|s| &s.params),
+        session.and_then(|s| s.preset),
+        flags.sampling,
+    )?;
+    Ok(RunSettings {
+        prompt: prompt(
+            flags.given_prompt.map(str::to_string),
+            flags.prompt,
+            session,
+        ),
+        params,
+        preset,
+        greedy: flags.seed.greedy,
+        display_k: display_k(flags.sampling, session.map(|s| s.display_k))?,
+        context: context_options(&flags.runtime.engine)?,
+        gpu_layers: flags.runtime.engine.gpu_layers,
+        constraint: constraint(
+            flags.constraint,
+            session.and_then(|s| s.constraint.as_ref()),
+        )?,
+        model: ModelChoice::resolve(flags.runtime.engine.model.as_deref(), session),
+        cache: CacheSetting::from_flags(flags.runtime),
+        seed: SeedChoice {
+            seed: flags.seed.seed,
+            reset_rng: flags.seed.reset_rng,
+        },
+        stops: if flags.stops.is_empty() {
+            session.map(|s| s.stop.clone()).unwrap_or_default()
+        } else {
+            flags.stops.to_vec()
+        },
+        max_tokens: flags.max_tokens.or(session.and_then(|s| s.max_tokens)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flags {
+        prompt: PromptArgs,
+        runtime: RuntimeArgs,
+        sampling: SamplingArgs,
+        constraint: ConstraintArgs,
+        seed: SeedArgs,
+        stops: Vec<String>,
+    }
+
+    impl Flags {
+        fn new() -> Self {
+            Self {
+                prompt: PromptArgs::default(),
+                runtime: RuntimeArgs {
+                    engine: EngineArgs {
+                        ctx_size: 4096,
+                        ..EngineArgs::default()
+                    },
+                    no_cache: false,
+                    cache_size: 1024,
+                },
+                sampling: SamplingArgs::default(),
+                constraint: ConstraintArgs::default(),
+                seed: SeedArgs::default(),
+                stops: Vec::new(),
+            }
+        }
+
+        fn resolve(&self, given: Option<&str>, session: Option<&Session>) -> Result<RunSettings> {
+            resolve(
+                RunFlags {
+                    given_prompt: given,
+                    prompt: &self.prompt,
+                    runtime: &self.runtime,
+                    sampling: &self.sampling,
+                    constraint: &self.constraint,
+                    seed: &self.seed,
+                    stops: &self.stops,
+                    max_tokens: None,
+                },
+                session,
+            )
+        }
+    }
+
+    fn stored() -> Session {
+        let mut s = Session::new();
+        s.prompt = Some("stored prompt".into());
+        s.system = Some("stored system".into());
+        s.chat_template = false;
+        s.params.temperature = 0.3;
+        s.display_k = 7;
+        s.stop = vec!["END".into()];
+        s.max_tokens = Some(12);
+        s.constraint = Some(ConstraintSpec {
+            kind: ConstraintKind::Regex,
+            source: "[0-9]+".into(),
+        });
+        s.model = Some(crate::session::ModelRef {
+            path: "/models/stored.gguf".into(),
+            fingerprint: crate::session::Fingerprint {
+                size: 1,
+                sha256_head_tail: "00".into(),
+            },
+            facts: None,
+        });
+        s
+    }
+
+    #[test]
+    fn defaults_without_flags_or_session() {
+        let r = Flags::new().resolve(None, None).unwrap();
+        assert_eq!(r.prompt, None);
+        assert!(r.require_prompt().unwrap_err().is_input());
+        assert_eq!(r.params, SamplingParams::default());
+        assert_eq!(r.display_k, DEFAULT_DISPLAY_K);
+        assert_eq!(r.model, ModelChoice::Default);
+        assert_eq!(r.cache, CacheSetting::Limit(1_024_000_000));
+        assert!(r.constraint.is_none() && r.stops.is_empty() && r.max_tokens.is_none());
+    }
+
+    #[test]
+    fn the_session_fills_what_the_flags_leave_out() {
+        let s = stored();
+        let r = Flags::new().resolve(None, Some(&s)).unwrap();
+        let p = r.prompt.unwrap();
+        assert_eq!(
+            (p.prompt.as_str(), p.system.as_str(), p.chat_template),
+            ("stored prompt", "stored system", false)
+        );
+        assert_eq!(r.params.temperature, 0.3);
+        assert_eq!(r.display_k, 7);
+        assert_eq!(r.stops, vec!["END".to_string()]);
+        assert_eq!(r.max_tokens, Some(12));
+        assert_eq!(r.constraint.unwrap().kind, ConstraintKind::Regex);
+        assert_eq!(
+            r.model,
+            ModelChoice::Path(PathBuf::from("/models/stored.gguf"))
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_session() {
+        let s = stored();
+        let mut f = Flags::new();
+        f.prompt.system = Some("flag system".into());
+        f.prompt.chat_template = true;
+        f.sampling.temperature = Some(1.5);
+        f.sampling.display_k = Some(3);
+        f.stops = vec!["\n".into()];
+        f.constraint.choice = vec!["yes".into(), "no".into()];
+        f.runtime.engine.model = Some(PathBuf::from("flag.gguf"));
+        f.runtime.no_cache = true;
+        f.seed.greedy = true;
+        let r = f.resolve(Some("flag prompt"), Some(&s)).unwrap();
+        let p = r.prompt.clone().unwrap();
+        assert_eq!(
+            (p.prompt.as_str(), p.system.as_str(), p.chat_template),
+            ("flag prompt", "flag system", true)
+        );
+        assert_eq!(r.params.temperature, 1.5);
+        assert!(!r.params.greedy && r.call_params().greedy);
+        assert_eq!(r.display_k, 3);
+        assert_eq!(r.stops, vec!["\n".to_string()]);
+        assert_eq!(r.constraint.unwrap().kind, ConstraintKind::Choice);
+        assert_eq!(r.model, ModelChoice::Path(PathBuf::from("flag.gguf")));
+        assert_eq!(r.cache, CacheSetting::Off);
+    }
+
+    #[test]
+    fn a_preset_resets_the_base_and_no_constraint_drops_the_sessions() {
+        let s = stored();
+        let mut f = Flags::new();
+        f.sampling.preset = Some(Preset::Creative);
+        f.constraint.no_constraint = true;
+        let r = f.resolve(None, Some(&s)).unwrap();
+        assert_eq!(r.params, Preset::Creative.params());
+        assert_eq!(r.preset, Some(Preset::Creative));
+        assert!(r.constraint.is_none());
+        f.sampling.temperature = Some(0.01);
+        let r = f.resolve(None, Some(&s)).unwrap();
+        assert_eq!(r.preset, Some(Preset::Custom));
+    }
+
+    #[test]
+    fn bad_values_are_input_errors_before_any_model_work() {
+        let mut f = Flags::new();
+        f.sampling.display_k = Some(0);
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+        let mut f = Flags::new();
+        f.runtime.engine.threads = Some(0);
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+        let mut f = Flags::new();
+        f.runtime.engine.ctx_size = 8;
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+        let mut f = Flags::new();
+        f.constraint.regex = Some("(unclosed".into());
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+        let mut f = Flags::new();
+        f.sampling.top_p = Some(1.5);
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+    }
+
+    #[test]
+    fn colour_follows_flag_then_no_color_then_clicolor_force_then_terminal() {
+        let tty = Terminal {
+            stdout_tty: true,
+            ..Terminal::default()
+        };
+        let pipe = Terminal::default();
+        assert!(colour(ColorChoice::Auto, &tty));
+        assert!(!colour(ColorChoice::Auto, &pipe));
+        assert!(colour(ColorChoice::Always, &pipe));
+        let no_color = Terminal {
+            no_color: true,
+            clicolor_force: true,
+            ..tty
+        };
+        assert!(!colour(ColorChoice::Auto, &no_color));
+        assert!(colour(ColorChoice::Always, &no_color));
+        let forced = Terminal {
+            clicolor_force: true,
+            ..pipe
+        };
+        assert!(colour(ColorChoice::Auto, &forced));
+        assert!(!colour(ColorChoice::Never, &forced));
+    }
+
+    #[test]
+    fn json_is_never_coloured_and_generate_streams_jsonl_into_a_pipe() {
+        let g = GlobalArgs {
+            session: None,
+            no_session: false,
+            color: ColorChoice::Always,
+            format: None,
+            json: true,
+            verbose: false,
+        };
+        let o = output(&g, &Terminal::default(), None);
+        assert_eq!(o.format, OutputFormat::Json);
+        assert!(!o.palette.enabled());
+        let g = GlobalArgs { json: false, ..g };
+        let o = output(&g, &Terminal::default(), Some(OutputFormat::Jsonl));
+        assert_eq!(o.format, OutputFormat::Jsonl);
+        let tty = Terminal {
+            stdout_tty: true,
+            columns: Some(80),
+            ..Terminal::default()
+        };
+        let o = output(&g, &tty, Some(OutputFormat::Jsonl));
+        assert_eq!((o.format, o.width), (OutputFormat::Table, 80));
+        assert!(o.palette.enabled());
+    }
 }

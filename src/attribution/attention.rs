@@ -15,7 +15,19 @@ use crate::engine::{AttentionCapture, AttentionRows};
 use super::error::AttributionError;
 
 /// How the per-layer scores combine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum LayerAgg {
     /// Mean over layers (Inseq's default).
     #[default]

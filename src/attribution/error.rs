@@ -58,3 +58,12 @@ impl From<candle_core::Error> for AttributionError {
         AttributionError::Compute(e.to_string())
     }
 }
+
+impl crate::error::Diagnose for AttributionError {
+    fn is_input(&self) -> bool {
+        AttributionError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        AttributionError::hint(self)
+    }
+}

@@ -11,6 +11,7 @@ pub mod autograd;
 pub mod error;
 pub mod legendre;
 pub mod occlusion;
+pub mod request;
 pub mod runner;
 
 pub use autograd::{

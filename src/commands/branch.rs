@@ -1,16 +1,13 @@
 //! `ntv branch`: list, new, switch, delete, show, diff.
 
-use std::io::Write;
-
-use crate::app::input_err;
-use crate::cli::{BranchAction, BranchArgs, GlobalArgs, OutputFormat};
+use crate::cli::{BranchAction, BranchArgs};
+use crate::error::{Exit, Result};
 use crate::record::{BranchDiffDoc, BranchListDoc, BranchRow, BranchShowDoc, DiffStep, ShownToken};
-use crate::render::{table, text::display};
+use crate::render::text::display;
 use crate::session::{Branch, Session};
-use crate::settings;
+use crate::workbench::recorded_text;
 
-use super::stepping::completion_text;
-use super::{SessionCtx, write_json};
+use super::{Ctx, emit};
 
 fn row(session: &Session, b: &Branch) -> BranchRow {
     BranchRow {
@@ -18,7 +15,7 @@ fn row(session: &Session, b: &Branch) -> BranchRow {
         parent: b.parent.clone(),
         fork_position: b.fork_position,
         length: b.completion_ids.len(),
-        stop_reason: b.stop_reason.clone(),
+        stop_reason: b.stop_reason,
         active: b.name == session.active_branch,
         seed: b.seed,
     }
@@ -54,7 +51,7 @@ fn p_under(b: &Branch, i: usize, id: i32) -> Option<f64> {
 }
 
 /// Compare two branches step by step.
-pub fn diff(session: &Session, a: &str, b: &str) -> anyhow::Result<BranchDiffDoc> {
+pub fn diff(session: &Session, a: &str, b: &str) -> Result<BranchDiffDoc> {
     let (ba, bb) = (session.branch(a)?, session.branch(b)?);
     let shared = ba
         .completion_ids
@@ -86,22 +83,6 @@ pub fn diff(session: &Session, a: &str, b: &str) -> anyhow::Result<BranchDiffDoc
     })
 }
 
-fn emit<T: serde::Serialize>(
-    global: &GlobalArgs,
-    doc: &T,
-    table_fn: impl FnOnce(&mut dyn Write, &crate::render::Palette) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
-    let out = settings::output(global, None);
-    let mut stdout = std::io::stdout().lock();
-    match out.format {
-        OutputFormat::Table => table_fn(&mut stdout, &out.palette)?,
-        OutputFormat::Json => write_json(&mut stdout, doc, true)?,
-        OutputFormat::Jsonl => write_json(&mut stdout, doc, false)?,
-    }
-    stdout.flush()?;
-    Ok(())
-}
-
 fn list_doc(session: &Session) -> BranchListDoc {
     BranchListDoc {
         schema: "ntv.branch.list/1".into(),
@@ -110,59 +91,48 @@ fn list_doc(session: &Session) -> BranchListDoc {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: BranchArgs) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx<'_>, args: BranchArgs) -> Result<Exit> {
     let writes = matches!(
         args.action,
         BranchAction::New { .. } | BranchAction::Switch { .. } | BranchAction::Delete { .. }
     );
-    let mut sc = SessionCtx::open(global, writes)?;
-    if !sc.existed {
-        return Err(input_err(
-            "there is no session file here",
-            "create one with `ntv step -p PROMPT` (or `ntv load MODEL`), or pass --session FILE",
-        ));
-    }
+    let out = ctx.output(None);
+    let mut store = ctx.store(writes)?;
+    store.require_existing(
+        "create one with `ntv step -p PROMPT` (or `ntv load MODEL`), or pass --session FILE",
+    )?;
+    let s = &mut store.session;
     match args.action {
-        BranchAction::List => {
-            let doc = list_doc(&sc.session);
-            emit(global, &doc, |w, p| table::branch_list(w, &doc, p))
-        }
+        BranchAction::List => {}
         BranchAction::New { name, from, at } => {
-            sc.session.new_branch(&name, from.as_deref(), at)?;
-            sc.save()?;
-            let doc = list_doc(&sc.session);
-            emit(global, &doc, |w, p| table::branch_list(w, &doc, p))
+            s.new_branch(&name, from.as_deref(), at)?;
         }
-        BranchAction::Switch { name } => {
-            sc.session.switch(&name)?;
-            sc.save()?;
-            let doc = list_doc(&sc.session);
-            emit(global, &doc, |w, p| table::branch_list(w, &doc, p))
-        }
-        BranchAction::Delete { name, force } => {
-            sc.session.delete(&name, force)?;
-            sc.save()?;
-            let doc = list_doc(&sc.session);
-            emit(global, &doc, |w, p| table::branch_list(w, &doc, p))
-        }
+        BranchAction::Switch { name } => s.switch(&name)?,
+        BranchAction::Delete { name, force } => s.delete(&name, force)?,
         BranchAction::Show { name } => {
             let b = match &name {
-                Some(n) => sc.session.branch(n)?,
-                None => sc.session.active(),
+                Some(n) => s.branch(n)?,
+                None => s.active(),
             };
             let doc = BranchShowDoc {
                 schema: "ntv.branch.show/1".into(),
-                branch: row(&sc.session, b),
+                branch: row(s, b),
                 tokens: (0..b.completion_ids.len())
                     .filter_map(|i| shown(b, i))
                     .collect(),
-                completion_text: completion_text(None, b),
+                completion_text: recorded_text(b),
             };
-            emit(global, &doc, |w, p| table::branch_show(w, &doc, p))
+            emit(&out, &doc)?;
+            return Ok(Exit::Success);
         }
         BranchAction::Diff { a, b } => {
-            let doc = diff(&sc.session, &a, &b)?;
-            emit(global, &doc, |w, p| table::branch_diff(w, &doc, p))
+            emit(&out, &diff(s, &a, &b)?)?;
+            return Ok(Exit::Success);
         }
     }
+    if writes {
+        store.save()?;
+    }
+    emit(&out, &list_doc(&store.session))?;
+    Ok(Exit::Success)
 }

@@ -1,46 +1,23 @@
-//! `ntv check TRACE`: re-run every recorded case and compare with the recording.
+//! `ntv check TRACE`: re-run every recorded case and compare with the recording. A regression
+//! is a result (exit status 1 with the report printed), not an error of the program.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::cli::{CheckArgs, GlobalArgs, OutputFormat};
+use crate::cli::CheckArgs;
 use crate::engine::Model;
-use crate::render::table;
-use crate::settings;
+use crate::error::{Exit, Result};
+use crate::render::document::Checked;
 use crate::trace::{self, CheckOptions, Trace, check_trace};
+use crate::workbench::cases::{CaseInput, run_case};
 
-use super::cases::{CaseInput, run_case};
-use super::{load_model, write_json};
+use super::{Ctx, emit, load_model};
 
-/// The re-run moved: exit status 1.
-#[derive(Debug, thiserror::Error)]
-#[error("regression: {failed} of {total} case(s) of {trace} diverged ({first})")]
-pub struct Regression {
-    pub failed: usize,
-    pub total: usize,
-    pub trace: String,
-    pub first: String,
-}
-
-impl Regression {
-    /// What to do about it.
-    pub fn hint(&self) -> String {
-        "the report above names the first divergence of each case; if the change is intended, record a new trace with `ntv generate --record`".into()
-    }
-}
-
-pub fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
-    let out = settings::output(global, None);
+pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
+    let out = ctx.output(None);
     let expected = trace::read(&args.trace)?;
-    if let Some(t) = args.threads
-        && t < 1
-    {
-        return Err(crate::app::input_err(
-            format!("--threads {t} is not a thread count"),
-            "pass -t N with N >= 1",
-        ));
-    }
+    let threads = crate::settings::threads(args.threads)?;
     let mut models: HashMap<PathBuf, Model> = HashMap::new();
     let mut actual = Trace::new(expected.build.clone());
     let mut stderr = std::io::stderr();
@@ -50,8 +27,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(&case.model.path));
         if !models.contains_key(&path) {
-            let model = load_model(&path, &Default::default())?;
-            models.insert(path.clone(), model);
+            models.insert(path.clone(), load_model(&path, None)?);
         }
         let model = &models[&path];
         let fp = crate::session::fingerprint(&path)?;
@@ -63,7 +39,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
             )?;
         }
         let mut input = CaseInput::from_trace(case);
-        if let Some(t) = args.threads {
+        if let Some(t) = threads {
             input.threads = t;
         }
         actual.build = trace::BuildInfo::current(&model.info().device);
@@ -75,30 +51,27 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
     };
     let report = check_trace(&expected, &actual, &opts);
     let build_notes = expected.build.differences(&actual.build);
-    let mut stdout = std::io::stdout().lock();
-    match out.format {
-        OutputFormat::Table => {
-            let piece = |case: usize, id: Option<i32>| -> String {
-                let path = args
-                    .model
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(&expected.cases[case].model.path));
-                match (id, models.get(&path)) {
-                    (Some(id), Some(m)) => {
-                        format!("{id} {:?}", m.piece(id))
-                    }
-                    (Some(id), None) => id.to_string(),
-                    (None, _) => "-".into(),
-                }
-            };
-            table::check(&mut stdout, &report, &build_notes, &piece, &out.palette)?
+    let piece = |case: usize, id: Option<i32>| -> String {
+        let path = args
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&expected.cases[case].model.path));
+        match (id, models.get(&path)) {
+            (Some(id), Some(m)) => format!("{id} {:?}", m.piece(id)),
+            (Some(id), None) => id.to_string(),
+            (None, _) => "-".into(),
         }
-        OutputFormat::Json => write_json(&mut stdout, &report, true)?,
-        OutputFormat::Jsonl => write_json(&mut stdout, &report, false)?,
-    }
-    stdout.flush()?;
+    };
+    emit(
+        &out,
+        &Checked {
+            report: &report,
+            build_notes: &build_notes,
+            piece: &piece,
+        },
+    )?;
     if report.passed {
-        return Ok(());
+        return Ok(Exit::Success);
     }
     let failed: Vec<_> = report.cases.iter().filter(|c| !c.passed).collect();
     let first = failed
@@ -114,11 +87,15 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
             })
         })
         .unwrap_or_default();
-    Err(Regression {
-        failed: failed.len(),
-        total: report.cases.len(),
-        trace: args.trace.display().to_string(),
-        first,
-    }
-    .into())
+    Ok(Exit::Failure {
+        message: format!(
+            "regression: {} of {} case(s) of {} diverged ({first})",
+            failed.len(),
+            report.cases.len(),
+            args.trace.display()
+        ),
+        hint: Some(
+            "the report above names the first divergence of each case; if the change is intended, record a new trace with `ntv generate --record`".into(),
+        ),
+    })
 }

@@ -1,21 +1,21 @@
 //! `ntv diff`: two traces, or two models teacher-forced along the first model's tokens.
 
-use std::io::Write;
-
-use crate::app::input_err;
-use crate::cli::{DiffArgs, EngineArgs, GlobalArgs, OutputFormat};
+use crate::batch::Line;
+use crate::cli::DiffArgs;
 use crate::driver::{Choice, Driver};
 use crate::engine::{ContextOptions, Decoder};
-use crate::render::table;
+use crate::error::{Exit, Result, input_err};
 use crate::sampling::{RngState, StreamRng};
 use crate::settings;
 use crate::trace::{DiffStep, diff_traces, summarize};
+use crate::workbench::cases::{CaseInput, CaseLine, apply_line};
+use crate::workbench::prompt_ids;
+use crate::workbench::stepper::{self, Plan, StopRule};
 
-use super::cases::{CaseInput, apply_line, read_batch};
-use super::{PromptSpec, load_model, prompt_ids, write_json};
+use super::{Ctx, emit, load_model};
 
-pub fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<()> {
-    let out = settings::output(global, None);
+pub fn run(ctx: &Ctx<'_>, args: DiffArgs) -> Result<Exit> {
+    let out = ctx.output(None);
     let summary = match (&args.model_a, &args.model_b, args.traces.as_slice()) {
         (None, None, [a, b]) => {
             let (ta, tb) = (crate::trace::read(a)?, crate::trace::read(b)?);
@@ -29,24 +29,50 @@ pub fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<()> {
             ));
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    match out.format {
-        OutputFormat::Table => table::diff(&mut stdout, &summary, &out.palette)?,
-        OutputFormat::Json => write_json(&mut stdout, &summary, true)?,
-        OutputFormat::Jsonl => write_json(&mut stdout, &summary, false)?,
+    emit(&out, &summary)?;
+    Ok(Exit::Success)
+}
+
+/// The cases of `--batch` (every line must be valid: a comparison over some cases only would
+/// mislead) or of `-p`.
+fn cases(args: &DiffArgs, base: &CaseInput) -> Result<Vec<CaseInput>> {
+    match (&args.batch, settings::cli_prompt(&args.prompt, None)?) {
+        (Some(path), _) => {
+            let lines: Vec<Line<CaseLine>> =
+                crate::batch::read(path, None, r#"{"prompt": "Hello"}"#)?;
+            lines
+                .into_iter()
+                .map(|(n, line)| {
+                    let line = line.map_err(|bad| {
+                        input_err(
+                            format!("{} line {n}: {}", path.display(), bad.message),
+                            "each line is one JSON object with at least a \"prompt\"",
+                        )
+                    })?;
+                    apply_line(base, line)
+                        .map_err(|e| e.context(format!("{} line {n}", path.display())))
+                })
+                .collect()
+        }
+        (None, Some(p)) => {
+            let mut c = base.clone();
+            c.prompt.prompt = p;
+            Ok(vec![c])
+        }
+        (None, None) => Err(input_err(
+            "no cases to compare the models on",
+            "pass -p PROMPT or --batch FILE.jsonl",
+        )),
     }
-    stdout.flush()?;
-    Ok(())
 }
 
 fn models(
     args: &DiffArgs,
     a: &std::path::Path,
     b: &std::path::Path,
-) -> anyhow::Result<crate::trace::DiffSummary> {
-    let rt = EngineArgs::default();
-    let model_a = load_model(a, &rt)?;
-    let model_b = load_model(b, &rt)?;
+) -> Result<crate::trace::DiffSummary> {
+    let model_a = load_model(a, None)?;
+    let model_b = load_model(b, None)?;
     if model_a.n_vocab() != model_b.n_vocab() {
         return Err(input_err(
             format!(
@@ -57,14 +83,13 @@ fn models(
             "ntv diff compares models that share a tokenizer (e.g. two quantisations)",
         ));
     }
-    let (params, _) = settings::params(None, None, &args.sampling)?;
-    let params = settings::with_greedy(params, args.seed.greedy);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| ContextOptions::default().n_threads);
+    let (mut params, _) = settings::params(None, None, &args.sampling)?;
+    params.greedy |= args.seed.greedy;
+    let threads =
+        settings::threads(args.threads)?.unwrap_or_else(|| ContextOptions::default().n_threads);
     let base = CaseInput {
         id: None,
-        prompt: PromptSpec {
+        prompt: settings::PromptSpec {
             prompt: String::new(),
             system: args
                 .prompt
@@ -82,62 +107,50 @@ fn models(
         stop: Vec::new(),
         top_k: 1,
     };
-    let cases: Vec<CaseInput> = match (&args.batch, settings::cli_prompt(&args.prompt, None)?) {
-        (Some(path), _) => read_batch(path)?
-            .into_iter()
-            .map(|(_, line)| apply_line(&base, line))
-            .collect::<anyhow::Result<_>>()?,
-        (None, Some(p)) => {
-            let mut c = base.clone();
-            c.prompt.prompt = p;
-            vec![c]
-        }
-        (None, None) => {
-            return Err(input_err(
-                "no cases to compare the models on",
-                "pass -p PROMPT or --batch FILE.jsonl",
-            ));
-        }
-    };
     let mut steps = Vec::new();
-    for (ci, case) in cases.iter().enumerate() {
+    for (ci, case) in cases(args, &base)?.iter().enumerate() {
         let (_, ids) = prompt_ids(&model_a, &case.prompt)?;
-        let opts = ContextOptions {
-            n_ctx: case.ctx_size,
-            n_threads: case.threads,
-            ..ContextOptions::default()
-        };
+        let opts = case.context();
         let mut driver = Driver::new(&model_a, &opts, &ids)?;
         let mut dec_b = Decoder::new(&model_b, &opts)?;
         let mut rng = StreamRng::new(RngState {
             seed: case.seed,
             pos: 0,
         });
-        let choice = if case.params.greedy {
-            Choice::Greedy
-        } else {
-            Choice::Sample
+        let rule = StopRule {
+            max_tokens: Some(case.max_tokens as usize),
+            stops: Vec::new(),
         };
-        for step in 0..case.max_tokens as usize {
-            if driver.context().len() >= driver.n_ctx() {
-                break;
-            }
-            let context = driver.context().to_vec();
-            let logits_a = driver.decoder().eval(&context)?.to_vec();
-            let logits_b = dec_b.eval(&context)?;
-            // The step reuses the logits just computed (nothing is decoded twice).
-            let meta = driver.step(&case.params, 1, choice, &mut rng)?;
-            steps.push(DiffStep::from_logits(
-                ci,
-                step,
-                &logits_a,
-                logits_b,
-                meta.selected_id,
-            ));
-            if model_a.is_eog(meta.selected_id) {
-                break;
-            }
-        }
+        let plan = Plan::Choose {
+            choice: Choice::for_params(&case.params),
+            n: None,
+        };
+        let mut step = 0;
+        stepper::run(
+            &mut driver,
+            &case.params,
+            1,
+            &plan,
+            &rule,
+            &mut rng,
+            &mut |driver, a| {
+                // Model A's logits for this step are still the decoder's last ones (the token
+                // just chosen is not decoded yet), so nothing is decoded twice.
+                let n = driver.context().len() - 1;
+                let before = driver.context()[..n].to_vec();
+                let logits_a = driver.decoder().eval(&before)?.to_vec();
+                let logits_b = dec_b.eval(&before)?;
+                steps.push(DiffStep::from_logits(
+                    ci,
+                    step,
+                    &logits_a,
+                    logits_b,
+                    a.meta.selected_id,
+                ));
+                step += 1;
+                Ok(())
+            },
+        )?;
     }
     Ok(summarize(steps))
 }

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::app::input_err;
 use crate::docs;
+use crate::error::{Exit, Result, input_err};
 
-pub fn schema(name: Option<&str>) -> anyhow::Result<()> {
+pub fn schema(name: Option<&str>) -> Result<Exit> {
     let value = match name {
         Some(n) => docs::schema(n).ok_or_else(|| {
             input_err(
@@ -24,19 +24,19 @@ pub fn schema(name: Option<&str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     crate::render::json::write(&mut out, &value, true)?;
     out.flush()?;
-    Ok(())
+    Ok(Exit::Success)
 }
 
-pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+pub fn completions(shell: clap_complete::Shell) -> Result<Exit> {
     let mut out = std::io::stdout().lock();
     docs::completions(shell, &mut out);
     out.flush()?;
-    Ok(())
+    Ok(Exit::Success)
 }
 
-pub fn man(dir: &Path) -> anyhow::Result<()> {
+pub fn man(dir: &Path) -> Result<Exit> {
     for name in docs::write_man_pages(dir)? {
         writeln!(std::io::stderr(), "wrote {}", dir.join(name).display())?;
     }
-    Ok(())
+    Ok(Exit::Success)
 }

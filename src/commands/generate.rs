@@ -1,377 +1,190 @@
-//! `ntv generate`: step until a stop condition, streaming records or coloured text.
+//! `ntv generate`: step until a stop condition, streaming records or coloured text; with
+//! `--batch`, every case of a file from its prompt.
 
-use std::io::Write;
-
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::app::input_err;
-use crate::cli::{GenerateArgs, GlobalArgs, OutputFormat};
-use crate::driver::Driver;
-use crate::record::{GenerateSummary, StepRecord};
+use crate::cli::{GenerateArgs, OutputFormat};
+use crate::error::{Exit, Result, input_err};
+use crate::record::{GenerateBatchLine, GenerateBatchSummary, GenerateCase};
 use crate::render::table;
-use crate::settings;
-
-use super::cases::{CaseInput, apply_line, read_batch, run_case, trace_case, trace_model};
-use super::stepping::{branch_rng, completion_text, prepare};
-use super::{genloop, write_json};
 use crate::trace::{BuildInfo, Trace, TraceStep};
+use crate::workbench::cases::{self, CaseInput, CaseLine, apply_line, run_case, trace_case};
+use crate::workbench::{Mode, Workbench};
 
-/// Default cap on new tokens.
-pub const DEFAULT_MAX_TOKENS: u32 = 256;
+use super::batch::{self, Batch};
+use super::{Ctx, Flags, model_of, notify, prepare, stream};
 
-/// Finds stop sequences in text produced across token boundaries.
-pub struct StopScanner {
-    stops: Vec<String>,
-    text: Vec<u8>,
-}
-
-impl StopScanner {
-    /// A scanner over the text produced from now on.
-    pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            text: Vec::new(),
-        }
-    }
-
-    /// Add a token's bytes; returns the stop sequence that the text now contains, if any. Only
-    /// the tail that could hold a new match is searched.
-    pub fn push(&mut self, piece: &[u8]) -> Option<&str> {
-        let old = self.text.len();
-        self.text.extend_from_slice(piece);
-        for s in &self.stops {
-            let from = old.saturating_sub(s.len().saturating_sub(1));
-            if self.text[from..]
-                .windows(s.len())
-                .any(|w| w == s.as_bytes())
-            {
-                return Some(s);
-            }
-        }
-        None
-    }
-}
-
-pub fn run(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
     if args.batch.is_some() {
-        return batch(global, args);
+        return run_batch(ctx, args);
     }
-    let out = settings::output(global, Some(OutputFormat::Jsonl));
-    let mut prep = prepare(
-        global,
-        &args.prompt,
-        &args.runtime,
-        &args.sampling,
-        &args.constraint,
-        args.seed.greedy,
-        args.reset,
-    )?;
-    let max_tokens = args
-        .max_tokens
-        .or(prep.sc.session.max_tokens)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
-    if max_tokens == 0 {
-        return Err(input_err("-n 0 generates nothing", "pass -n N with N >= 1"));
-    }
-    let stops = if args.stop.is_empty() {
-        prep.sc.session.stop.clone()
-    } else {
-        args.stop.clone()
-    };
-    prep.sc.session.max_tokens = args.max_tokens.or(prep.sc.session.max_tokens);
-    prep.sc.session.stop = stops.clone();
-
-    let model = &prep.model;
-    let cache = super::kv_cache(&prep.sc, &args.runtime);
-    let fingerprint = prep
-        .sc
-        .session
-        .model
-        .as_ref()
-        .map(super::cache_fingerprint)
-        .unwrap_or_default();
-    let mut driver = Driver::new(model, &prep.ctx_opts, &prep.prompt_ids)?;
-    let branch = prep.sc.session.active_mut();
-    let mut rng = branch_rng(branch, &args.seed);
-    driver.set_completion(&branch.completion_ids)?;
-    driver.set_constraint(prep.constraint.take())?;
-    super::restore_prefix(cache.as_ref(), &mut driver, &fingerprint);
-    let start = branch.completion_ids.len();
-    let branch_name = branch.name.clone();
-
-    let mut stdout = std::io::stdout().lock();
-    let progress = (out.stderr_tty && !out.stdout_tty).then(|| {
-        let pb = ProgressBar::new(u64::from(max_tokens));
-        pb.set_style(
-            ProgressStyle::with_template("{spinner} {pos}/{len} tokens {per_sec} {wide_bar}")
-                .expect("valid template"),
-        );
-        pb
-    });
-    if out.format == OutputFormat::Table {
-        table::generate_header(&mut stdout, &out.palette)?;
-    }
-    let constraint = prep.sc.session.constraint.clone();
-    if out.format == OutputFormat::Table
-        && let Some(c) = &constraint
-    {
-        table::constraint_line(&mut stdout, c, &out.palette)?;
-    }
-    if args.record.is_some() && (start > 0 || rng.state().pos > 0) {
+    let out = ctx.output(Some(OutputFormat::Jsonl));
+    let flags = flags(&args);
+    let mode = Mode::Record { reset: args.reset };
+    let (store, settings) = prepare(ctx, &flags, mode)?;
+    let (model, _) = model_of(&settings)?;
+    let mut wb = Workbench::open(&model, store, settings, mode)?;
+    let branch = wb.session().active();
+    if args.record.is_some() && (!branch.completion_ids.is_empty() || branch.rng_pos > 0) {
         return Err(input_err(
             "--record records a generation from the prompt, but this branch already has a completion",
             "pass --no-session, --reset, or switch to an empty branch (ntv branch new NAME --at 0)",
         ));
     }
-    let record_top_k = prep.display_k;
+    notify(wb.take_notices());
+    let s = stream(&out);
+    let mut stdout = std::io::stdout().lock();
+    let constraint = wb.session().constraint.clone();
+    s.header(&mut stdout, |w, c| {
+        table::generate_header(w, &c.palette)?;
+        match &constraint {
+            Some(k) => table::constraint_line(w, k, &c.palette),
+            None => Ok(()),
+        }
+    })?;
+    let progress = out.progress_bar().then(|| {
+        let pb = indicatif::ProgressBar::new(u64::from(
+            wb.settings()
+                .max_tokens
+                .unwrap_or(crate::settings::DEFAULT_MAX_TOKENS),
+        ));
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} tokens {per_sec} {wide_bar}",
+            )
+            .expect("valid template"),
+        );
+        pb
+    });
+    let top_k = wb.settings().display_k;
     let mut trace_steps = Vec::new();
-    let mut records = Vec::new();
-    let outcome = genloop::run(
-        &mut driver,
-        &prep.params,
-        prep.display_k,
-        &mut rng,
-        max_tokens,
-        &stops,
-        &mut |a| {
-            if args.record.is_some() {
-                trace_steps.push(TraceStep::from_meta_top(&a.meta, record_top_k));
-            }
-            let branch = prep.sc.session.active_mut();
-            branch.completion_ids.push(a.meta.selected_id);
-            branch.appended_meta.push(a.meta.clone());
-            branch.rng_pos = a.rng.state().pos;
-            let record = StepRecord {
-                kind: "step".into(),
-                branch: branch_name.clone(),
-                index: branch.completion_ids.len() - 1,
-                selected: a.meta.selected.clone(),
-                appended_meta: a.meta,
-                done: a.stop.is_some(),
-                stop_reason: a.stop,
-                constraint: constraint.clone(),
-            };
-            match out.format {
-                OutputFormat::Jsonl => {
-                    write_json(&mut stdout, &record, false)?;
-                    stdout.flush()?;
-                }
-                OutputFormat::Table => {
-                    table::generate_token(&mut stdout, &record, &out.palette)?;
-                    stdout.flush()?;
-                }
-                OutputFormat::Json => {}
-            }
-            if let Some(pb) = &progress {
-                pb.inc(1);
-            }
-            if out.format == OutputFormat::Json {
-                records.push(record);
-            }
-            Ok(())
-        },
-    )?;
-    let (stop_reason, stop_sequence, seconds) =
-        (outcome.stop_reason, outcome.stop_sequence, outcome.seconds);
-
+    let run = wb.generate(!s.streams(), &mut |record| {
+        if args.record.is_some() {
+            trace_steps.push(TraceStep::from_meta_top(&record.appended_meta, top_k));
+        }
+        s.item(&mut stdout, record)?;
+        if let Some(pb) = &progress {
+            pb.inc(1);
+        }
+        Ok(())
+    })?;
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    let branch = prep.sc.session.active_mut();
-    branch.stop_reason = Some(stop_reason.as_str().to_string());
-    super::save_prefix(cache.as_ref(), &mut driver, &fingerprint);
-    drop(driver);
     if let Some(path) = &args.record {
-        let input = CaseInput {
-            id: None,
-            prompt: prep.spec.clone(),
-            params: prep.params.clone(),
-            constraint: prep.sc.session.constraint.clone(),
-            seed: prep.sc.session.active().seed.unwrap_or(0),
-            threads: prep.ctx_opts.n_threads,
-            ctx_size: prep.ctx_opts.n_ctx,
-            max_tokens,
-            stop: stops.clone(),
-            top_k: record_top_k,
-        };
         let mut trace = Trace::new(BuildInfo::current(&model.info().device));
         trace.cases.push(trace_case(
-            &input,
-            trace_model(model)?,
-            prep.prompt_ids.clone(),
-            std::mem::take(&mut trace_steps),
-            stop_reason,
+            &wb.case_input(),
+            cases::trace_model(&model)?,
+            wb.prompt_ids().to_vec(),
+            trace_steps,
+            run.outcome
+                .stop_reason
+                .unwrap_or(crate::record::StopReason::MaxTokens),
         ));
         crate::trace::write(path, &trace)?;
     }
-    prep.sc.save()?;
+    wb.save()?;
+    notify(wb.take_notices());
+    s.finish(&mut stdout, &wb.generate_summary(run))?;
+    Ok(Exit::Success)
+}
 
-    let branch = prep.sc.session.active();
-    let new_ids = branch.completion_ids[start..].to_vec();
-    let new_text = super::text_of(model, &new_ids);
-    let n = new_ids.len();
-    let summary = GenerateSummary {
-        kind: "summary".into(),
-        schema: "ntv.generate/1".into(),
-        branch: branch.name.clone(),
-        completion_ids: branch.completion_ids.clone(),
-        completion_text: completion_text(Some(model), branch),
-        new_completion_ids: new_ids,
-        new_text,
-        stop_reason,
-        stop_sequence,
-        n_tokens: n,
-        tokens_per_second: if seconds > 0.0 {
-            n as f64 / seconds
-        } else {
-            0.0
-        },
-        seconds,
-        seed: branch.seed,
-        params: prep.params.clone(),
-        constraint,
-        steps: (out.format == OutputFormat::Json).then_some(records),
-    };
-    match out.format {
-        OutputFormat::Jsonl => write_json(&mut stdout, &summary, false)?,
-        OutputFormat::Json => write_json(&mut stdout, &summary, true)?,
-        OutputFormat::Table => table::generate_summary(&mut stdout, &summary, &out.palette)?,
+fn flags(args: &GenerateArgs) -> Flags<'_> {
+    Flags {
+        prompt: &args.prompt,
+        positional: None,
+        runtime: &args.runtime,
+        sampling: &args.sampling,
+        constraint: &args.constraint,
+        seed: &args.seed,
+        stops: &args.stop,
+        max_tokens: args.max_tokens,
     }
-    stdout.flush()?;
-    Ok(())
 }
 
 /// `generate --batch FILE`: every case from its prompt, model loaded once, session untouched.
-fn batch(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
-    let out = settings::output(global, Some(OutputFormat::Jsonl));
+fn run_batch(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
+    let out = ctx.output(Some(OutputFormat::Jsonl));
     let path = args.batch.as_deref().expect("batch mode");
-    let lines = read_batch(path)?;
-    let existing = super::SessionCtx::open(global, false)?.existing().cloned();
-    let (params, _) = settings::params(
-        existing.as_ref().map(|s| &s.params),
-        existing.as_ref().and_then(|s| s.preset),
-        &args.sampling,
+    let store = ctx.store(false)?;
+    // Session values apply to parameters as everywhere; the prompt comes from each line.
+    let settings = super::resolve(&flags(&args), store.existing())?;
+    let batch = Batch::open(
+        path,
+        args.shard.as_deref(),
+        args.fail_fast,
+        r#"{"prompt": "Hello", "seed": 7}"#,
     )?;
-    let params = settings::with_greedy(params, args.seed.greedy);
-    let display_k = settings::display_k(&args.sampling, existing.as_ref().map(|s| s.display_k))?;
-    let ctx_opts = settings::context_options(&args.runtime.engine)?;
-    let constraint = settings::constraint(
-        &args.constraint,
-        existing.as_ref().and_then(|s| s.constraint.as_ref()),
-    )?;
-    let model_path = settings::model_path(
-        args.runtime.engine.model.as_deref(),
-        existing
-            .as_ref()
-            .and_then(|s| s.model.as_ref())
-            .map(|m| m.path.as_str()),
-    )?;
-    let model = super::load_model(&model_path, &args.runtime.engine)?;
-    settings::check_display_k(display_k, model.n_vocab())?;
+    let lines = batch.read::<CaseLine>()?;
+    let (model, _) = model_of(&settings)?;
+    crate::settings::check_display_k(settings.display_k, model.n_vocab())?;
     let base = CaseInput {
         id: None,
-        prompt: super::PromptSpec {
+        prompt: crate::settings::PromptSpec {
             prompt: String::new(),
             system: args
                 .prompt
                 .system
                 .clone()
                 .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string()),
-            chat_template: settings::cli_chat_template(&args.prompt).unwrap_or(true),
+            chat_template: crate::settings::cli_chat_template(&args.prompt).unwrap_or(true),
         },
-        params,
-        constraint,
+        params: settings.call_params(),
+        constraint: settings.constraint.clone(),
         seed: 0,
-        threads: ctx_opts.n_threads,
-        ctx_size: ctx_opts.n_ctx,
-        max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        threads: settings.context.n_threads,
+        ctx_size: settings.context.n_ctx,
+        max_tokens: args
+            .max_tokens
+            .unwrap_or(crate::settings::DEFAULT_MAX_TOKENS),
         stop: args.stop.clone(),
-        top_k: display_k,
+        top_k: settings.display_k,
     };
-    let progress =
-        (out.stderr_tty && !out.stdout_tty).then(|| ProgressBar::new(lines.len() as u64));
     let mut trace = Trace::new(BuildInfo::current(&model.info().device));
+    // A batch is always a stream of lines (JSON asks for the same records).
+    let mut s = stream(&out);
+    if s.format == OutputFormat::Json {
+        s.format = OutputFormat::Jsonl;
+    }
     let mut stdout = std::io::stdout().lock();
     let n = lines.len();
-    for (lineno, line) in lines {
-        let explicit_seed = line.seed.or(args.seed.seed);
-        let mut input = apply_line(&base, line).map_err(|e| {
-            input_err(
-                format!("{} line {lineno}: {e}", path.display()),
-                "fix the line's fields",
-            )
-        })?;
-        input.seed = explicit_seed.unwrap_or_else(crate::sampling::StreamRng::os_seed);
-        let run = run_case(&model, &input)?;
-        let rec = serde_json::json!({
-            "type": "case",
-            "id": input.id,
-            "line": lineno,
-            "completion_text": run.completion_text,
-            "completion_ids": run.completion_ids,
-            "stop_reason": run.case.stop_reason,
-            "n_tokens": run.completion_ids.len(),
-            "tokens_per_second": run.tokens_per_second,
-            "seed": input.seed,
-        });
-        match out.format {
-            OutputFormat::Table => writeln!(
-                stdout,
-                "{} {}",
-                out.palette.heading(&format!(
-                    "[{}]",
-                    input.id.clone().unwrap_or_else(|| format!("line {lineno}"))
-                )),
-                run.completion_text
-            )?,
-            _ => write_json(&mut stdout, &rec, false)?,
-        }
-        stdout.flush()?;
-        if let Some(pb) = &progress {
-            pb.inc(1);
-        }
-        trace.cases.push(run.case);
-    }
-    if let Some(pb) = progress {
-        pb.finish_and_clear();
-    }
+    let status = batch.run(
+        &out,
+        lines,
+        &mut stdout,
+        &mut |w, lineno, line| {
+            let explicit_seed = line.seed.or(args.seed.seed);
+            let mut input = apply_line(&base, line)?;
+            input.seed = explicit_seed.unwrap_or_else(crate::sampling::StreamRng::os_seed);
+            let run = run_case(&model, &input)?;
+            let case = GenerateCase {
+                kind: "case".into(),
+                id: input.id.clone(),
+                line: lineno,
+                n_tokens: run.completion_ids.len(),
+                completion_text: run.completion_text,
+                completion_ids: run.completion_ids,
+                stop_reason: run.case.stop_reason,
+                tokens_per_second: run.tokens_per_second,
+                seed: input.seed,
+            };
+            s.item(w, &GenerateBatchLine::Case(case))?;
+            trace.cases.push(run.case);
+            Ok(())
+        },
+        &mut |w, f| Ok(s.item(w, &GenerateBatchLine::Failed(f))?),
+    )?;
     if let Some(p) = &args.record {
         crate::trace::write(p, &trace)?;
     }
-    if out.format != OutputFormat::Table {
-        write_json(
-            &mut stdout,
-            &serde_json::json!({
-                "type": "summary",
-                "schema": "ntv.generate.batch/1",
-                "cases": n,
-                "trace": args.record.as_ref().map(|p| p.display().to_string()),
-            }),
-            false,
-        )?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopScanner;
-
-    #[test]
-    fn stop_sequence_across_token_boundaries() {
-        let mut s = StopScanner::new(&["\n\n".to_string(), "END".to_string()]);
-        assert_eq!(s.push(b"Hello"), None);
-        assert_eq!(s.push(b" E"), None);
-        assert_eq!(s.push(b"N"), None);
-        assert_eq!(s.push(b"D!"), Some("END"));
-        let mut s = StopScanner::new(&["\n\n".to_string()]);
-        assert_eq!(s.push(b"a\n"), None);
-        assert_eq!(s.push(b"\nb"), Some("\n\n"));
-    }
-
-    #[test]
-    fn empty_stop_is_ignored() {
-        let mut s = StopScanner::new(&[String::new()]);
-        assert_eq!(s.push(b"anything"), None);
-    }
+    s.item(
+        &mut stdout,
+        &GenerateBatchLine::Summary(GenerateBatchSummary {
+            kind: "summary".into(),
+            schema: "ntv.generate.batch/1".into(),
+            cases: n,
+            failed: status.failed.len(),
+            trace: args.record.as_ref().map(|p| p.display().to_string()),
+        }),
+    )?;
+    batch::finish(path, status)
 }

@@ -2,14 +2,15 @@
 
 use std::io::Write;
 
-use crate::cli::{GlobalArgs, ModelAction, ModelArgs};
+use crate::cli::{ModelAction, ModelArgs};
+use crate::error::{Exit, Result};
 use crate::models;
 
-pub fn run(_global: &GlobalArgs, args: ModelArgs) -> anyhow::Result<()> {
+pub fn run(args: ModelArgs) -> Result<Exit> {
     let path = match args.action {
         ModelAction::Fetch => models::ensure_default_model()?,
         ModelAction::Path => models::cached_default_model()?,
     };
     writeln!(std::io::stdout(), "{}", path.display())?;
-    Ok(())
+    Ok(Exit::Success)
 }

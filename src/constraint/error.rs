@@ -73,3 +73,12 @@ impl ConstraintError {
         !matches!(self, Self::Matcher(_))
     }
 }
+
+impl crate::error::Diagnose for ConstraintError {
+    fn is_input(&self) -> bool {
+        ConstraintError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        ConstraintError::hint(self)
+    }
+}

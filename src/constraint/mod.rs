@@ -28,6 +28,15 @@ use serde::{Deserialize, Serialize};
 pub use error::ConstraintError;
 pub use gbnf::{GbnfError, gbnf_to_lark};
 
+/// An output constraint as the user gave it (stored in the session and in traces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConstraintSpec {
+    /// Constraint kind.
+    pub kind: ConstraintKind,
+    /// The constraint's source text.
+    pub source: String,
+}
+
 /// The five kinds of constraint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

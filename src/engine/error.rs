@@ -77,3 +77,12 @@ impl EngineError {
         )
     }
 }
+
+impl crate::error::Diagnose for EngineError {
+    fn is_input(&self) -> bool {
+        EngineError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        EngineError::hint(self)
+    }
+}

@@ -407,7 +407,7 @@ mod tests {
             target_fn: Some(TargetFn::Prob),
             engine: Engine::Autograd,
             target: AttributionTarget {
-                kind: "completion".into(),
+                kind: crate::record::TargetKind::Completion,
                 index,
                 id: 7,
                 text: " Paris".into(),

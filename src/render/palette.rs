@@ -126,26 +126,3 @@ impl Palette {
         .to_string()
     }
 }
-
-/// Decide whether to colour: `--color always|never` win; for `auto`, NO_COLOR (non-empty)
-/// turns colour off, CLICOLOR_FORCE (non-empty, not "0") turns it on, else only a terminal
-/// gets colour.
-pub fn resolve(choice: crate::cli::ColorChoice, is_terminal: bool) -> bool {
-    use crate::cli::ColorChoice;
-    match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-            if set("NO_COLOR") {
-                false
-            } else if set("CLICOLOR_FORCE")
-                && std::env::var_os("CLICOLOR_FORCE") != Some("0".into())
-            {
-                true
-            } else {
-                is_terminal
-            }
-        }
-    }
-}

@@ -364,7 +364,7 @@ pub fn step(w: &mut dyn Write, doc: &StepDoc, pal: &Palette) -> io::Result<()> {
             pal.heading("new branch")
         )?;
     }
-    if doc.action == "undo" {
+    if doc.action == crate::record::StepAction::Undo {
         writeln!(
             w,
             "{} removed {} token(s) from branch {}",
@@ -461,7 +461,7 @@ pub fn branch_list(w: &mut dyn Write, doc: &BranchListDoc, pal: &Palette) -> io:
             r.parent.clone().unwrap_or_else(|| "-".into()),
             r.fork_position.map_or("-".into(), |p| p.to_string()),
             r.length.to_string(),
-            r.stop_reason.clone().unwrap_or_else(|| "-".into()),
+            r.stop_reason.map_or_else(|| "-".into(), |s| s.to_string()),
             r.seed.map_or("-".into(), |s| s.to_string()),
         ]);
     }

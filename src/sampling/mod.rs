@@ -550,3 +550,12 @@ impl Distribution<'_> {
         self.ws.greedy
     }
 }
+
+impl crate::error::Diagnose for SamplingError {
+    fn is_input(&self) -> bool {
+        SamplingError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        SamplingError::hint(self)
+    }
+}

@@ -208,3 +208,12 @@ impl SessionError {
         })
     }
 }
+
+impl crate::error::Diagnose for SessionError {
+    fn is_input(&self) -> bool {
+        SessionError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        SessionError::hint(self)
+    }
+}

@@ -18,7 +18,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::record::{AppendedMeta, ModelFacts};
+pub use crate::constraint::ConstraintSpec;
+use crate::record::{AppendedMeta, ModelFacts, StopReason};
 use crate::sampling::{Preset, RngState, SamplingParams};
 
 /// The value of the `format` field of every session file.
@@ -88,15 +89,6 @@ pub struct Fingerprint {
     pub sha256_head_tail: String,
 }
 
-/// An output constraint as the user gave it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ConstraintSpec {
-    /// Constraint kind (e.g. `"regex"`, `"json_schema"`, `"lark"`, `"choice"`).
-    pub kind: String,
-    /// The constraint's source text.
-    pub source: String,
-}
-
 /// One line of completion: its tokens, their snapshots and its RNG stream state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Branch {
@@ -115,7 +107,7 @@ pub struct Branch {
     /// Position in the ChaCha20 stream of `seed`, in 32-bit words (two per uniform draw).
     pub rng_pos: u64,
     /// Why the last generation stopped; cleared by any edit.
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Size of the head and of the tail hashed by [`fingerprint`].
@@ -492,4 +484,4 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

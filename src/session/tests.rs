@@ -24,7 +24,7 @@ fn candidate(id: i32) -> Candidate {
     }
 }
 
-fn meta(id: i32, rng_after: Option<RngState>) -> AppendedMeta {
+pub(crate) fn meta(id: i32, rng_after: Option<RngState>) -> AppendedMeta {
     AppendedMeta {
         dist: Dist {
             top_k: 1,
@@ -68,13 +68,13 @@ fn sample() -> Session {
     });
     s.stop = vec!["\n\n".into()];
     s.constraint = Some(ConstraintSpec {
-        kind: "regex".into(),
+        kind: crate::constraint::ConstraintKind::Regex,
         source: "[a-z]+".into(),
     });
     let main = s.active_mut();
     main.seed = Some(7);
     main.rng_pos = 3;
-    main.stop_reason = Some("max_tokens".into());
+    main.stop_reason = Some(crate::record::StopReason::MaxTokens);
     for (id, after) in [
         (10, rng(7, 1)),
         (11, rng(7, 2)),

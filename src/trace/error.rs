@@ -118,3 +118,12 @@ impl TraceError {
         })
     }
 }
+
+impl crate::error::Diagnose for TraceError {
+    fn is_input(&self) -> bool {
+        TraceError::is_input(self)
+    }
+    fn hint(&self) -> Option<String> {
+        TraceError::hint(self)
+    }
+}

@@ -36,9 +36,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::record::AppendedMeta;
+use crate::constraint::ConstraintSpec;
+use crate::record::{AppendedMeta, StopReason};
 use crate::sampling::SamplingParams;
-use crate::session::{ConstraintSpec, Fingerprint};
+use crate::session::Fingerprint;
 
 /// The `schema` of every trace file this ntv writes.
 pub const TRACE_SCHEMA: &str = "ntv.trace/1";
@@ -211,8 +212,8 @@ pub struct TraceCase {
     pub prompt_ids: Vec<i32>,
     /// One record per generated token.
     pub steps: Vec<TraceStep>,
-    /// Why the generation stopped (`"eog"`, `"max_tokens"`, ... as in `ntv generate`).
-    pub stop_reason: String,
+    /// Why the generation stopped (as in `ntv generate`).
+    pub stop_reason: StopReason,
 }
 
 /// One generation step, reduced to what a comparison needs.

@@ -64,7 +64,7 @@ fn case(steps: Vec<TraceStep>) -> TraceCase {
         top_k: 3,
         prompt_ids: vec![1, 9690, 198],
         steps,
-        stop_reason: "max_tokens".into(),
+        stop_reason: StopReason::MaxTokens,
     }
 }
 
@@ -399,7 +399,7 @@ fn length_stop_reason_and_prompt_differences_fail() {
     let expected = three_steps();
     let mut shorter = expected.clone();
     shorter.steps.pop();
-    shorter.stop_reason = "eog".into();
+    shorter.stop_reason = StopReason::Eog;
     let r = check_case(&expected, &shorter, &CheckOptions::default());
     assert!(!r.passed);
     assert_eq!(r.steps_compared, 2);
@@ -413,7 +413,7 @@ fn length_stop_reason_and_prompt_differences_fail() {
     );
 
     let mut other_stop = expected.clone();
-    other_stop.stop_reason = "stop_sequence".into();
+    other_stop.stop_reason = StopReason::StopSequence;
     let r = check_case(&expected, &other_stop, &CheckOptions::default());
     assert_eq!(r.first_divergence.unwrap().kind, DivergenceKind::Length);
 

@@ -162,6 +162,35 @@ fn every_json_output_validates_against_its_schema() {
     for l in &lines {
         validate("attribute.record", l);
     }
+    // generate --batch: cases, a bad line in place, the summary.
+    std::fs::write(
+        &batch,
+        format!("{{\"id\": \"a\", \"prompt\": \"{PROMPT}\", \"seed\": 3}}\n{{\"prompt\": 3}}\n"),
+    )
+    .unwrap();
+    let out = sb.run(&[
+        "generate",
+        "--no-session",
+        "--batch",
+        batch.to_str().unwrap(),
+        "-n",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "one bad line: exit 2");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["case", "error", "summary"]);
+    assert_eq!(
+        (lines[1]["line"].as_u64(), lines[2]["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    for l in &lines {
+        validate("generate.batch", l);
+    }
     let trace = sb.path().join("t.json");
     sb.jsonl(&[
         "generate",

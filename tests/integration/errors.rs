@@ -329,18 +329,7 @@ fn failing_edits_leave_a_valid_session_untouched() {
     let bytes = valid_session(&sb);
     fails_unchanged(&sb, &["step", "-m", m(), "--token", "49152"], 2, &bytes);
     fails_unchanged(&sb, &["step", "-m", m(), "--undo", "5"], 2, &bytes);
-    // Another prompt while the session holds a completion, without --reset.
-    fails_unchanged(
-        &sb,
-        &["step", "-m", m(), "-p", "Something else", "--greedy"],
-        2,
-        &bytes,
-    );
-    fails_unchanged(
-        &sb,
-        &["preview", "--save", "-m", m(), "-p", "Something else"],
-        2,
-        &bytes,
-    );
+    // (Another prompt while the session holds a completion is no failure: the session is kept
+    // aside, see `oneshot.rs`.)
     fails_unchanged(&sb, &["step", "-m", m(), "-c", "8", "--greedy"], 2, &bytes);
 }

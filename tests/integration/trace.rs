@@ -54,12 +54,12 @@ fn record(m: &Model, params: &SamplingParams, seed: Option<u64>, n: u32) -> Trac
         Choice::Greedy
     };
     let mut steps = Vec::new();
-    let mut stop_reason = "max_tokens";
+    let mut stop_reason = ntv::record::StopReason::MaxTokens;
     for _ in 0..n {
         let meta = driver.step(params, TOP_K, choice, &mut rng).expect("step");
         steps.push(TraceStep::from_meta(&meta));
         if m.is_eog(meta.selected_id) {
-            stop_reason = "eog";
+            stop_reason = ntv::record::StopReason::Eog;
             break;
         }
     }
@@ -85,7 +85,7 @@ fn record(m: &Model, params: &SamplingParams, seed: Option<u64>, n: u32) -> Trac
         top_k: TOP_K,
         prompt_ids,
         steps,
-        stop_reason: stop_reason.into(),
+        stop_reason,
     }
 }
 

@@ -1,20 +1,20 @@
 //! Cases for traces and batches: one generation from a prompt with fixed inputs, run with the
-//! model loaded once, turned into a [`TraceCase`] (`generate --record/--batch`, `check`).
-
-use std::path::Path;
+//! model loaded once through the shared step loop, turned into a [`TraceCase`]
+//! (`generate --record/--batch`, `check`).
 
 use serde::Deserialize;
 
-use crate::app::input_err;
+use crate::constraint::ConstraintSpec;
 use crate::driver::Driver;
 use crate::engine::{ContextOptions, Model};
+use crate::error::Result;
 use crate::record::StopReason;
 use crate::sampling::{RngState, SamplingParams, StreamRng};
-use crate::session::ConstraintSpec;
+use crate::settings::PromptSpec;
 use crate::trace::{TraceCase, TraceModel, TraceStep};
 
-use super::stepping::build_constraint;
-use super::{PromptSpec, genloop, prompt_ids};
+use super::stepper::{self, Plan, StopRule};
+use super::{build_constraint, prompt_ids, text_of};
 
 /// Everything that decides a generation.
 #[derive(Debug, Clone)]
@@ -52,10 +52,19 @@ impl CaseInput {
             top_k: case.top_k,
         }
     }
+
+    /// The context options of the case.
+    pub fn context(&self) -> ContextOptions {
+        ContextOptions {
+            n_ctx: self.ctx_size,
+            n_threads: self.threads,
+            ..ContextOptions::default()
+        }
+    }
 }
 
 /// The model part of a trace case.
-pub fn trace_model(model: &Model) -> anyhow::Result<TraceModel> {
+pub fn trace_model(model: &Model) -> Result<TraceModel> {
     let i = model.info();
     Ok(TraceModel {
         path: i.path.display().to_string(),
@@ -89,7 +98,7 @@ pub fn trace_case(
         top_k: input.top_k,
         prompt_ids,
         steps,
-        stop_reason: stop.as_str().to_string(),
+        stop_reason: stop,
     }
 }
 
@@ -102,14 +111,9 @@ pub struct CaseRun {
 }
 
 /// Run one case from its prompt (fresh context, RNG stream at position 0).
-pub fn run_case(model: &Model, input: &CaseInput) -> anyhow::Result<CaseRun> {
+pub fn run_case(model: &Model, input: &CaseInput) -> Result<CaseRun> {
     let (_, ids) = prompt_ids(model, &input.prompt)?;
-    let opts = ContextOptions {
-        n_ctx: input.ctx_size,
-        n_threads: input.threads,
-        ..ContextOptions::default()
-    };
-    let mut driver = Driver::new(model, &opts, &ids)?;
+    let mut driver = Driver::new(model, &input.context(), &ids)?;
     driver.set_constraint(build_constraint(model, input.constraint.as_ref())?)?;
     let mut rng = StreamRng::new(RngState {
         seed: input.seed,
@@ -117,35 +121,45 @@ pub fn run_case(model: &Model, input: &CaseInput) -> anyhow::Result<CaseRun> {
     });
     let mut steps = Vec::new();
     let mut completion_ids = Vec::new();
-    let outcome = genloop::run(
+    let rule = StopRule {
+        max_tokens: Some(input.max_tokens as usize),
+        stops: input.stop.clone(),
+    };
+    let outcome = stepper::run(
         &mut driver,
         &input.params,
         input.top_k,
+        &Plan::Choose {
+            choice: crate::driver::Choice::for_params(&input.params),
+            n: None,
+        },
+        &rule,
         &mut rng,
-        input.max_tokens,
-        &input.stop,
-        &mut |a| {
+        &mut |_, a| {
             completion_ids.push(a.meta.selected_id);
             steps.push(TraceStep::from_meta_top(&a.meta, input.top_k));
             Ok(())
         },
     )?;
     Ok(CaseRun {
-        completion_text: super::text_of(model, &completion_ids),
-        case: trace_case(input, trace_model(model)?, ids, steps, outcome.stop_reason),
+        completion_text: text_of(model, &completion_ids),
+        case: trace_case(
+            input,
+            trace_model(model)?,
+            ids,
+            steps,
+            outcome.stop_reason.unwrap_or(StopReason::MaxTokens),
+        ),
         completion_ids,
-        tokens_per_second: if outcome.seconds > 0.0 {
-            outcome.n_tokens as f64 / outcome.seconds
-        } else {
-            0.0
-        },
+        tokens_per_second: outcome.tokens_per_second(),
     })
 }
 
-/// One line of a batch file; missing fields take the command-line values.
-#[derive(Debug, Default, Deserialize)]
+/// One line of a `generate --batch` / `diff --batch` file; missing fields take the
+/// command-line values.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchLine {
+pub struct CaseLine {
     pub id: Option<serde_json::Value>,
     pub prompt: String,
     pub system: Option<String>,
@@ -161,43 +175,10 @@ pub struct BatchLine {
     pub greedy: Option<bool>,
 }
 
-/// Read a batch file; a bad line is an input error naming its line number.
-pub fn read_batch(path: &Path) -> anyhow::Result<Vec<(usize, BatchLine)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        input_err(
-            format!("cannot read batch file {}: {e}", path.display()),
-            "pass a JSONL file with one {\"prompt\": ...} object per line",
-        )
-    })?;
-    let mut lines = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: BatchLine = serde_json::from_str(line).map_err(|e| {
-            input_err(
-                format!("{} line {}: {e}", path.display(), i + 1),
-                "each line is one JSON object with at least a \"prompt\"",
-            )
-        })?;
-        lines.push((i + 1, parsed));
-    }
-    if lines.is_empty() {
-        return Err(input_err(
-            format!("batch file {} has no cases", path.display()),
-            "add one JSON object per line",
-        ));
-    }
-    Ok(lines)
-}
-
-/// Apply a batch line over the command-line inputs.
-pub fn apply_line(base: &CaseInput, line: BatchLine) -> anyhow::Result<CaseInput> {
+/// Apply a batch line over the command-line inputs (validated).
+pub fn apply_line(base: &CaseInput, line: CaseLine) -> Result<CaseInput> {
     let mut c = base.clone();
-    c.id = line.id.map(|v| match v {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    });
+    c.id = crate::batch::id_text(line.id.as_ref());
     c.prompt.prompt = line.prompt;
     if let Some(s) = line.system {
         c.prompt.system = s;
@@ -235,4 +216,52 @@ pub fn apply_line(base: &CaseInput, line: BatchLine) -> anyhow::Result<CaseInput
     }
     p.validate()?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> CaseInput {
+        CaseInput {
+            id: None,
+            prompt: PromptSpec {
+                prompt: String::new(),
+                system: "sys".into(),
+                chat_template: true,
+            },
+            params: SamplingParams::default(),
+            constraint: None,
+            seed: 1,
+            threads: 1,
+            ctx_size: 512,
+            max_tokens: 8,
+            stop: vec![],
+            top_k: 5,
+        }
+    }
+
+    #[test]
+    fn a_line_overrides_only_what_it_names() {
+        let line: CaseLine = serde_json::from_str(
+            r#"{"id": 3, "prompt": "Hi", "seed": 9, "temperature": 0.5, "stop": ["."]}"#,
+        )
+        .unwrap();
+        let c = apply_line(&base(), line).unwrap();
+        assert_eq!(c.id.as_deref(), Some("3"));
+        assert_eq!(
+            (c.prompt.prompt.as_str(), c.prompt.system.as_str()),
+            ("Hi", "sys")
+        );
+        assert_eq!((c.seed, c.max_tokens), (9, 8));
+        assert_eq!(c.params.temperature, 0.5);
+        assert_eq!(c.stop, vec![".".to_string()]);
+    }
+
+    #[test]
+    fn a_bad_value_in_a_line_is_an_input_error() {
+        let line: CaseLine = serde_json::from_str(r#"{"prompt": "Hi", "top_p": 2}"#).unwrap();
+        assert!(apply_line(&base(), line).unwrap_err().is_input());
+        assert!(serde_json::from_str::<CaseLine>(r#"{"prompt": "Hi", "bogus": 1}"#).is_err());
+    }
 }

@@ -1,0 +1,188 @@
+//! Attribution in the core: targets resolved over a context, the engines run once per call,
+//! outcomes turned into records. One [`Explainer`] serves a single request, a batch, or the
+//! active branch of a [`super::Workbench`].
+
+use std::time::Instant;
+
+use crate::attribution::request::{Merged, Resolved, TargetSel, resolve_targets};
+use crate::attribution::{Attributor, Method, Options, Outcome, Target};
+use crate::driver::pill;
+use crate::engine::{ContextOptions, Decoder, Model};
+use crate::error::{Error, Result, input_err};
+use crate::record::{
+    AttentionSelection, AttributionRecord, AttributionTarget, ScoredToken, TargetKind, TokenPill,
+};
+
+use super::{ms, prompt_ids};
+
+/// The attribution engines of one model, created on first use and kept for later targets.
+pub struct Explainer<'m> {
+    model: &'m Model,
+    ctx: ContextOptions,
+    attributor: Attributor<'m>,
+    /// Context for the most probable next token (default candidate targets), kept so a batch
+    /// reuses the KV prefix its requests share.
+    next: Option<Decoder<'m>>,
+}
+
+impl<'m> Explainer<'m> {
+    pub fn new(model: &'m Model, ctx: &ContextOptions) -> Self {
+        Self {
+            model,
+            ctx: ctx.clone(),
+            attributor: Attributor::new(model, ctx.n_threads, ctx.n_ctx as usize),
+            next: None,
+        }
+    }
+
+    /// The id of `text` when it is exactly one token (for `--text`).
+    pub fn single_token(&self, text: &str) -> Result<i32> {
+        let ids = self.model.tokenize(text, false, false);
+        match ids.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(input_err(
+                format!(
+                    "--text {text:?} is {} tokens ({:?}), not one",
+                    ids.len(),
+                    ids
+                ),
+                "attribute one token: pass one of these ids with --token, or a shorter --text",
+            )),
+        }
+    }
+
+    /// The most probable next token after `context`.
+    fn top_next(&mut self, context: &[i32]) -> Result<i32> {
+        let dec = match &mut self.next {
+            Some(d) => d,
+            None => self.next.insert(Decoder::new(self.model, &self.ctx)?),
+        };
+        let logits = dec.eval(context)?;
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as i32)
+            .ok_or_else(|| Error::runtime("the model returned no logits"))
+    }
+
+    /// Attribute the targets `sel` picks in `prompt ++ completion`.
+    pub fn explain(
+        &mut self,
+        prompt: &[i32],
+        completion: &[i32],
+        sel: TargetSel,
+        opts: &Options,
+    ) -> Result<Vec<AttributionRecord>> {
+        let tokens: Vec<i32> = prompt.iter().chain(completion).copied().collect();
+        let targets = resolve_targets(sel, prompt.len(), completion, &mut || {
+            self.top_next(&tokens)
+        })?;
+        let t = Instant::now();
+        let plain: Vec<Target> = targets.iter().map(|r| r.target).collect();
+        let outcomes = self.attributor.run(&tokens, &plain, opts)?;
+        // Time split evenly when one engine call served several targets.
+        let each = ms(t) / targets.len().max(1) as f64;
+        // Each token's text once, however many targets (--all) show it.
+        let longest = targets
+            .iter()
+            .map(|r| r.target.context_len)
+            .max()
+            .unwrap_or(0);
+        let pills: Vec<TokenPill> = tokens[..longest]
+            .iter()
+            .map(|&id| pill(self.model, id))
+            .collect();
+        Ok(targets
+            .iter()
+            .zip(outcomes)
+            .map(|(r, o)| self.record(&pills, prompt.len(), r, o, opts, each))
+            .collect())
+    }
+
+    /// Attribute one merged batch request (its prompt rendered, its completion checked).
+    pub fn explain_request(&mut self, m: &Merged) -> Result<Vec<AttributionRecord>> {
+        let (_, prompt) = prompt_ids(self.model, &m.prompt)?;
+        let completion: Vec<i32> = m
+            .completion_ids
+            .iter()
+            .map(|&id| {
+                i32::try_from(id)
+                    .ok()
+                    .filter(|&i| self.model.in_range(i))
+                    .ok_or_else(|| {
+                        input_err(
+                            format!(
+                                "completion id {id} is outside the vocabulary (0..{})",
+                                self.model.n_vocab()
+                            ),
+                            "completion_ids are token ids of this model",
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        self.explain(&prompt, &completion, m.sel, &m.options)
+    }
+
+    /// The JSON record of one attributed target; `pills` are the sequence's tokens as shown.
+    fn record(
+        &self,
+        pills: &[TokenPill],
+        prompt_len: usize,
+        r: &Resolved,
+        o: Outcome,
+        opts: &Options,
+        elapsed_ms: f64,
+    ) -> AttributionRecord {
+        let t = pill(self.model, r.target.id);
+        let n = r.target.context_len;
+        let scores = pills[..n]
+            .iter()
+            .zip(&o.scores)
+            .enumerate()
+            .map(|(index, (p, &score))| ScoredToken {
+                index,
+                id: p.id,
+                text: p.text.clone(),
+                display: p.display.clone(),
+                special: p.special,
+                completion: index >= prompt_len,
+                score,
+            })
+            .collect();
+        let ig = opts.method == Method::IntegratedGradients;
+        AttributionRecord {
+            kind: "attribution".into(),
+            id: None,
+            line: None,
+            method: opts.method,
+            aggregation: opts.agg,
+            target_fn: o.target_fn,
+            engine: o.engine,
+            target: AttributionTarget {
+                kind: if r.index.is_some() {
+                    TargetKind::Completion
+                } else {
+                    TargetKind::Candidate
+                },
+                index: r.index,
+                id: t.id,
+                text: t.text,
+                display: t.display,
+                special: t.special,
+                prob: o.target_prob,
+            },
+            context_len: n,
+            scores,
+            steps: ig.then_some(opts.steps),
+            baseline: ig.then_some(opts.baseline),
+            completeness_error: o.completeness_error,
+            attention: (opts.method == Method::Attention).then(|| AttentionSelection {
+                layers: opts.attention.layers.clone(),
+                heads: opts.attention.heads.clone(),
+                layer_agg: opts.attention.layer_agg,
+            }),
+            elapsed_ms,
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! The application core: one object holding a loaded model, the driver with its KV state,
+//! the constraint matcher, the prefix cache and the session, with operations named after what
+//! users do (preview, step, generate, undo, rewind, branches, attribute). Front-ends — the CLI
+//! commands, and later the terminal explorer and the HTTP server — resolve settings, open a
+//! [`Workbench`], call it and render what it returns; none has a step loop of its own.
+//!
+//! Within one process the KV cache is kept across operations: a knob change recomputes from
+//! the logits already there, a step decodes one token. Across processes the prefix cache beside
+//! the session restores what an earlier call decoded.
+
+pub mod cases;
+pub mod explain;
+pub mod stepper;
+pub mod store;
+
+use std::time::Instant;
+
+use crate::chat::{self, ChatInput};
+use crate::constraint::Constraint;
+use crate::driver::{Choice, Driver, pill};
+use crate::engine::Model;
+use crate::error::{Result, input_err};
+use crate::kvcache::KvCache;
+use crate::record::{
+    CacheUse, ForcedBy, GenerateSummary, ModelFacts, PreviewDoc, PromptLogprob, StepAction,
+    StepDoc, StepRecord, Timings, TokenPill,
+};
+use crate::sampling::{RngState, SamplingParams, StreamRng, logprob_and_rank};
+use crate::session::{Branch, ModelRef, Session};
+use crate::settings::{self, CacheSetting, PromptSpec, RunSettings, SeedChoice};
+
+pub use stepper::{Outcome, Plan, StopRule};
+pub use store::SessionStore;
+
+/// Facts of a loaded model, as recorded and printed.
+pub fn facts(model: &Model) -> ModelFacts {
+    let i = model.info();
+    ModelFacts {
+        model_id: i.name.clone(),
+        path: i.path.display().to_string(),
+        architecture: i.architecture.clone(),
+        n_params: i.n_params,
+        dtype: i.file_type.clone(),
+        file_size: i.file_size,
+        vocab_size: i.n_vocab,
+        vocab_type: i.vocab_type.clone(),
+        n_ctx_train: i.n_ctx_train,
+        n_layer: i.n_layer,
+        n_head: i.n_head,
+        n_head_kv: i.n_head_kv,
+        n_embd: i.n_embd,
+        has_chat_template: i.chat_template.is_some(),
+        bos_token_id: i.bos,
+        eos_token_id: i.eos,
+        eog_token_ids: i.eog.clone(),
+        add_bos: i.add_bos,
+        device: i.device.clone(),
+        gpu_layers_offloaded: i.gpu_layers_offloaded,
+    }
+}
+
+/// A model reference for the session (path made absolute, fingerprint, facts).
+pub fn model_ref(model: &Model) -> Result<ModelRef> {
+    let path = &model.info().path;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let fingerprint = crate::session::fingerprint(path).map_err(|e| {
+        crate::error::Error::from(e).context(format!("fingerprinting {}", path.display()))
+    })?;
+    Ok(ModelRef {
+        path: abs.display().to_string(),
+        fingerprint,
+        facts: Some(facts(model)),
+    })
+}
+
+/// The warning for a session whose model file changed since it was recorded.
+pub fn model_changed(session: &Session, current: &ModelRef) -> Option<String> {
+    let old = session.model.as_ref()?;
+    (old.path == current.path && old.fingerprint != current.fingerprint).then(|| {
+        format!(
+            "warning: the model file {} changed since this session recorded it (fingerprint differs); recorded probabilities may not match",
+            current.path
+        )
+    })
+}
+
+/// The rendered prompt text and its ids (chat.md).
+pub fn prompt_ids(model: &Model, spec: &PromptSpec) -> Result<(String, Vec<i32>)> {
+    let template = model.info().chat_template.as_deref();
+    match (spec.chat_template, template) {
+        (true, Some(t)) => {
+            let (bos, eos) = (model.bos_text(), model.eos_text());
+            let text = chat::render(&ChatInput {
+                template: t,
+                system: &spec.system,
+                prompt: &spec.prompt,
+                bos_token: &bos,
+                eos_token: &eos,
+            })?;
+            let ids = model.tokenize(&text, false, true);
+            Ok((text, ids))
+        }
+        _ => {
+            let ids = model.tokenize(&spec.prompt, true, false);
+            Ok((spec.prompt.clone(), ids))
+        }
+    }
+}
+
+/// Completion text of `ids`; end-of-generation tokens are left out (as llama.cpp's server and
+/// Hugging Face's `skip_special_tokens` do for the stop token).
+pub fn text_of(model: &Model, ids: &[i32]) -> String {
+    let mut bytes = Vec::new();
+    for &id in ids.iter().filter(|&&id| !model.is_eog(id)) {
+        bytes.extend_from_slice(&model.piece_bytes(id));
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Completion text of a branch from its records, without a model (special tokens left out).
+pub fn recorded_text(branch: &Branch) -> String {
+    branch
+        .appended_meta
+        .iter()
+        .filter(|m| !m.selected.special)
+        .map(|m| m.selected.text.as_str())
+        .collect()
+}
+
+/// Pills for completion tokens from their recorded metadata (no model needed).
+pub fn recorded_pills(branch: &Branch) -> Vec<TokenPill> {
+    branch
+        .completion_ids
+        .iter()
+        .zip(&branch.appended_meta)
+        .map(|(&id, m)| TokenPill {
+            id,
+            text: m.selected.text.clone(),
+            display: crate::render::text::display(&m.selected.text),
+            special: m.selected.special,
+        })
+        .collect()
+}
+
+/// Build the matcher of a (validated) constraint spec for `model`.
+pub fn build_constraint(
+    model: &Model,
+    spec: Option<&crate::constraint::ConstraintSpec>,
+) -> Result<Option<Constraint>> {
+    match spec {
+        Some(spec) => Ok(Some(Constraint::new(
+            &model.tok_env(),
+            spec.kind,
+            &spec.source,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// The branch's random stream after applying --seed / --reset-rng (sampling.md, Selection):
+/// the seed the branch already has continues its stream, a different one restarts it, no seed
+/// at all draws one from the OS and records it.
+pub fn branch_rng(branch: &mut Branch, seed: SeedChoice) -> StreamRng {
+    let state = match (seed.seed, branch.seed) {
+        (Some(new), Some(old)) if new == old => RngState {
+            seed: old,
+            pos: if seed.reset_rng { 0 } else { branch.rng_pos },
+        },
+        (Some(new), _) => RngState { seed: new, pos: 0 },
+        (None, Some(old)) => RngState {
+            seed: old,
+            pos: if seed.reset_rng { 0 } else { branch.rng_pos },
+        },
+        (None, None) => RngState {
+            seed: StreamRng::os_seed(),
+            pos: 0,
+        },
+    };
+    branch.seed = Some(state.seed);
+    branch.rng_pos = state.pos;
+    StreamRng::new(state)
+}
+
+/// How a workbench treats the session it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Look only: the session's completion applies when it was made for this prompt and model.
+    ReadOnly,
+    /// Record this call's inputs in the session; a completion for other inputs is kept aside
+    /// (or dropped with `reset`).
+    Record { reset: bool },
+}
+
+/// What a run of steps produced.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    /// Every appended token's record (empty when the caller streamed them and kept none).
+    pub records: Vec<StepRecord>,
+    /// Whether the records were kept (false: they were only streamed).
+    pub kept: bool,
+    pub outcome: Outcome,
+    /// Completion length before the run.
+    pub start: usize,
+}
+
+/// The application core over one loaded model.
+pub struct Workbench<'m> {
+    model: &'m Model,
+    store: SessionStore,
+    settings: RunSettings,
+    prompt: PromptSpec,
+    prompt_text: String,
+    prompt_ids: Vec<i32>,
+    driver: Driver<'m>,
+    cache: Option<KvCache>,
+    fingerprint: String,
+    cache_use: CacheUse,
+    primed: bool,
+    tokenize_ms: f64,
+    notices: Vec<String>,
+}
+
+impl<'m> Workbench<'m> {
+    /// Open the core on `model` with the resolved settings over `store`.
+    pub fn open(
+        model: &'m Model,
+        mut store: SessionStore,
+        settings: RunSettings,
+        mode: Mode,
+    ) -> Result<Self> {
+        settings::check_display_k(settings.display_k, model.n_vocab())?;
+        let model_ref = model_ref(model)?;
+        let mut notices = Vec::new();
+        if let Some(w) = store.existing().and_then(|s| model_changed(s, &model_ref)) {
+            notices.push(w);
+        }
+        let prompt = settings.require_prompt()?.clone();
+        let t = Instant::now();
+        let (prompt_text, prompt_ids) = prompt_ids(model, &prompt)?;
+        let tokenize_ms = ms(t);
+        let completion = match mode {
+            Mode::Record { reset } => {
+                store.adopt(&model_ref, Some(&prompt), reset)?;
+                let s = &mut store.session;
+                s.params = settings.params.clone();
+                s.preset = settings.preset;
+                s.display_k = settings.display_k;
+                s.constraint = settings.constraint.clone();
+                s.active().completion_ids.clone()
+            }
+            Mode::ReadOnly => match store.existing() {
+                Some(s)
+                    if store::same_prompt(s, &prompt) && store::same_model(s, &model_ref.path) =>
+                {
+                    s.active().completion_ids.clone()
+                }
+                _ => Vec::new(),
+            },
+        };
+        let mut driver = Driver::new(model, &settings.context, &prompt_ids)?;
+        driver.set_completion(&completion)?;
+        driver.set_constraint(build_constraint(model, settings.constraint.as_ref())?)?;
+        let cache = match (store.path(), settings.cache) {
+            (Some(path), CacheSetting::Limit(bytes)) => {
+                let dir = crate::kvcache::dir_for_session(path);
+                match KvCache::open(&dir, bytes) {
+                    // A cache needs no durability: every entry is checksummed and verified.
+                    Ok(c) => Some(c.with_fsync(false)),
+                    Err(e) => {
+                        notices.push(format!(
+                            "warning: prefix cache {} unavailable ({e}); decoding the whole context",
+                            dir.display()
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let fingerprint = format!(
+            "{}:{}",
+            model_ref.fingerprint.size, model_ref.fingerprint.sha256_head_tail
+        );
+        Ok(Self {
+            cache_use: CacheUse {
+                enabled: cache.is_some(),
+                ..CacheUse::default()
+            },
+            model,
+            store,
+            settings,
+            prompt,
+            prompt_text,
+            prompt_ids,
+            driver,
+            cache,
+            fingerprint,
+            primed: false,
+            tokenize_ms,
+            notices,
+        })
+    }
+
+    /// Warnings and notes for stderr gathered so far (taken: each is shown once).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The session as it stands.
+    pub fn session(&self) -> &Session {
+        &self.store.session
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &RunSettings {
+        &self.settings
+    }
+
+    /// The prompt's token ids (template applied).
+    pub fn prompt_ids(&self) -> &[i32] {
+        &self.prompt_ids
+    }
+
+    /// The active branch's completion.
+    pub fn completion(&self) -> &[i32] {
+        self.driver.completion()
+    }
+
+    /// What the prefix cache did in this process.
+    pub fn cache_use(&self) -> CacheUse {
+        CacheUse {
+            decoded_tokens: self.driver.decoder_ref().decoded_total(),
+            ..self.cache_use
+        }
+    }
+
+    /// Restore the longest cached prefix of the context once, before the first decode.
+    fn prime(&mut self) {
+        if self.primed {
+            return;
+        }
+        self.primed = true;
+        if let Some(cache) = &self.cache {
+            let context = self.driver.context().to_vec();
+            self.cache_use.restored_tokens =
+                cache.restore_into(self.driver.decoder(), &self.fingerprint, &context);
+        }
+    }
+
+    /// Milliseconds spent rendering and tokenising the prompt.
+    pub fn tokenize_ms(&self) -> f64 {
+        self.tokenize_ms
+    }
+
+    /// Decode the context (what the prefix cache and the KV state do not hold already).
+    pub fn prefill(&mut self) -> Result<()> {
+        self.prime();
+        let context = self.driver.context().to_vec();
+        self.driver.decoder().eval(&context)?;
+        Ok(())
+    }
+
+    /// The distribution of the next token under the session's parameters.
+    pub fn preview(&mut self) -> Result<crate::record::Dist> {
+        self.prime();
+        let params = self.settings.params.clone();
+        Ok(self.driver.preview(&params, self.settings.display_k)?)
+    }
+
+    /// Teacher-forced scores of every prompt token given its prefix.
+    pub fn prompt_logprobs(&mut self) -> Result<Vec<PromptLogprob>> {
+        let ids = self.prompt_ids.clone();
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut failure = None;
+        self.driver.decoder().eval_all(&ids, &mut |pos, logits| {
+            if pos + 1 < ids.len() {
+                let next = ids[pos + 1];
+                match logprob_and_rank(logits, next as usize) {
+                    Ok((lp, rank)) => rows.push((pos + 1, next, lp, rank)),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        // Teacher forcing decoded the whole prompt anyway: nothing left to restore.
+        self.primed = true;
+        Ok(rows
+            .into_iter()
+            .map(|(index, id, logprob, rank)| {
+                let p = pill(self.model, id);
+                PromptLogprob {
+                    index,
+                    id,
+                    text: p.text,
+                    display: p.display,
+                    special: p.special,
+                    logprob,
+                    rank,
+                    surprisal_bits: -logprob / std::f64::consts::LN_2,
+                }
+            })
+            .collect())
+    }
+
+    /// The forced-token plan of `--token ID` (checked against the vocabulary).
+    pub fn force_token(&self, id: i64) -> Result<Plan> {
+        let id = i32::try_from(id)
+            .ok()
+            .filter(|&i| self.model.in_range(i))
+            .ok_or_else(|| {
+                input_err(
+                    format!(
+                        "token id {id} is outside the vocabulary (0..{})",
+                        self.model.n_vocab()
+                    ),
+                    "token ids come from `ntv preview --format json`",
+                )
+            })?;
+        Ok(Plan::Force(vec![id], ForcedBy::Token))
+    }
+
+    /// The forced-text plan of `--text TEXT`: tokenised without special-token parsing
+    /// (sampling.md, Selection), appended whole, so it must fit in the context.
+    pub fn force_text(&self, text: &str) -> Result<Plan> {
+        let ids = self.model.tokenize(text, false, false);
+        if ids.is_empty() {
+            return Err(input_err(
+                "--text is empty: nothing to append",
+                "pass the text to force, e.g. --text \" Paris\"",
+            ));
+        }
+        let room = self
+            .driver
+            .n_ctx()
+            .saturating_sub(self.driver.context().len());
+        if ids.len() > room {
+            return Err(input_err(
+                format!(
+                    "--text is {} tokens but the context has room for {room} more",
+                    ids.len()
+                ),
+                "force a shorter text, or pass a larger -c/--ctx-size",
+            ));
+        }
+        Ok(Plan::Force(ids, ForcedBy::Text))
+    }
+
+    /// `n` greedy or sampled steps (by the call's parameters), or until a stop when `None`.
+    pub fn choose(&self, n: Option<usize>) -> Plan {
+        let choice = if self.settings.call_params().greedy {
+            Choice::Greedy
+        } else {
+            Choice::Sample
+        };
+        Plan::Choose { choice, n }
+    }
+
+    /// Append tokens by `plan` to the active branch until the plan ends or a stop condition
+    /// (stop sequences of the settings, `max_tokens` new tokens). `on_step` sees each record
+    /// as it is made; `keep` keeps them in the returned run too.
+    pub fn step(
+        &mut self,
+        plan: &Plan,
+        max_tokens: Option<usize>,
+        keep: bool,
+        on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
+    ) -> Result<StepRun> {
+        self.prime();
+        let params = self.settings.call_params();
+        let display_k = self.settings.display_k;
+        let rule = StopRule {
+            max_tokens,
+            stops: self.settings.stops.clone(),
+        };
+        self.store.session.stop = rule.stops.clone();
+        let seed = self.settings.seed;
+        let session = &mut self.store.session;
+        let constraint = session.constraint.clone();
+        let branch = session.active_mut();
+        let start = branch.completion_ids.len();
+        let mut rng = branch_rng(branch, seed);
+        let mut records = Vec::new();
+        let outcome = stepper::run(
+            &mut self.driver,
+            &params,
+            display_k,
+            plan,
+            &rule,
+            &mut rng,
+            &mut |_, a| {
+                let branch = session.active_mut();
+                branch.completion_ids.push(a.meta.selected_id);
+                branch.appended_meta.push(a.meta.clone());
+                branch.rng_pos = a.rng.state().pos;
+                let record = StepRecord {
+                    kind: "step".into(),
+                    branch: branch.name.clone(),
+                    index: branch.completion_ids.len() - 1,
+                    selected: a.meta.selected.clone(),
+                    appended_meta: a.meta,
+                    done: a.stop.is_some(),
+                    stop_reason: a.stop,
+                    constraint: constraint.clone(),
+                };
+                on_step(&record)?;
+                if keep {
+                    records.push(record);
+                }
+                Ok(())
+            },
+        )?;
+        session.active_mut().stop_reason = outcome.stop_reason;
+        Ok(StepRun {
+            records,
+            kept: keep,
+            outcome,
+            start,
+        })
+    }
+
+    /// Generate until a stop: `-n` of this call, else the session's, else 256 new tokens.
+    pub fn generate(
+        &mut self,
+        keep: bool,
+        on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
+    ) -> Result<StepRun> {
+        let max = self
+            .settings
+            .max_tokens
+            .unwrap_or(settings::DEFAULT_MAX_TOKENS);
+        if max == 0 {
+            return Err(input_err("-n 0 generates nothing", "pass -n N with N >= 1"));
+        }
+        self.store.session.max_tokens = self.settings.max_tokens;
+        let plan = self.choose(None);
+        let mut run = self.step(&plan, Some(max as usize), keep, on_step)?;
+        run.outcome
+            .stop_reason
+            .get_or_insert(crate::record::StopReason::MaxTokens);
+        Ok(run)
+    }
+
+    /// Drop the last `n` completion tokens; returns them.
+    pub fn undo(&mut self, n: usize) -> Result<Vec<i32>> {
+        let removed = undo(&mut self.store.session, n)?;
+        self.resync()?;
+        Ok(removed)
+    }
+
+    /// Rewind to completion position `at` on a new branch (which becomes active); returns its
+    /// name.
+    pub fn rewind(&mut self, at: usize) -> Result<String> {
+        let name = self.store.session.fork_at(at)?;
+        self.resync()?;
+        Ok(name)
+    }
+
+    /// Make another branch the active one.
+    pub fn switch_branch(&mut self, name: &str) -> Result<()> {
+        self.store.session.switch(name)?;
+        self.resync()
+    }
+
+    /// Create a branch from `from` (default: the active one), cut at `at`.
+    pub fn new_branch(&mut self, name: &str, from: Option<&str>, at: Option<usize>) -> Result<()> {
+        self.store.session.new_branch(name, from, at)?;
+        Ok(())
+    }
+
+    /// Delete a branch (the active one only with `force`).
+    pub fn delete_branch(&mut self, name: &str, force: bool) -> Result<()> {
+        self.store.session.delete(name, force)?;
+        self.resync()
+    }
+
+    /// Change the sampling parameters and display count; the next preview recomputes from the
+    /// logits already decoded.
+    pub fn set_params(&mut self, params: SamplingParams, display_k: usize) -> Result<()> {
+        params.validate()?;
+        settings::check_display_k(display_k, self.model.n_vocab())?;
+        self.store.session.params = params.clone();
+        self.store.session.preset = None;
+        self.store.session.display_k = display_k;
+        self.settings.params = params;
+        self.settings.preset = None;
+        self.settings.display_k = display_k;
+        Ok(())
+    }
+
+    /// Point the driver at the active branch (the KV cache keeps the common prefix).
+    fn resync(&mut self) -> Result<()> {
+        let ids = self.store.session.active().completion_ids.clone();
+        self.driver.set_completion(&ids)?;
+        Ok(())
+    }
+
+    /// Attribute targets of the active branch's context.
+    pub fn attribute(
+        &mut self,
+        explainer: &mut explain::Explainer<'m>,
+        sel: crate::attribution::request::TargetSel,
+        opts: &crate::attribution::Options,
+    ) -> Result<Vec<crate::record::AttributionRecord>> {
+        let completion = self.driver.completion().to_vec();
+        explainer.explain(&self.prompt_ids, &completion, sel, opts)
+    }
+
+    /// Keep the KV state for the next process and write the session; a session replaced by a
+    /// new one is written aside first (named in the notices).
+    pub fn save(&mut self) -> Result<()> {
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.save_from(self.driver.decoder(), &self.fingerprint)
+        {
+            self.notices
+                .push(format!("warning: could not update the prefix cache: {e}"));
+        }
+        let saved = self.store.save()?;
+        if let Some(aside) = saved.aside {
+            self.notices.push(format!(
+                "note: the session held a completion for another prompt or model; it is kept as {} (pass --session {} to go back to it, --reset to discard instead)",
+                aside.display(),
+                aside.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `ntv preview` document of a distribution.
+    pub fn preview_doc(
+        &self,
+        dist: crate::record::Dist,
+        prompt_logprobs: Option<Vec<PromptLogprob>>,
+        timings: Timings,
+    ) -> PreviewDoc {
+        let model = self.model;
+        PreviewDoc {
+            schema: "ntv.preview/1".into(),
+            model: facts(model),
+            prompt: self.prompt.prompt.clone(),
+            system: self.prompt.system.clone(),
+            chat_template: self.prompt.chat_template && model.info().chat_template.is_some(),
+            prompt_text: self.prompt_text.clone(),
+            prompt_tokens: self.prompt_ids.iter().map(|&id| pill(model, id)).collect(),
+            completion_tokens: self
+                .completion()
+                .iter()
+                .map(|&id| pill(model, id))
+                .collect(),
+            context_token_count: self.driver.context().len(),
+            branch: self.store.session.active_branch.clone(),
+            preset: self.settings.preset,
+            params: self.settings.params.clone(),
+            presets: crate::record::presets(),
+            dist,
+            constraint: self.settings.constraint.clone(),
+            prompt_logprobs,
+            cache: self.cache_use(),
+            timings,
+        }
+    }
+
+    /// The `ntv step` document of a run (or of an undo, with `removed`).
+    pub fn step_doc(
+        &self,
+        action: StepAction,
+        created_branch: Option<String>,
+        run: Option<StepRun>,
+        removed: Vec<i32>,
+    ) -> StepDoc {
+        let model = self.model;
+        let branch = self.store.session.active();
+        let (records, outcome, start) = match run {
+            Some(r) => (r.records, r.outcome, r.start),
+            None => (Vec::new(), Outcome::default(), branch.completion_ids.len()),
+        };
+        let new_ids = branch.completion_ids[start..].to_vec();
+        StepDoc {
+            schema: "ntv.step/1".into(),
+            branch: branch.name.clone(),
+            action,
+            created_branch,
+            appended: new_ids.iter().map(|&id| pill(model, id)).collect(),
+            appended_meta: records.iter().map(|r| r.appended_meta.clone()).collect(),
+            steps: records,
+            new_completion_ids: new_ids,
+            removed_ids: removed,
+            completion_tokens: branch
+                .completion_ids
+                .iter()
+                .map(|&id| pill(model, id))
+                .collect(),
+            completion_text: text_of(model, &branch.completion_ids),
+            completion_ids: branch.completion_ids.clone(),
+            context_token_count: self.driver.context().len(),
+            done: outcome.stop_reason.is_some(),
+            stop_reason: outcome.stop_reason,
+            seed: branch.seed,
+            constraint: self.store.session.constraint.clone(),
+            cache: self.cache_use(),
+        }
+    }
+
+    /// The summary record of a generation.
+    pub fn generate_summary(&self, run: StepRun) -> GenerateSummary {
+        let model = self.model;
+        let branch = self.store.session.active();
+        let new_ids = branch.completion_ids[run.start..].to_vec();
+        GenerateSummary {
+            kind: "summary".into(),
+            schema: "ntv.generate/1".into(),
+            branch: branch.name.clone(),
+            completion_ids: branch.completion_ids.clone(),
+            completion_text: text_of(model, &branch.completion_ids),
+            new_text: text_of(model, &new_ids),
+            n_tokens: new_ids.len(),
+            new_completion_ids: new_ids,
+            stop_reason: run
+                .outcome
+                .stop_reason
+                .unwrap_or(crate::record::StopReason::MaxTokens),
+            stop_sequence: run.outcome.stop_sequence.clone(),
+            tokens_per_second: run.outcome.tokens_per_second(),
+            seconds: run.outcome.seconds,
+            seed: branch.seed,
+            params: self.settings.call_params(),
+            constraint: self.store.session.constraint.clone(),
+            cache: self.cache_use(),
+            steps: run.kept.then_some(run.records),
+        }
+    }
+
+    /// The inputs of this workbench's generation as a trace case.
+    pub fn case_input(&self) -> cases::CaseInput {
+        cases::CaseInput {
+            id: None,
+            prompt: self.prompt.clone(),
+            params: self.settings.call_params(),
+            constraint: self.store.session.constraint.clone(),
+            seed: self.store.session.active().seed.unwrap_or(0),
+            threads: self.settings.context.n_threads,
+            ctx_size: self.settings.context.n_ctx,
+            max_tokens: self
+                .settings
+                .max_tokens
+                .unwrap_or(settings::DEFAULT_MAX_TOKENS),
+            stop: self.settings.stops.clone(),
+            top_k: self.settings.display_k,
+        }
+    }
+}
+
+/// Drop the last `n` tokens of the session's active branch (no model needed); returns them.
+pub fn undo(session: &mut Session, n: usize) -> Result<Vec<i32>> {
+    let before = session.active().completion_ids.clone();
+    session.undo(n)?;
+    Ok(before[session.active().completion_ids.len()..].to_vec())
+}
+
+/// Milliseconds since `t`.
+pub fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
