@@ -41,18 +41,6 @@ pub trait Identified {
     fn id(&self) -> Option<&serde_json::Value>;
 }
 
-impl Identified for crate::attribution::request::Request {
-    fn id(&self) -> Option<&serde_json::Value> {
-        self.id.as_ref()
-    }
-}
-
-impl Identified for crate::workbench::cases::CaseLine {
-    fn id(&self) -> Option<&serde_json::Value> {
-        self.id.as_ref()
-    }
-}
-
 /// A line that is not a request: why, and its `id` when the line is JSON that has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadLine {

@@ -130,6 +130,12 @@ pub struct Request {
     pub baseline: Option<BaselineChoice>,
 }
 
+impl crate::batch::Identified for Request {
+    fn id(&self) -> Option<&serde_json::Value> {
+        self.id.as_ref()
+    }
+}
+
 /// The command-line values a request falls back on.
 #[derive(Debug, Clone)]
 pub struct Defaults {

@@ -89,16 +89,9 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
 }
 
 fn flags(args: &GenerateArgs) -> Flags<'_> {
-    Flags {
-        prompt: &args.prompt,
-        positional: None,
-        runtime: &args.runtime,
-        sampling: &args.sampling,
-        constraint: &args.constraint,
-        seed: &args.seed,
-        stops: &args.stop,
-        max_tokens: args.max_tokens,
-    }
+    let a = args;
+    Flags::new(&a.prompt, &a.runtime, &a.sampling, &a.constraint, &a.seed)
+        .stopping(&a.stop, a.max_tokens)
 }
 
 /// `generate --batch FILE`: every case from its prompt, model loaded once, session untouched.

@@ -113,6 +113,37 @@ pub struct Flags<'a> {
     pub max_tokens: Option<u32>,
 }
 
+impl<'a> Flags<'a> {
+    /// The flag groups every decoding command has; no positional prompt, stops or budget.
+    pub fn new(
+        prompt: &'a PromptArgs,
+        runtime: &'a RuntimeArgs,
+        sampling: &'a crate::cli::SamplingArgs,
+        constraint: &'a crate::cli::ConstraintArgs,
+        seed: &'a crate::cli::SeedArgs,
+    ) -> Self {
+        Self {
+            prompt,
+            positional: None,
+            runtime,
+            sampling,
+            constraint,
+            seed,
+            stops: &[],
+            max_tokens: None,
+        }
+    }
+
+    /// With `--stop` values and `-n` of generate.
+    pub fn stopping(self, stops: &'a [String], max_tokens: Option<u32>) -> Self {
+        Self {
+            stops,
+            max_tokens,
+            ..self
+        }
+    }
+}
+
 /// Resolve a call's settings over the session found on disk.
 pub fn resolve(flags: &Flags<'_>, session: Option<&Session>) -> Result<RunSettings> {
     let given = settings::cli_prompt(flags.prompt, flags.positional)?;

@@ -12,15 +12,11 @@ use super::{Ctx, Flags, emit, model_of, notify, prepare};
 
 pub fn run(ctx: &Ctx<'_>, args: PreviewArgs) -> Result<Exit> {
     let out = ctx.output(None);
+    let no_seed = Default::default();
+    let a = &args;
     let flags = Flags {
-        prompt: &args.prompt,
-        positional: args.positional_prompt.as_deref(),
-        runtime: &args.runtime,
-        sampling: &args.sampling,
-        constraint: &args.constraint,
-        seed: &Default::default(),
-        stops: &[],
-        max_tokens: None,
+        positional: a.positional_prompt.as_deref(),
+        ..Flags::new(&a.prompt, &a.runtime, &a.sampling, &a.constraint, &no_seed)
     };
     let mode = if args.save {
         Mode::Record { reset: args.reset }

@@ -47,16 +47,9 @@ pub fn run(ctx: &Ctx<'_>, args: StepArgs) -> Result<Exit> {
         return Err(input_err("-n 0 takes no step", "pass -n N with N >= 1"));
     }
     let out = ctx.output(None);
-    let flags = Flags {
-        prompt: &args.prompt,
-        positional: None,
-        runtime: &args.runtime,
-        sampling: &args.sampling,
-        constraint: &args.constraint,
-        seed: &args.seed,
-        stops: &args.stop,
-        max_tokens: None,
-    };
+    let a = &args;
+    let flags = Flags::new(&a.prompt, &a.runtime, &a.sampling, &a.constraint, &a.seed)
+        .stopping(&a.stop, None);
     let mode = Mode::Record { reset: args.reset };
     let (store, settings) = prepare(ctx, &flags, mode)?;
     let (model, _) = model_of(&settings)?;

@@ -175,6 +175,12 @@ pub struct CaseLine {
     pub greedy: Option<bool>,
 }
 
+impl crate::batch::Identified for CaseLine {
+    fn id(&self) -> Option<&serde_json::Value> {
+        self.id.as_ref()
+    }
+}
+
 /// Apply a batch line over the command-line inputs (validated).
 pub fn apply_line(base: &CaseInput, line: CaseLine) -> Result<CaseInput> {
     let mut c = base.clone();

@@ -21,11 +21,44 @@ fn branch(sb: &Sandbox) -> Value {
     sb.session_json()["branches"][0].clone()
 }
 
-fn steps(sb: &Sandbox, n: usize, extra: &[&str]) {
-    for _ in 0..n {
-        let mut args = vec!["step", "--temp", "1", "--seed", "3", "--json"];
-        args.extend_from_slice(extra);
-        sb.json(&args);
+/// Take `n` steps; returns each step's `cache` report and its context length before the step.
+fn steps(sb: &Sandbox, n: usize, extra: &[&str]) -> Vec<(Value, u64)> {
+    (0..n)
+        .map(|_| {
+            let mut args = vec!["step", "--temp", "1", "--seed", "3", "--json"];
+            args.extend_from_slice(extra);
+            let doc = sb.json(&args);
+            (
+                doc["cache"].clone(),
+                doc["context_token_count"].as_u64().unwrap() - 1,
+            )
+        })
+        .collect()
+}
+
+/// Each step restored all but the last context token from the cache and decoded just that one.
+#[track_caller]
+fn all_hits(reports: &[(Value, u64)]) {
+    for (cache, before) in reports {
+        assert_eq!(cache["enabled"], true, "{cache}");
+        assert_eq!(
+            cache["restored_tokens"].as_u64(),
+            Some(before - 1),
+            "a hit: {cache}"
+        );
+        assert_eq!(
+            cache["decoded_tokens"], 1,
+            "only the new token is decoded: {cache}"
+        );
+    }
+}
+
+/// Each step decoded its whole context: nothing came from the cache.
+#[track_caller]
+fn all_misses(reports: &[(Value, u64)]) {
+    for (cache, before) in reports {
+        assert_eq!(cache["restored_tokens"], 0, "a miss: {cache}");
+        assert_eq!(cache["decoded_tokens"].as_u64(), Some(*before), "{cache}");
     }
 }
 
@@ -45,8 +78,10 @@ fn cached_and_uncached_steps_record_identical_numbers() {
             "--json",
         ]);
     }
-    steps(&a, 6, &[]);
-    steps(&b, 6, &["--no-cache"]);
+    all_hits(&steps(&a, 6, &[]));
+    let uncached = steps(&b, 6, &["--no-cache"]);
+    all_misses(&uncached);
+    assert!(uncached.iter().all(|(c, _)| c["enabled"] == false));
     assert!(
         !cache_files(&a).is_empty(),
         "the cached run keeps a prefix cache"
@@ -77,9 +112,21 @@ fn cached_and_uncached_steps_record_identical_numbers() {
         ga.last().unwrap()["completion_ids"],
         gb.last().unwrap()["completion_ids"]
     );
+    assert!(
+        ga.last().unwrap()["cache"]["restored_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let pa = a.json(&["preview", "--json"]);
     let pb = b.json(&["preview", "--json", "--no-cache"]);
     assert_eq!(pa["dist"], pb["dist"]);
+    // generate saved its whole context but the last token: preview decodes only that one.
+    assert_eq!(pa["cache"]["decoded_tokens"], 1, "{}", pa["cache"]);
+    assert_eq!(
+        pa["cache"]["restored_tokens"].as_u64(),
+        Some(pa["context_token_count"].as_u64().unwrap() - 1)
+    );
 }
 
 #[test]
@@ -99,6 +146,7 @@ fn corrupt_truncated_or_missing_cache_entries_are_ignored() {
         ]);
         steps(sb, 2, &[]);
     }
+    all_hits(&steps(&a, 1, &[]));
     // Flip bytes in the middle of every entry of a.
     for f in cache_files(&a) {
         let mut bytes = std::fs::read(&f).unwrap();
@@ -108,9 +156,12 @@ fn corrupt_truncated_or_missing_cache_entries_are_ignored() {
         }
         std::fs::write(&f, bytes).unwrap();
     }
-    steps(&a, 1, &[]);
-    steps(&b, 1, &["--no-cache"]);
+    all_misses(&steps(&a, 1, &[]));
+    steps(&b, 2, &["--no-cache"]);
     assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
+    // The corrupt entry was replaced by a good one: the next step hits again.
+    all_hits(&steps(&a, 1, &[]));
+    steps(&b, 1, &["--no-cache"]);
 
     // Truncate every entry.
     for f in cache_files(&a) {
@@ -122,13 +173,13 @@ fn corrupt_truncated_or_missing_cache_entries_are_ignored() {
             .set_len(len / 3)
             .unwrap();
     }
-    steps(&a, 1, &[]);
+    all_misses(&steps(&a, 1, &[]));
     steps(&b, 1, &["--no-cache"]);
     assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
 
     // Deleting the cache at any time is safe.
     std::fs::remove_dir_all(a.path().join("ntv-session.json.kvcache")).unwrap();
-    steps(&a, 1, &[]);
+    all_misses(&steps(&a, 1, &[]));
     steps(&b, 1, &["--no-cache"]);
     assert_eq!(branch(&a)["appended_meta"], branch(&b)["appended_meta"]);
 
