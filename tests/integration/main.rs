@@ -14,6 +14,7 @@ mod docs;
 mod engine;
 mod errors;
 mod generate;
+mod golden;
 mod kvcache;
 mod oneshot;
 mod prefix_cache;
