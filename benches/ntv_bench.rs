@@ -23,6 +23,8 @@ use ntv::constraint::{Constraint, ConstraintKind};
 use ntv::driver::{Choice, Driver, dist_record};
 use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
 use ntv::sampling::{RngState, SamplingParams, StreamRng, Workspace};
+use ntv::settings::{CacheSetting, ModelChoice, PromptSpec, RunSettings, SeedChoice};
+use ntv::workbench::{Mode, SessionStore, Workbench};
 
 fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -184,6 +186,7 @@ fn main() {
     if want(3) {
         let mut bare = Vec::new();
         let mut full = Vec::new();
+        let mut core = Vec::new();
         for round in 0..rounds {
             // Bare: decode one token at a time, pick the argmax of the raw logits.
             let argmax = |logits: &[f32]| {
@@ -222,8 +225,54 @@ fn main() {
             }
             full.push(n_tokens as f64 / t.elapsed().as_secs_f64());
             black_box(records);
+
+            // Core: what `ntv generate` runs — the application core's one step loop, appending
+            // to the session branch, building each step record and scanning for stops.
+            let settings = RunSettings {
+                prompt: Some(PromptSpec {
+                    prompt: "Write a long story about a lighthouse keeper.".into(),
+                    system: "You are a helpful assistant.".into(),
+                    chat_template: true,
+                }),
+                params: params.clone(),
+                preset: None,
+                greedy: false,
+                display_k: 10,
+                context: opts.clone(),
+                gpu_layers: None,
+                constraint: None,
+                model: ModelChoice::Default,
+                cache: CacheSetting::Off,
+                seed: SeedChoice {
+                    seed: Some(7 + round as u64),
+                    reset_rng: false,
+                },
+                stops: vec!["THE END".into()],
+                max_tokens: Some(n_tokens as u32),
+            };
+            let mut wb = Workbench::open(
+                &model,
+                SessionStore::detached(),
+                settings,
+                Mode::Record { reset: false },
+            )
+            .expect("core");
+            assert_eq!(
+                wb.prompt_ids(),
+                &ids[..],
+                "the same prompt as the other loops"
+            );
+            wb.prefill().expect("prefill");
+            let run = wb
+                .generate(false, &mut |r| {
+                    black_box(r);
+                    Ok(())
+                })
+                .expect("generate");
+            core.push(run.outcome.tokens_per_second());
         }
         let ratios: Vec<f64> = full.iter().zip(&bare).map(|(f, b)| f / b).collect();
+        let core_ratios: Vec<f64> = core.iter().zip(&bare).map(|(c, b)| c / b).collect();
         let (b, f) = (median(bare.clone()), median(full.clone()));
         println!(
             "\n## 3. generation, {n_tokens} tokens after a {}-token prompt, median of {rounds} interleaved rounds",
@@ -236,6 +285,14 @@ fn main() {
         println!(
             "| **ratio full / bare** (median of per-round ratios) | **{:.3}** |",
             median(ratios.clone())
+        );
+        println!(
+            "| the core's generate loop (session branch, step records, stop scan) | {:.1} |",
+            median(core.clone())
+        );
+        println!(
+            "| **ratio core / bare** (median of per-round ratios) | **{:.3}** |",
+            median(core_ratios)
         );
         println!(
             "\nper-round ratios: {}",
