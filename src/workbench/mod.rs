@@ -211,7 +211,11 @@ pub struct Workbench<'m> {
     prompt: PromptSpec,
     prompt_text: String,
     prompt_ids: Vec<i32>,
-    driver: Driver<'m>,
+    /// The llama.cpp context and sampling state, made on first use (an operation that only
+    /// reads the session, or attributes with engines of its own, never pays for a context).
+    driver: Option<Driver<'m>>,
+    /// The active completion while there is no driver yet.
+    pending: Vec<i32>,
     cache: Option<KvCache>,
     fingerprint: String,
     cache_use: CacheUse,
@@ -257,9 +261,6 @@ impl<'m> Workbench<'m> {
                 _ => Vec::new(),
             },
         };
-        let mut driver = Driver::new(model, &settings.context, &prompt_ids)?;
-        driver.set_completion(&completion)?;
-        driver.set_constraint(build_constraint(model, settings.constraint.as_ref())?)?;
         let cache = match (store.path(), settings.cache) {
             (Some(path), CacheSetting::Limit(bytes)) => {
                 let dir = crate::kvcache::dir_for_session(path);
@@ -292,7 +293,8 @@ impl<'m> Workbench<'m> {
             prompt,
             prompt_text,
             prompt_ids,
-            driver,
+            driver: None,
+            pending: completion,
             cache,
             fingerprint,
             primed: false,
@@ -328,28 +330,56 @@ impl<'m> Workbench<'m> {
 
     /// The active branch's completion.
     pub fn completion(&self) -> &[i32] {
-        self.driver.completion()
+        match &self.driver {
+            Some(d) => d.completion(),
+            None => &self.pending,
+        }
+    }
+
+    /// Prompt plus completion length.
+    fn context_len(&self) -> usize {
+        self.prompt_ids.len() + self.completion().len()
+    }
+
+    /// The driver over the active branch, created (and the constraint replayed) on first use.
+    fn driver(&mut self) -> Result<&mut Driver<'m>> {
+        if self.driver.is_none() {
+            let mut d = Driver::new(self.model, &self.settings.context, &self.prompt_ids)?;
+            d.set_completion(&self.pending)?;
+            d.set_constraint(build_constraint(
+                self.model,
+                self.settings.constraint.as_ref(),
+            )?)?;
+            self.driver = Some(d);
+        }
+        Ok(self.driver.as_mut().expect("just made"))
     }
 
     /// What the prefix cache did in this process.
     pub fn cache_use(&self) -> CacheUse {
         CacheUse {
-            decoded_tokens: self.driver.decoder_ref().decoded_total(),
+            decoded_tokens: self
+                .driver
+                .as_ref()
+                .map_or(0, |d| d.decoder_ref().decoded_total()),
             ..self.cache_use
         }
     }
 
-    /// Restore the longest cached prefix of the context once, before the first decode.
-    fn prime(&mut self) {
-        if self.primed {
-            return;
+    /// The driver, with the longest cached prefix of the context restored once, before the
+    /// first decode.
+    fn primed(&mut self) -> Result<&mut Driver<'m>> {
+        self.driver()?;
+        let driver = self.driver.as_mut().expect("made above");
+        if !self.primed {
+            self.primed = true;
+            if let Some(cache) = &self.cache {
+                let context = driver.context().to_vec();
+                self.cache_use.restored_tokens =
+                    cache.restore_into(driver.decoder(), &self.fingerprint, &context);
+            }
         }
-        self.primed = true;
-        if let Some(cache) = &self.cache {
-            let context = self.driver.context().to_vec();
-            self.cache_use.restored_tokens =
-                cache.restore_into(self.driver.decoder(), &self.fingerprint, &context);
-        }
+        Ok(driver)
     }
 
     /// Milliseconds spent rendering and tokenising the prompt.
@@ -359,17 +389,16 @@ impl<'m> Workbench<'m> {
 
     /// Decode the context (what the prefix cache and the KV state do not hold already).
     pub fn prefill(&mut self) -> Result<()> {
-        self.prime();
-        let context = self.driver.context().to_vec();
-        self.driver.decoder().eval(&context)?;
+        let driver = self.primed()?;
+        let context = driver.context().to_vec();
+        driver.decoder().eval(&context)?;
         Ok(())
     }
 
     /// The distribution of the next token under the session's parameters.
     pub fn preview(&mut self) -> Result<crate::record::Dist> {
-        self.prime();
-        let params = self.settings.params.clone();
-        Ok(self.driver.preview(&params, self.settings.display_k)?)
+        let (params, k) = (self.settings.params.clone(), self.settings.display_k);
+        Ok(self.primed()?.preview(&params, k)?)
     }
 
     /// Teacher-forced scores of every prompt token given its prefix.
@@ -377,7 +406,7 @@ impl<'m> Workbench<'m> {
         let ids = self.prompt_ids.clone();
         let mut rows = Vec::with_capacity(ids.len());
         let mut failure = None;
-        self.driver.decoder().eval_all(&ids, &mut |pos, logits| {
+        self.driver()?.decoder().eval_all(&ids, &mut |pos, logits| {
             if pos + 1 < ids.len() {
                 let next = ids[pos + 1];
                 match logprob_and_rank(logits, next as usize) {
@@ -436,10 +465,10 @@ impl<'m> Workbench<'m> {
                 "pass the text to force, e.g. --text \" Paris\"",
             ));
         }
-        let room = self
-            .driver
-            .n_ctx()
-            .saturating_sub(self.driver.context().len());
+        let room = self.settings.context.n_ctx as usize;
+        let room = room
+            .min(self.model.info().n_ctx_train.max(1) as usize)
+            .saturating_sub(self.context_len());
         if ids.len() > room {
             return Err(input_err(
                 format!(
@@ -472,7 +501,7 @@ impl<'m> Workbench<'m> {
         keep: bool,
         on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
     ) -> Result<StepRun> {
-        self.prime();
+        self.primed()?;
         let params = self.settings.call_params();
         let display_k = self.settings.display_k;
         let rule = StopRule {
@@ -488,7 +517,7 @@ impl<'m> Workbench<'m> {
         let mut rng = branch_rng(branch, seed);
         let mut records = Vec::new();
         let outcome = stepper::run(
-            &mut self.driver,
+            self.driver.as_mut().expect("primed above"),
             &params,
             display_k,
             plan,
@@ -597,7 +626,10 @@ impl<'m> Workbench<'m> {
     /// Point the driver at the active branch (the KV cache keeps the common prefix).
     fn resync(&mut self) -> Result<()> {
         let ids = self.store.session.active().completion_ids.clone();
-        self.driver.set_completion(&ids)?;
+        match &mut self.driver {
+            Some(d) => d.set_completion(&ids)?,
+            None => self.pending = ids,
+        }
         Ok(())
     }
 
@@ -608,15 +640,15 @@ impl<'m> Workbench<'m> {
         sel: crate::attribution::request::TargetSel,
         opts: &crate::attribution::Options,
     ) -> Result<Vec<crate::record::AttributionRecord>> {
-        let completion = self.driver.completion().to_vec();
+        let completion = self.completion().to_vec();
         explainer.explain(&self.prompt_ids, &completion, sel, opts)
     }
 
     /// Keep the KV state for the next process and write the session; a session replaced by a
     /// new one is written aside first (named in the notices).
     pub fn save(&mut self) -> Result<()> {
-        if let Some(cache) = &self.cache
-            && let Err(e) = cache.save_from(self.driver.decoder(), &self.fingerprint)
+        if let (Some(cache), Some(driver)) = (&self.cache, &mut self.driver)
+            && let Err(e) = cache.save_from(driver.decoder(), &self.fingerprint)
         {
             self.notices
                 .push(format!("warning: could not update the prefix cache: {e}"));
@@ -653,7 +685,7 @@ impl<'m> Workbench<'m> {
                 .iter()
                 .map(|&id| pill(model, id))
                 .collect(),
-            context_token_count: self.driver.context().len(),
+            context_token_count: self.context_len(),
             branch: self.store.session.active_branch.clone(),
             preset: self.settings.preset,
             params: self.settings.params.clone(),
@@ -698,7 +730,7 @@ impl<'m> Workbench<'m> {
                 .collect(),
             completion_text: text_of(model, &branch.completion_ids),
             completion_ids: branch.completion_ids.clone(),
-            context_token_count: self.driver.context().len(),
+            context_token_count: self.context_len(),
             done: outcome.stop_reason.is_some(),
             stop_reason: outcome.stop_reason,
             seed: branch.seed,
