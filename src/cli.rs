@@ -326,7 +326,8 @@ pub struct LoadArgs {
         value_name = "N"
     )]
     pub gpu_layers: Option<u32>,
-    /// Start the session over (drop its branches) when it holds a completion.
+    /// Drop the session's branches when they were made for another model (by default the old
+    /// session is kept aside as NAME.1.json, .2, …).
     #[arg(long)]
     pub reset: bool,
 }
@@ -351,7 +352,8 @@ pub struct PreviewArgs {
     /// Write the given prompt and parameters into the session.
     #[arg(long)]
     pub save: bool,
-    /// With --save, start the session over when it holds a completion for another prompt.
+    /// With --save, drop the session's completion when it was made for another prompt or model
+    /// (by default the old session is kept aside as NAME.1.json, .2, …).
     #[arg(long)]
     pub reset: bool,
 }
@@ -402,7 +404,8 @@ pub struct StepArgs {
     /// with `generate`).
     #[arg(long, value_name = "TEXT", conflicts_with = "undo")]
     pub stop: Vec<String>,
-    /// Start the session over when it holds a completion for another prompt or model.
+    /// Drop the session's completion when it was made for another prompt or model (by default
+    /// the old session is kept aside as NAME.1.json, .2, …).
     #[arg(long)]
     pub reset: bool,
 }
@@ -430,7 +433,8 @@ pub struct GenerateArgs {
     /// Stop when the completion text contains this (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
-    /// Start the session over when it holds a completion for another prompt or model.
+    /// Drop the session's completion when it was made for another prompt or model (by default
+    /// the old session is kept aside as NAME.1.json, .2, …).
     #[arg(long)]
     pub reset: bool,
     /// Write a trace (inputs, build, every step's top candidates) for `ntv check` / `ntv diff`.

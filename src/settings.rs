@@ -1,11 +1,12 @@
 //! Raw flags → resolved settings, once per call.
 //!
 //! Precedence, field by field: a flag given now, else the session's value, else the default
-//! (a preset given now resets the sampling base first). The terminal and the environment
-//! variables ntv reads itself (`NO_COLOR`, `CLICOLOR_FORCE`, `COLUMNS`) are read by
-//! [`Terminal::detect`] and nowhere else; clap reads `NTV_SESSION` and `NTV_THREADS` into the
-//! flags. Everything below [`Terminal::detect`] and the prompt/grammar file reads is pure, so
-//! the precedence rules are unit-tested here.
+//! (a preset given now resets the sampling base first). The terminal and the variables that
+//! shape output (`NO_COLOR`, `CLICOLOR_FORCE`, `COLUMNS`) are read by [`Terminal::detect`], once;
+//! clap reads `NTV_SESSION` and `NTV_THREADS` into the flags. (Only fetching the default model
+//! reads `NTV_CACHE_DIR` and `NTV_PYTHON`, in `models`; `main` tunes thread pools before any
+//! thread starts.) Everything below [`Terminal::detect`] and the prompt/grammar file reads is
+//! pure, so the precedence rules are unit-tested here.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
