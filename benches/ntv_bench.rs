@@ -41,10 +41,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `NTV_TEST_MODEL` when set (it must exist: nothing is fetched then), else the default model.
 fn model_path() -> PathBuf {
-    std::env::var_os("NTV_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ntv::models::ensure_default_model().expect("test model"))
+    match std::env::var_os("NTV_TEST_MODEL") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "NTV_TEST_MODEL={} does not exist", p.display());
+            p
+        }
+        None => ntv::models::ensure_default_model().expect("test model"),
+    }
 }
 
 fn main() {
