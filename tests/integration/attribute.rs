@@ -94,8 +94,9 @@ fn public_example_is_reproduced_through_a_batch() {
         );
         if method == "attention" {
             assert_eq!(r["engine"], "llama.cpp");
+            // README's claim (measured 0.9985 and 0.9996 for the two cases).
             let rho = spearman(&got, &want);
-            assert!(rho >= 0.9, "case {c} attention: Spearman {rho}");
+            assert!(rho >= 0.998, "case {c} attention: Spearman {rho}");
         } else {
             assert_eq!(r["engine"], "autograd");
             let worst = got
