@@ -149,3 +149,139 @@ pub fn resolve(choice: crate::cli::ColorChoice, is_terminal: bool) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ColorChoice;
+
+    /// Every styled form of `s` a palette can produce.
+    fn all_styles(p: &Palette, s: &str) -> Vec<String> {
+        let mut out = vec![
+            p.kept(s),
+            p.cut(s),
+            p.invalid(s),
+            p.chosen(s),
+            p.special(s),
+            p.heading(s),
+            p.muted(s),
+            p.warn(s),
+        ];
+        for prob in [0.0, 0.01, 0.1, 0.3, 0.6, 0.9, 1.0] {
+            out.push(p.by_prob(s, prob));
+        }
+        for bits in [0.0, 2.0, 4.0, 8.0, 12.0] {
+            out.push(p.by_surprisal(s, bits));
+        }
+        for level in [0.0, 0.5, 1.0, 2.0, f64::NAN] {
+            out.push(p.heat(s, level, false));
+            out.push(p.heat(s, level, true));
+        }
+        out
+    }
+
+    #[test]
+    fn a_disabled_palette_emits_no_escapes() {
+        let p = Palette::new(false);
+        assert!(!p.enabled());
+        for s in ["Paris", "␠capital", "<|im_end|>", ""] {
+            for styled in all_styles(&p, s) {
+                assert_eq!(styled, s, "a disabled palette changes nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn an_enabled_palette_wraps_the_text_in_escapes() {
+        let p = Palette::new(true);
+        assert!(p.enabled());
+        for styled in all_styles(&p, "Paris") {
+            assert!(styled.starts_with("\x1b["), "{styled:?}");
+            assert!(styled.ends_with("\x1b[0m"), "{styled:?}");
+            assert!(styled.contains("Paris"), "{styled:?}");
+        }
+        // Heat: 256-colour backgrounds, warm for positive and cold for negative scores.
+        assert!(p.heat("x", 1.0, false).contains("48;5;214"));
+        assert!(p.heat("x", 1.0, true).contains("48;5;33"));
+        assert!(p.heat("x", 0.0, false).contains("48;5;236"));
+    }
+
+    /// The test variable that makes [`colour_resolution_order`] check one case and stop.
+    const CASE_VAR: &str = "NTV_PALETTE_TEST_CASE";
+
+    /// (`--color`, NO_COLOR, CLICOLOR_FORCE, stdout is a terminal, colour?)
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+        bool,
+    );
+
+    const CASES: &[Case] = &[
+        // 1. --color always/never win over both variables and the terminal.
+        ("always", Some("1"), None, false, true),
+        ("always", None, Some("0"), false, true),
+        ("never", None, Some("1"), true, false),
+        ("never", None, None, true, false),
+        // 2. auto: a non-empty NO_COLOR turns colour off, over CLICOLOR_FORCE and a terminal;
+        //    an empty one is ignored.
+        ("auto", Some("1"), Some("1"), true, false),
+        ("auto", Some("1"), None, true, false),
+        ("auto", Some(""), Some("1"), false, true),
+        // 3. then CLICOLOR_FORCE (non-empty, not "0") colours a pipe; "0" or empty does not
+        //    force, and leaves the decision to the terminal.
+        ("auto", None, Some("1"), false, true),
+        ("auto", None, Some("0"), false, false),
+        ("auto", None, Some(""), false, false),
+        ("auto", None, Some("0"), true, true),
+        // 4. then only a terminal gets colour.
+        ("auto", None, None, true, true),
+        ("auto", None, None, false, false),
+    ];
+
+    /// `resolve` reads the process environment, which a test must not change while other
+    /// tests run in threads of the same process: each case runs this test again in a child
+    /// process of the test binary, with exactly that case's variables.
+    #[test]
+    fn colour_resolution_order() {
+        if let Ok(i) = std::env::var(CASE_VAR) {
+            let i: usize = i.parse().unwrap();
+            let (choice, no_color, force, tty, want) = CASES[i];
+            assert_eq!(std::env::var("NO_COLOR").ok().as_deref(), no_color);
+            assert_eq!(std::env::var("CLICOLOR_FORCE").ok().as_deref(), force);
+            let choice = match choice {
+                "always" => ColorChoice::Always,
+                "never" => ColorChoice::Never,
+                _ => ColorChoice::Auto,
+            };
+            assert_eq!(resolve(choice, tty), want, "case {i}: {:?}", CASES[i]);
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        // The test's name without the crate: `render::palette::tests::colour_resolution_order`.
+        let module = module_path!().split_once("::").unwrap().1;
+        let name = format!("{module}::colour_resolution_order");
+        for (i, case) in CASES.iter().enumerate() {
+            let (_, no_color, force, _, _) = *case;
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([name.as_str(), "--exact", "--test-threads=1"])
+                .env(CASE_VAR, i.to_string())
+                .env_remove("NO_COLOR")
+                .env_remove("CLICOLOR_FORCE");
+            if let Some(v) = no_color {
+                cmd.env("NO_COLOR", v);
+            }
+            if let Some(v) = force {
+                cmd.env("CLICOLOR_FORCE", v);
+            }
+            let out = cmd.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "case {i} {case:?} failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
