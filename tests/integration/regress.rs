@@ -54,6 +54,27 @@ fn record_then_check_passes_twenty_reruns() {
             "rerun {run} failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // The report says why: every one of the 16 steps compared, not one probability moved.
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rerun {run}: the report is not JSON: {e}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(report["schema"], "ntv.check/1");
+        assert_eq!(report["passed"], true, "rerun {run}: {report}");
+        let cases = report["cases"].as_array().expect("cases");
+        assert_eq!(cases.len(), 1, "rerun {run}: one case");
+        let c = &cases[0];
+        assert_eq!(c["passed"], true, "rerun {run}: {c}");
+        assert_eq!(c["steps_compared"], 16, "rerun {run}: {c}");
+        assert_eq!(
+            c["max_abs_diff"].as_f64(),
+            Some(0.0),
+            "rerun {run}: bit for bit, a largest difference of exactly 0: {c}"
+        );
+        assert_eq!(c["first_divergence"], Value::Null, "rerun {run}: {c}");
+        assert_eq!(c["tolerated"], serde_json::json!([]), "rerun {run}: {c}");
     }
 }
 
