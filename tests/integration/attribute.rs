@@ -302,6 +302,20 @@ fn all_targets_form_a_triangle_equal_to_one_by_one() {
                 "--json",
             ]);
             let (a, b) = (scores(t), scores(&one["targets"][0]));
+            assert_eq!(
+                a.len(),
+                25 + i,
+                "{method} target {i}: one score per context token"
+            );
+            assert_eq!(
+                b.len(),
+                a.len(),
+                "{method} target {i}: same context both ways"
+            );
+            assert!(
+                a.iter().chain(&b).all(|x| x.is_finite()),
+                "{method} target {i}: finite scores"
+            );
             let worst = a
                 .iter()
                 .zip(&b)
