@@ -244,17 +244,32 @@ fn diff_of_a_model_against_itself_and_a_requantisation() {
         "--json",
     ]);
     let f = |k: &str| other[k].as_f64().unwrap();
+    eprintln!(
+        "diff Q4_1 vs Q8_0, {} steps: KL mean {:.6} median {:.6} p99 {:.6} max {:.6}, same top-1 {:.1}%",
+        other["n_steps"],
+        f("kl_mean"),
+        f("kl_median"),
+        f("kl_p99"),
+        f("kl_max"),
+        f("same_top1_pct")
+    );
     assert!(
         f("kl_mean") > 0.0,
         "a different quantisation must move the distribution"
     );
     assert!(f("kl_median") <= f("kl_p99") && f("kl_p99") <= f("kl_max"));
+    // Bounds: requantising the same weights moves the distribution by hundredths of a nat.
+    // Measured on x86-64 (AVX2 kernels) over these 24 steps: KL mean 0.0117, max 0.0541, same
+    // top-1 87.5 % (21 of 24). The bounds are about 4 times those values (same top-1: three
+    // more flips), room for other CPUs' kernels, while a broken quantisation (KL of nats,
+    // top-1 agreement near chance) fails them.
     assert!(
-        f("kl_mean") < 0.5,
+        f("kl_mean") < 0.05,
         "Q8_0 vs Q4_1 of the same model stays close: {}",
         f("kl_mean")
     );
-    assert!(f("same_top1_pct") >= 50.0 && f("same_top1_pct") <= 100.0);
+    assert!(f("kl_max") < 0.2, "largest KL {}", f("kl_max"));
+    assert!(f("same_top1_pct") >= 75.0 && f("same_top1_pct") <= 100.0);
     assert_eq!(
         other["steps"].as_array().unwrap().len(),
         other["n_steps"].as_u64().unwrap() as usize
