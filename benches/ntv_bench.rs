@@ -8,7 +8,10 @@
 //! 4. the constraint mask per step and generation with a JSON schema vs without;
 //! 5. one-shot `ntv step` processes with and without the prefix cache, and peak RSS;
 //! 6. attribution per target and method in batch mode (`ntv attribute --batch`, model loaded
-//!    once) on a short and a 372-token context, next to the Inseq reference figures.
+//!    once) on a short and a 372-token context, next to the Inseq reference figures;
+//! 7. the constraint mask of each constraint kind on the full vocabulary, taken at every
+//!    position of a document fed token by token, then repeated after a rollback, and the
+//!    replay of a long completion.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -43,10 +46,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `NTV_TEST_MODEL` when set (it must exist: nothing is fetched then), else the default model.
 fn model_path() -> PathBuf {
-    std::env::var_os("NTV_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ntv::models::ensure_default_model().expect("test model"))
+    match std::env::var_os("NTV_TEST_MODEL") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "NTV_TEST_MODEL={} does not exist", p.display());
+            p
+        }
+        None => ntv::models::ensure_default_model().expect("test model"),
+    }
 }
 
 fn main() {
@@ -405,6 +414,10 @@ fn main() {
     if want(6) {
         attribution(exe, &path, &model, threads);
     }
+    // 7. The mask of every constraint kind.
+    if want(7) {
+        constraint_masks(&model);
+    }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
 
@@ -697,4 +710,105 @@ fn peak_children_kb() -> i64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     usage.ru_maxrss
+}
+
+/// Section 7: the cost of a mask on the full vocabulary for each constraint kind. Each mask is
+/// taken at a new position (llguidance caches nothing across positions then), along a document
+/// fed token by token; then the last mask again after a rollback (warm caches); then the replay
+/// of a long completion (single-token checks, no masks).
+fn constraint_masks(model: &Model) {
+    const SCHEMA: &str = r#"{
+  "type": "object",
+  "properties": {
+    "name": {"type": "string"},
+    "age": {"type": "integer"},
+    "color": {"enum": ["red", "green"]}
+  },
+  "required": ["name", "age", "color"],
+  "additionalProperties": false
+}"#;
+    let ids_of = |s: &str| -> Vec<u32> {
+        model
+            .tokenize(s, false, false)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect()
+    };
+    let t = Instant::now();
+    let env = model.tok_env();
+    let env_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    black_box(Constraint::new(&env, ConstraintKind::Regex, "[0-9]+").expect("regex"));
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    let json_list_gbnf = concat!(
+        "root ::= \"[\" ws item (\",\" ws item)* \"]\"\n",
+        "item ::= \"\\\"\" [^\"\\\\]* \"\\\"\"\n",
+        "ws ::= [ ]?\n",
+    );
+    let cases: &[(ConstraintKind, &str, &str)] = &[
+        (ConstraintKind::Regex, "[0-9]{3}-[0-9]{4}", "123-4567"),
+        (ConstraintKind::Choice, r#"["Yes","No","Maybe"]"#, "Maybe"),
+        (
+            ConstraintKind::JsonSchema,
+            SCHEMA,
+            r#"{"name": "A long name with spaces and words", "age": 42, "color": "red"}"#,
+        ),
+        (
+            ConstraintKind::Lark,
+            r#"start: "The answer is " /[0-9]+/ "." | %json{"type": "array", "items": {"type": "string"}}"#,
+            r#"["free text inside a string", "and another one"]"#,
+        ),
+        (
+            ConstraintKind::Gbnf,
+            json_list_gbnf,
+            r#"["free text inside a string", "and another one"]"#,
+        ),
+    ];
+    println!("\n## 7. constraint masks ({} tokens), µs", model.n_vocab());
+    println!(
+        "token environment {env_ms:.1} ms (0 when an earlier section built it); first constraint (parser factory + grammar) {first_ms:.1} ms"
+    );
+    println!(
+        "| kind | build | positions | mask median | mask max | allowed | mask after rollback |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (kind, src, doc) in cases {
+        let t = Instant::now();
+        let mut c = Constraint::new(&env, *kind, src).expect("constraint builds");
+        let built = t.elapsed().as_secs_f64() * 1e6;
+        let (mut masks, mut counts) = (Vec::new(), Vec::new());
+        for id in ids_of(doc) {
+            let t = Instant::now();
+            let mask = c.mask().expect("mask");
+            masks.push(t.elapsed().as_secs_f64() * 1e6);
+            counts.push(mask.count());
+            c.consume(id).expect("the document matches");
+        }
+        assert!(c.is_accepting(), "{kind}: {doc:?}");
+        c.rollback(1).expect("rollback");
+        let t = Instant::now();
+        black_box(c.mask().expect("mask"));
+        let again = t.elapsed().as_secs_f64() * 1e6;
+        let max = masks.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {kind} | {built:.0} | {} | {:.1} | {max:.1} | {}..{} | {again:.1} |",
+            masks.len(),
+            median(masks.clone()),
+            counts.iter().min().expect("positions"),
+            counts.iter().max().expect("positions"),
+        );
+    }
+    let doc = format!(
+        r#"{{"name":"{}","age":42,"color":"red"}}"#,
+        "word ".repeat(60)
+    );
+    let ids = ids_of(&doc);
+    let mut c = Constraint::new(&env, ConstraintKind::JsonSchema, SCHEMA).expect("schema");
+    let t = Instant::now();
+    c.replay(&ids).expect("replay");
+    println!(
+        "\nreplay of a {}-token JSON completion: {:.2} ms",
+        ids.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }

@@ -44,10 +44,24 @@ pub struct Terminal {
 impl Terminal {
     /// Look at the real terminal and environment.
     pub fn detect() -> Self {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        Self::from_env(
+            std::io::stdout().is_terminal(),
+            std::io::stderr().is_terminal(),
+            |k| std::env::var_os(k),
+        )
+    }
+
+    /// The terminal facts from tty flags and a variable lookup: an empty variable counts as
+    /// unset, `CLICOLOR_FORCE=0` does not force.
+    pub fn from_env(
+        stdout_tty: bool,
+        stderr_tty: bool,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Self {
+        let var = |k: &str| var(k).filter(|v| !v.is_empty());
         Self {
-            stdout_tty: std::io::stdout().is_terminal(),
-            stderr_tty: std::io::stderr().is_terminal(),
+            stdout_tty,
+            stderr_tty,
             no_color: var("NO_COLOR").is_some(),
             clicolor_force: var("CLICOLOR_FORCE").is_some_and(|v| v != "0"),
             columns: var("COLUMNS").and_then(|c| c.to_str()?.trim().parse().ok()),
@@ -684,6 +698,55 @@ mod tests {
         };
         assert!(colour(ColorChoice::Auto, &forced));
         assert!(!colour(ColorChoice::Never, &forced));
+    }
+
+    /// (`--color`, NO_COLOR, CLICOLOR_FORCE, stdout is a terminal, colour?)
+    type Case = (
+        ColorChoice,
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+        bool,
+    );
+
+    #[test]
+    fn colour_resolution_order_from_the_environment() {
+        use ColorChoice::{Always, Auto, Never};
+        const CASES: &[Case] = &[
+            // --color always/never win over both variables and the terminal.
+            (Always, Some("1"), None, false, true),
+            (Always, None, Some("0"), false, true),
+            (Never, None, Some("1"), true, false),
+            (Never, None, None, true, false),
+            // auto: a non-empty NO_COLOR turns colour off, over CLICOLOR_FORCE and a
+            // terminal; an empty one is ignored.
+            (Auto, Some("1"), Some("1"), true, false),
+            (Auto, Some("1"), None, true, false),
+            (Auto, Some(""), Some("1"), false, true),
+            // then CLICOLOR_FORCE (non-empty, not "0") colours a pipe; "0" or empty does not
+            // force and leaves the decision to the terminal.
+            (Auto, None, Some("1"), false, true),
+            (Auto, None, Some("0"), false, false),
+            (Auto, None, Some(""), false, false),
+            (Auto, None, Some("0"), true, true),
+            // then only a terminal gets colour.
+            (Auto, None, None, true, true),
+            (Auto, None, None, false, false),
+        ];
+        for (i, &(choice, no_color, force, tty, want)) in CASES.iter().enumerate() {
+            let term = Terminal::from_env(tty, false, |k| match k {
+                "NO_COLOR" => no_color.map(Into::into),
+                "CLICOLOR_FORCE" => force.map(Into::into),
+                _ => None,
+            });
+            assert_eq!(colour(choice, &term), want, "case {i}: {:?}", CASES[i]);
+        }
+        let t = Terminal::from_env(false, true, |k| (k == "COLUMNS").then(|| " 72 ".into()));
+        assert_eq!((t.columns, t.stderr_tty), (Some(72), true));
+        assert_eq!(
+            Terminal::from_env(false, false, |_| Some("wide".into())).columns,
+            None
+        );
     }
 
     #[test]

@@ -126,3 +126,58 @@ impl Palette {
         .to_string()
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every styled form of `s` a palette can produce.
+    fn all_styles(p: &Palette, s: &str) -> Vec<String> {
+        let mut out = vec![
+            p.kept(s),
+            p.cut(s),
+            p.invalid(s),
+            p.chosen(s),
+            p.special(s),
+            p.heading(s),
+            p.muted(s),
+            p.warn(s),
+        ];
+        for prob in [0.0, 0.01, 0.1, 0.3, 0.6, 0.9, 1.0] {
+            out.push(p.by_prob(s, prob));
+        }
+        for bits in [0.0, 2.0, 4.0, 8.0, 12.0] {
+            out.push(p.by_surprisal(s, bits));
+        }
+        for level in [0.0, 0.5, 1.0, 2.0, f64::NAN] {
+            out.push(p.heat(s, level, false));
+            out.push(p.heat(s, level, true));
+        }
+        out
+    }
+
+    #[test]
+    fn a_disabled_palette_emits_no_escapes() {
+        let p = Palette::new(false);
+        assert!(!p.enabled());
+        for s in ["Paris", "␠capital", "<|im_end|>", ""] {
+            for styled in all_styles(&p, s) {
+                assert_eq!(styled, s, "a disabled palette changes nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn an_enabled_palette_wraps_the_text_in_escapes() {
+        let p = Palette::new(true);
+        assert!(p.enabled());
+        for styled in all_styles(&p, "Paris") {
+            assert!(styled.starts_with("\x1b["), "{styled:?}");
+            assert!(styled.ends_with("\x1b[0m"), "{styled:?}");
+            assert!(styled.contains("Paris"), "{styled:?}");
+        }
+        // Heat: 256-colour backgrounds, warm for positive and cold for negative scores.
+        assert!(p.heat("x", 1.0, false).contains("48;5;214"));
+        assert!(p.heat("x", 1.0, true).contains("48;5;33"));
+        assert!(p.heat("x", 0.0, false).contains("48;5;236"));
+    }
+}

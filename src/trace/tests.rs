@@ -236,7 +236,27 @@ fn summarize_of_nothing_is_zeros() {
         (0.0, 0.0, 0.0, 0.0)
     );
     assert_eq!(s.same_top1_pct, 0.0);
-    assert!(serde_json::to_string(&s).is_ok());
+    // The empty report serialises to exactly these fields, zeros and no steps.
+    let text = serde_json::to_string(&s).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schema": "ntv.diff/1",
+            "n_steps": 0,
+            "kl_mean": 0.0,
+            "kl_median": 0.0,
+            "kl_p99": 0.0,
+            "kl_max": 0.0,
+            "same_top1_pct": 0.0,
+            "delta_p_mean": 0.0,
+            "delta_p_rms": 0.0,
+            "steps": [],
+        })
+    );
+    // And it reads back as the same summary.
+    let back: DiffSummary = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, s);
 }
 
 // ---- check -------------------------------------------------------------------------------

@@ -406,15 +406,17 @@ impl<'m> Workbench<'m> {
         let ids = self.prompt_ids.clone();
         let mut rows = Vec::with_capacity(ids.len());
         let mut failure = None;
-        self.driver()?.decoder().eval_all(&ids, &mut |pos, logits| {
-            if pos + 1 < ids.len() {
-                let next = ids[pos + 1];
-                match logprob_and_rank(logits, next as usize) {
-                    Ok((lp, rank)) => rows.push((pos + 1, next, lp, rank)),
-                    Err(e) => failure = Some(e),
+        self.driver()?
+            .decoder()
+            .eval_all(&ids, &mut |pos, logits| {
+                if pos + 1 < ids.len() {
+                    let next = ids[pos + 1];
+                    match logprob_and_rank(logits, next as usize) {
+                        Ok((lp, rank)) => rows.push((pos + 1, next, lp, rank)),
+                        Err(e) => failure = Some(e),
+                    }
                 }
-            }
-        })?;
+            })?;
         if let Some(e) = failure {
             return Err(e.into());
         }

@@ -1,10 +1,9 @@
 //! Attention and occlusion attribution through llama.cpp on the real test model: raw attention
 //! rows are probability distributions over the context, the public worked example's attention
-//! ranking is reproduced (Spearman ≥ 0.9 on quantised weights), occlusion gives one finite score
-//! per token, reuses the KV prefix (counted decoded tokens), agrees with decoding each shortened
-//! context from scratch, and both methods take completion and candidate targets.
-
-use std::time::Instant;
+//! ranking is reproduced (Spearman ≥ 0.998 on quantised weights, as README claims), occlusion
+//! gives one finite score per token, reuses the KV prefix (counted decoded tokens), agrees with
+//! decoding each shortened context from scratch, and both methods take completion and
+//! candidate targets.
 
 use ntv::attribution::TargetFn;
 use ntv::attribution::attention::{self, AttentionOptions, LayerAgg};
@@ -43,6 +42,14 @@ fn cases() -> Vec<(Vec<i32>, i32, Vec<f64>)> {
             (ids, c["target_id"].as_i64().expect("target") as i32, att)
         })
         .collect()
+}
+
+/// Probabilities of logits, in f64.
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / z).collect()
 }
 
 #[test]
@@ -109,9 +116,7 @@ fn attention_reproduces_the_public_example_ranking() {
     let m = load();
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
     for (ctx, target, reference) in cases() {
-        let started = Instant::now();
         let a = attention::attribute(&mut cap, &ctx, target, &AttentionOptions::default()).unwrap();
-        let secs = started.elapsed().as_secs_f64();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite() && *x >= 0.0));
         assert!((a.scores.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -123,11 +128,14 @@ fn attention_reproduces_the_public_example_ranking() {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max);
         eprintln!(
-            "attention, {}-token context, target {target}: Spearman {rho:.4}, max |diff| {max_diff:.4}, p(target) {:.4}, {secs:.3} s",
+            "attention, {}-token context, target {target}: Spearman {rho:.4}, max |diff| {max_diff:.4}, p(target) {:.4}",
             ctx.len(),
             a.target_prob
         );
-        assert!(rho >= 0.9, "Spearman {rho} < 0.9");
+        // README's claim: Spearman ≥ 0.998 against the public example (measured 0.9985 and
+        // 0.9996 for its two cases on the Q4_1 test model).
+        assert_eq!(reference.len(), a.scores.len());
+        assert!(rho >= 0.998, "Spearman {rho} < 0.998");
         assert!(a.target_prob > 0.0 && a.target_prob < 1.0);
         // The other layer aggregations and subsets give distributions too.
         for layer_agg in [LayerAgg::Max, LayerAgg::Last] {
@@ -164,12 +172,10 @@ fn occlusion_scores_the_example_and_reuses_the_kv_prefix() {
     };
     for (ctx, target, _) in cases() {
         let n = ctx.len();
-        let started = Instant::now();
         let o = occlusion::attribute(&mut occ, &ctx, target, TargetFn::Logprob, OcclusionAgg::Raw)
             .unwrap();
-        let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "occlusion, {n}-token context, target {target}: {secs:.3} s, {} tokens in {} decodes, Δlog p {:?}",
+            "occlusion, {n}-token context, target {target}: {} tokens in {} decodes, Δlog p {:?}",
             o.decoded_tokens,
             o.decode_calls,
             o.delta
@@ -237,17 +243,50 @@ fn candidate_targets_as_well_as_completion_tokens() {
     let ctx = known();
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
     let mut occ = Occluder::new(&m, 64, 1).unwrap();
+    let mut dec = Decoder::new(
+        &m,
+        &ContextOptions {
+            n_ctx: 64,
+            n_threads: 1,
+            n_batch: 32,
+        },
+    )
+    .unwrap();
+    let plain = softmax(dec.eval(&ctx).unwrap());
     // 504 = "The" (the completion's first token), 7042 and 12 = arbitrary candidates.
     for target in [504, 7042, 12] {
+        let want = plain[target as usize];
         let a = attention::attribute(&mut cap, &ctx, target, &AttentionOptions::default()).unwrap();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite()));
         assert!(a.target_prob > 0.0 && a.target_prob < 1.0);
+        let rel_a = (a.target_prob - want).abs() / want;
+        eprintln!(
+            "target {target}: p decoder {want:.6e}, attention {:.6e} (relative {rel_a:.2e})",
+            a.target_prob
+        );
+        // The capture runs llama.cpp without flash attention (to materialise the softmax), a
+        // different summation order from the ordinary decoder's: measured 13 %, 16 % and 9 %
+        // relative for these three targets, whose p spans 1e-10 to 0.14; 25 % still catches a
+        // wrong row, token or position (typically orders of magnitude off).
+        assert!(
+            rel_a < 0.25,
+            "target {target}: attention's p relative difference {rel_a:.2e}"
+        );
         for agg in [OcclusionAgg::Raw, OcclusionAgg::Abs, OcclusionAgg::Inseq] {
             let o = occlusion::attribute(&mut occ, &ctx, target, TargetFn::Logprob, agg).unwrap();
             assert_eq!(o.scores.len(), ctx.len());
             assert!(o.scores.iter().all(|x| x.is_finite()));
-            assert!((o.target_prob() - a.target_prob).abs() < 0.02);
+            let rel_o = (o.target_prob() - want).abs() / want;
+            eprintln!(
+                "target {target} {agg:?}: p occlusion {:.6e} (relative {rel_o:.2e})",
+                o.target_prob()
+            );
+            // Occlusion's full-context decode is the ordinary decoder's (measured 3e-15).
+            assert!(
+                rel_o < 1e-9,
+                "target {target}: occlusion's p relative difference {rel_o:.2e}"
+            );
         }
     }
     // Out-of-vocabulary targets are refused.

@@ -2,7 +2,6 @@
 //! parity of its forward with llama.cpp, the public worked example, IG's completeness.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use ntv::attribution::{
     Agg, AttributionError, AutogradModel, Baseline, GradMethod, TargetFn, attribute,
@@ -163,13 +162,16 @@ fn public_example_is_reproduced() {
             ("input_x_gradient", GradMethod::InputXGradient),
             ("integrated_gradients", ig(50)),
         ] {
-            let started = Instant::now();
             let got = attribute(am, &context, target, method, TargetFn::Prob, Agg::Inseq)
                 .expect("attribution");
-            let secs = started.elapsed().as_secs_f64();
             let want = floats(&case["scores"][name]);
             check_inseq_scores(&got.scores, context.len(), name);
             assert_eq!(got.raw.len(), context.len());
+            assert_eq!(
+                want.len(),
+                got.scores.len(),
+                "{name}: one reference per score"
+            );
             let max_diff = got
                 .scores
                 .iter()
@@ -178,7 +180,7 @@ fn public_example_is_reproduced() {
                 .fold(0.0, f64::max);
             let rho = spearman(&got.scores, &want);
             eprintln!(
-                "example target {target} ({} tokens) {name}: max |Δ| {max_diff:.2e}, Spearman {rho:.4}, p(target) {:.4}, {secs:.2} s, completeness {:?}",
+                "example target {target} ({} tokens) {name}: max |Δ| {max_diff:.2e}, Spearman {rho:.4}, p(target) {:.4}, completeness {:?}",
                 context.len(),
                 got.target_prob,
                 got.completeness_error

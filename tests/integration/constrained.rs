@@ -223,44 +223,82 @@ fn gbnf_grammar_produces_only_its_language() {
 #[test]
 fn malformed_constraints_are_refused_before_the_model_runs() {
     let sb = Sandbox::new();
-    sb.json(&["step", "-m", m(), "-p", "Hi", "--greedy", "--json"]);
-    let before = sb.session_bytes().unwrap();
     let bad_schema = sb.path().join("bad.json");
     std::fs::write(&bad_schema, "{\"type\": \"object\", ").unwrap();
     let bad_lark = sb.path().join("bad.lark");
     std::fs::write(&bad_lark, "start: (\"a\" | \n").unwrap();
     let bad_gbnf = sb.path().join("bad.gbnf");
     std::fs::write(&bad_gbnf, "root ::= \"a\" | [b-\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
-        (&["--regex", "[0-9"], "regex"),
-        (&["--grammar", bad_lark.to_str().unwrap()], "lark"),
-        (&["--json-schema", bad_schema.to_str().unwrap()], "json"),
-        (&["--gbnf", bad_gbnf.to_str().unwrap()], "gbnf"),
-        (&["--choices", "/nonexistent/choices.txt"], "choices"),
+    // Each kind with what its parser says about the problem.
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--regex", "[0-9"],
+            &["malformed regex", "unclosed character class"],
+        ),
+        (
+            &["--grammar", bad_lark.to_str().unwrap()],
+            &["malformed Lark grammar", "Expected token ')'"],
+        ),
+        (
+            &["--json-schema", bad_schema.to_str().unwrap()],
+            &["malformed JSON schema", "not valid JSON"],
+        ),
+        (
+            &["--gbnf", bad_gbnf.to_str().unwrap()],
+            &["malformed GBNF grammar", "out of order"],
+        ),
+        (
+            &["--choices", "/nonexistent/choices.txt"],
+            &["cannot read /nonexistent/choices.txt"],
+        ),
+        (&["--choice", ""], &["the choice list is empty"]),
     ];
-    for (flags, what) in cases {
+    // A model that does not exist: were it opened first, that would be the error.
+    let missing = sb.path().join("no-such-model.gguf");
+    let missing = missing.to_str().unwrap();
+    let check = |err: &str, flags: &[&str], said: &[&str]| {
+        for s in said {
+            assert!(err.contains(s), "{flags:?}: the parser's message: {err}");
+        }
+        assert!(err.contains("hint:"), "{flags:?}: {err}");
+        assert!(
+            !err.contains("model file"),
+            "{flags:?}: refused before the model is opened: {err}"
+        );
+    };
+    for cmd in ["step", "generate", "preview"] {
+        let one_shot = [cmd, "--no-session", "-m", missing, "-p", "Hi"];
+        let err = sb.fails(&one_shot, 2);
+        assert!(
+            err.contains("model file") && err.contains("does not exist"),
+            "without a constraint the missing model is the error: {err}"
+        );
+        for (flags, said) in cases {
+            let err = sb.fails(&[&one_shot[..], flags].concat(), 2);
+            check(&err, flags, said);
+        }
+    }
+    assert_eq!(sb.session_bytes(), None, "one-shot: no session written");
+
+    // Against a session: refused the same way, and the session is left as it was.
+    sb.json(&["step", "-m", m(), "-p", "Hi", "--greedy", "--json"]);
+    let before = sb.session_bytes().unwrap();
+    for (flags, said) in cases {
         for cmd in ["step", "generate", "preview"] {
-            let mut args = vec![cmd];
+            let mut args = vec![cmd, "-m", missing];
             args.extend_from_slice(flags);
             if cmd == "preview" {
                 args.push("--save");
             }
             let err = sb.fails(&args, 2);
-            assert!(err.contains("hint:"), "{what}: {err}");
+            check(&err, flags, said);
             assert_eq!(
                 sb.session_bytes().unwrap(),
                 before,
-                "{cmd} {what} changed the session"
+                "{cmd} {flags:?} changed the session"
             );
         }
     }
-    let err = sb.fails(&["preview", "--regex", "[0-9"], 2);
-    assert!(
-        err.contains("regex"),
-        "the parser's message names the problem: {err}"
-    );
-    let err = sb.fails(&["preview", "--choice", ""], 2);
-    assert!(err.contains("option") || err.contains("choice"), "{err}");
 }
 
 #[test]

@@ -1,28 +1,21 @@
 //! Constraints on the real model's vocabulary (49,152 tokens), driven without the CLI: masks,
-//! walks over allowed tokens, exhaustive enumeration of small languages, rejections, rollback,
-//! and the cost of a mask.
+//! walks over allowed tokens, exhaustive enumeration of small languages, rejections and
+//! rollback. (The cost of a mask is section 7 of `cargo bench --bench ntv_bench`.)
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use ntv::constraint::{Constraint, ConstraintError, ConstraintKind};
 use ntv::engine::{LoadOptions, Model};
 
 use crate::util::model;
 
-/// The model, loaded once for these tests; its token environment is built with it (timed).
+/// The model, loaded once for these tests; its token environment is built with it.
 fn m() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let model = Model::load(model(), &LoadOptions::default()).expect("model loads");
-        let t = Instant::now();
         let _ = model.tok_env();
-        eprintln!(
-            "tok env of {} tokens built in {:?}",
-            model.n_vocab(),
-            t.elapsed()
-        );
         model
     })
 }
@@ -123,9 +116,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[test]
 fn tok_env_is_built_once_and_registers_every_eog() {
     let env = m().tok_env();
-    let t = Instant::now();
     let again = m().tok_env();
-    eprintln!("tok env, cached call: {:?}", t.elapsed());
     assert!(std::sync::Arc::ptr_eq(&env, &again));
     let trie = env.tok_trie();
     assert_eq!(trie.vocab_size(), m().n_vocab());
@@ -294,83 +285,4 @@ fn single_token_checks_agree_with_the_mask() {
         }
         c.replay(&ids_of(r#"{"name":"Ann","age":4"#)).unwrap();
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Not a benchmark with assertions: prints the cost of a mask on the 49,152-token vocabulary.
-/// Each mask is taken at a new position (llguidance caches nothing across positions then),
-/// along a document fed token by token.
-#[test]
-fn mask_time_on_the_real_vocabulary() {
-    let t0 = Instant::now();
-    let _ = build(ConstraintKind::Regex, "[0-9]+");
-    eprintln!(
-        "first constraint (parser factory + grammar): {:?}",
-        t0.elapsed()
-    );
-    let json_list_gbnf = concat!(
-        "root ::= \"[\" ws item (\",\" ws item)* \"]\"\n",
-        "item ::= \"\\\"\" [^\"\\\\]* \"\\\"\"\n",
-        "ws ::= [ ]?\n",
-    );
-    let cases: &[(ConstraintKind, &str, &str)] = &[
-        (ConstraintKind::Regex, "[0-9]{3}-[0-9]{4}", "123-4567"),
-        (ConstraintKind::Choice, r#"["Yes","No","Maybe"]"#, "Maybe"),
-        (
-            ConstraintKind::JsonSchema,
-            SCHEMA,
-            r#"{"name": "A long name with spaces and words", "age": 42, "color": "red"}"#,
-        ),
-        (
-            ConstraintKind::Lark,
-            r#"start: "The answer is " /[0-9]+/ "." | %json{"type": "array", "items": {"type": "string"}}"#,
-            r#"["free text inside a string", "and another one"]"#,
-        ),
-        (
-            ConstraintKind::Gbnf,
-            json_list_gbnf,
-            r#"["free text inside a string", "and another one"]"#,
-        ),
-    ];
-    for (kind, src, doc) in cases {
-        let t = Instant::now();
-        let mut c = build(*kind, src);
-        let built = t.elapsed();
-        let (mut masks, mut counts) = (Vec::new(), Vec::new());
-        for id in ids_of(doc) {
-            let t = Instant::now();
-            let mask = c.mask().unwrap();
-            masks.push(t.elapsed());
-            counts.push(mask.count());
-            c.consume(id).unwrap();
-        }
-        assert!(c.is_accepting(), "{kind}: {doc:?}");
-        // The same mask again after a rollback (llguidance's caches are warm then).
-        c.rollback(1).unwrap();
-        let t = Instant::now();
-        c.mask().unwrap();
-        let again = t.elapsed();
-        eprintln!(
-            "mask {kind}: {} positions, median {:?}, max {:?}, allowed {}..{}; repeated after rollback {again:?}; build {built:?}",
-            masks.len(),
-            median(masks.clone()),
-            masks.iter().max().unwrap(),
-            counts.iter().min().unwrap(),
-            counts.iter().max().unwrap(),
-        );
-    }
-    // Replaying a long completion (single-token checks, no masks).
-    let doc = format!(
-        r#"{{"name":"{}","age":42,"color":"red"}}"#,
-        "word ".repeat(60)
-    );
-    let ids = ids_of(&doc);
-    let mut c = build(ConstraintKind::JsonSchema, SCHEMA);
-    let t = Instant::now();
-    c.replay(&ids).unwrap();
-    eprintln!("replay of {} tokens: {:?}", ids.len(), t.elapsed());
 }

