@@ -115,6 +115,19 @@ pub enum Command {
 A stop sequence is searched in the decoded completion text across token boundaries; the
 completion keeps every token up to and including the one that completed the stop text.")]
     Generate(GenerateArgs),
+    /// What happens to the next-token probabilities when one knob changes: the distribution
+    /// under every value of one or two sampling knobs, from one decode. Changes nothing.
+    ///
+    /// KNOB=FROM:TO:STEP (both ends included) or KNOB=a,b,c; knobs: temp, top-p, top-k, min-p,
+    /// repeat-penalty, presence-penalty, frequency-penalty, penalty-last-n. Rows are the tokens
+    /// some value keeps, by p_base; a cell is p_final, or the stage that cut the token. With
+    /// more than 12 values the table turns (values as rows). JSON adds each value's kept set
+    /// and where each candidate enters or leaves it.
+    #[command(after_help = "Examples:
+  ntv sweep temp=0.1:2:0.1 -p \"The capital of France is\"
+  ntv sweep top-p=0.5,0.8,0.9,0.95,1 --at 0
+  ntv sweep temp=0.5,1,1.5 top-k=0,40 --format json | jq '.transitions'")]
+    Sweep(SweepArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.
     /// Writes the session (except list, show and diff).
     #[command(after_help = "Examples:
@@ -168,7 +181,7 @@ Batch lines: {\"id\", \"prompt\", \"system\", \"chat_template\", \"completion_id
   ntv schema generate.step     the schema of one JSONL step record
   ntv schema                   every schema, keyed by name")]
     Schema {
-        /// Output name: load, preview, step, generate, generate.step, generate.batch,
+        /// Output name: load, preview, step, generate, generate.step, generate.batch, sweep,
         /// branch.list, branch.show,
         /// branch.diff, check, diff, trace, session, attribute, attribute.record.
         name: Option<String>,
@@ -565,6 +578,28 @@ pub struct AttributeArgs {
     /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
     #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
     pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// KNOB=FROM:TO:STEP or KNOB=a,b,c (one or two knobs; the first varies along the table).
+    #[arg(value_name = "KNOB=VALUES", required = true, num_args = 1..=2)]
+    pub axes: Vec<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
+    /// Sweep the distribution of completion token I (its context: the prompt and the tokens
+    /// before it); default: the next token after the whole completion.
+    #[arg(long, value_name = "I")]
+    pub at: Option<usize>,
+    /// Kept token ids listed per value in JSON (the count is always given).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_kept: usize,
 }
 
 #[derive(Debug, Args)]

@@ -139,6 +139,7 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "session",
     "attribute",
     "attribute.record",
+    "sweep",
 ];
 
 /// The JSON Schema of one output (`ntv.<name>/1`), or None for an unknown name.
@@ -160,6 +161,7 @@ pub fn schema(name: &str) -> Option<serde_json::Value> {
         "session" => schemars::schema_for!(crate::session::Session),
         "attribute" => schemars::schema_for!(AttributeDoc),
         "attribute.record" => schemars::schema_for!(AttributionLine),
+        "sweep" => schemars::schema_for!(SweepDoc),
         _ => return None,
     };
     let mut v = serde_json::to_value(s).ok()?;

@@ -224,14 +224,15 @@ impl<'m> Driver<'m> {
         self.replay_constraint()
     }
 
-    /// Decode what is needed and return the distribution record at the current position.
-    pub fn preview(
+    /// Decode what is needed and hand the distribution at the current position under `params`
+    /// to `f` (the logits stay in the KV state: another call with other parameters decodes
+    /// nothing).
+    pub fn inspect<R>(
         &mut self,
         params: &SamplingParams,
-        display_k: usize,
-    ) -> Result<Dist, StepError> {
+        f: impl FnOnce(&Distribution<'_>) -> R,
+    ) -> Result<R, StepError> {
         let mask = self.mask()?;
-        let kind = self.constraint.as_ref().map(|c| c.kind());
         let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
         let d = self.ws.compute(
@@ -240,7 +241,18 @@ impl<'m> Driver<'m> {
             params,
             allowed.as_ref().map(|f| f as &dyn Fn(usize) -> bool),
         )?;
-        let mut dist = dist_record(self.model, &d, display_k, params);
+        Ok(f(&d))
+    }
+
+    /// Decode what is needed and return the distribution record at the current position.
+    pub fn preview(
+        &mut self,
+        params: &SamplingParams,
+        display_k: usize,
+    ) -> Result<Dist, StepError> {
+        let kind = self.constraint.as_ref().map(|c| c.kind());
+        let model = self.model;
+        let mut dist = self.inspect(params, |d| dist_record(model, d, display_k, params))?;
         dist.constraint_type = kind;
         Ok(dist)
     }

@@ -612,3 +612,87 @@ pub struct AttributeDoc {
     pub targets: Vec<AttributionRecord>,
     pub timings: AttributeTimings,
 }
+
+/// One swept knob with its values (`ntv sweep`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepAxis {
+    pub knob: crate::sampling::knob::Knob,
+    pub values: Vec<f64>,
+}
+
+/// A candidate row of a sweep: a token some value keeps, ordered by `p_base`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepCandidate {
+    #[serde(flatten)]
+    pub token: TokenPill,
+    /// Raw model probability (the same under every knob value).
+    pub p_base: f64,
+    /// 1-based rank in `p_base`.
+    pub rank: u32,
+}
+
+/// One candidate under one knob value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepCell {
+    pub id: i32,
+    pub p_final: f64,
+    pub kept: bool,
+    /// The stage that removed it, when cut.
+    pub cut_by: Option<CutStage>,
+}
+
+/// The distribution under one combination of knob values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepPoint {
+    /// The value of each axis, in axis order.
+    pub values: Vec<f64>,
+    /// Tokens with `p_final > 0`.
+    pub kept_token_count: usize,
+    /// The kept tokens by `p_final` descending (ties by lower id), at most `--max-kept` of them.
+    pub kept_ids: Vec<i32>,
+    /// Whether `kept_ids` was cut short.
+    pub kept_truncated: bool,
+    /// Entropy of `p_final` in bits.
+    pub entropy_final: f64,
+    /// Every candidate row, in row order.
+    pub cells: Vec<SweepCell>,
+}
+
+/// Where a candidate enters or leaves the kept set along the first axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepTransition {
+    pub id: i32,
+    /// The second axis' value this walk holds fixed (absent with one axis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<f64>,
+    /// Kept at the first value of the first axis.
+    pub kept_at_start: bool,
+    /// The first value at which it becomes kept (after being cut at the value before).
+    pub enters_at: Option<f64>,
+    /// The first value at which it is cut (after being kept at the value before).
+    pub leaves_at: Option<f64>,
+}
+
+/// `ntv sweep` output (`ntv.sweep/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SweepDoc {
+    pub schema: String,
+    pub model: ModelFacts,
+    pub prompt: String,
+    pub branch: String,
+    /// Completion position swept (the next token after `position` completion tokens).
+    pub position: usize,
+    pub context_token_count: usize,
+    /// The parameters every point starts from.
+    pub params: SamplingParams,
+    /// One or two axes; points run over the first axis fastest.
+    pub axes: Vec<SweepAxis>,
+    pub candidates: Vec<SweepCandidate>,
+    pub points: Vec<SweepPoint>,
+    pub transitions: Vec<SweepTransition>,
+    pub constraint: Option<crate::constraint::ConstraintSpec>,
+    pub cache: CacheUse,
+    /// Milliseconds: decoding the context, then the distribution maths of every point.
+    pub decode_ms: f64,
+    pub maths_ms: f64,
+}

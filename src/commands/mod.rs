@@ -12,6 +12,7 @@ pub mod load;
 pub mod model;
 pub mod preview;
 pub mod step;
+pub mod sweep;
 
 use std::io::Write;
 use std::path::Path;

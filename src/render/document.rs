@@ -149,6 +149,12 @@ impl Document for GenerateSummary {
     }
 }
 
+impl Document for crate::record::SweepDoc {
+    fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
+        table::sweep(w, self, &ctx.palette)
+    }
+}
+
 impl Document for BranchListDoc {
     fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
         table::branch_list(w, self, &ctx.palette)

@@ -646,3 +646,90 @@ pub fn diff(w: &mut dyn Write, s: &crate::trace::DiffSummary, pal: &Palette) -> 
     )?;
     writeln!(w, "{t}")
 }
+
+/// Knob values shown as columns at most; a longer sweep turns the table (values as rows).
+pub const SWEEP_COLUMNS: usize = 12;
+
+fn knob_value(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `ntv sweep`: per value of the second knob (if any), candidates × values of the first with
+/// each cell's `p_final` (`·stage` where cut), then the kept count and entropy.
+pub fn sweep(w: &mut dyn Write, doc: &crate::record::SweepDoc, pal: &Palette) -> io::Result<()> {
+    let first = &doc.axes[0];
+    let n = first.values.len();
+    writeln!(
+        w,
+        "{} {} over {} values at completion position {} ({} context tokens)",
+        pal.heading("sweep"),
+        first.knob,
+        n,
+        doc.position,
+        doc.context_token_count
+    )?;
+    writeln!(w, "{} {}", pal.heading("params"), params_line(&doc.params))?;
+    let cell = |c: &crate::record::SweepCell| -> String {
+        match (c.kept, c.cut_by) {
+            (true, _) => pal.by_prob(&pct(c.p_final), c.p_final),
+            (false, Some(stage)) => pal.cut(&format!("·{}", cut_name(stage))),
+            (false, None) => pal.cut("·"),
+        }
+    };
+    for slice in doc.points.chunks(n.max(1)) {
+        if let (Some(second), Some(v)) = (doc.axes.get(1), slice[0].values.get(1)) {
+            writeln!(
+                w,
+                "\n{} {} = {}",
+                pal.heading("with"),
+                second.knob,
+                knob_value(*v)
+            )?;
+        }
+        let mut b = Builder::default();
+        if n <= SWEEP_COLUMNS {
+            let mut head = vec!["token".to_string(), "id".into(), "p_base".into()];
+            head.extend(
+                slice
+                    .iter()
+                    .map(|p| format!("{} {}", first.knob, knob_value(p.values[0]))),
+            );
+            b.push_record(head);
+            for (row, c) in doc.candidates.iter().enumerate() {
+                let mut r = vec![pill(&c.token, pal), c.token.id.to_string(), pct(c.p_base)];
+                r.extend(slice.iter().map(|p| cell(&p.cells[row])));
+                b.push_record(r);
+            }
+            let mut kept = vec!["(kept)".to_string(), String::new(), String::new()];
+            kept.extend(slice.iter().map(|p| p.kept_token_count.to_string()));
+            b.push_record(kept);
+            let mut ent = vec!["(entropy bits)".to_string(), String::new(), String::new()];
+            ent.extend(slice.iter().map(|p| format!("{:.2}", p.entropy_final)));
+            b.push_record(ent);
+        } else {
+            let mut head = vec![first.knob.to_string(), "kept".into(), "entropy".into()];
+            head.extend(doc.candidates.iter().map(|c| pill(&c.token, pal)));
+            b.push_record(head);
+            for p in slice {
+                let mut r = vec![
+                    knob_value(p.values[0]),
+                    p.kept_token_count.to_string(),
+                    format!("{:.2}", p.entropy_final),
+                ];
+                r.extend(p.cells.iter().map(&cell));
+                b.push_record(r);
+            }
+        }
+        let mut t = b.build();
+        t.with(Style::blank());
+        t.modify(Columns::new(1..), Alignment::right());
+        writeln!(w, "{t}")?;
+    }
+    Ok(())
+}

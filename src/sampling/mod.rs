@@ -1,5 +1,6 @@
 //! The next-token distribution of one step and token selection (sampling.md): pure maths, no model.
 
+pub mod knob;
 pub mod params;
 mod penalties;
 mod rng;

@@ -12,6 +12,7 @@ pub mod cases;
 pub mod explain;
 pub mod stepper;
 pub mod store;
+pub mod sweep;
 
 use std::time::Instant;
 

@@ -191,6 +191,22 @@ fn every_json_output_validates_against_its_schema() {
     for l in &lines {
         validate("generate.batch", l);
     }
+    validate(
+        "sweep",
+        &sb.json(&[
+            "--no-session",
+            "sweep",
+            "temp=0.5,1",
+            "top-p=0.5,0.9",
+            "-m",
+            m(),
+            "-p",
+            PROMPT,
+            "--display-k",
+            "3",
+            "--json",
+        ]),
+    );
     let trace = sb.path().join("t.json");
     sb.jsonl(&[
         "generate",

@@ -24,5 +24,6 @@ mod regress;
 mod second_arch;
 mod session_file;
 mod step;
+mod sweep;
 mod trace;
 mod workbench;
