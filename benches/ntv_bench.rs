@@ -418,7 +418,55 @@ fn main() {
     if want(7) {
         constraint_masks(&model);
     }
+    // 8. A sweep against a preview.
+    if want(8) {
+        sweep_vs_preview(exe, &path, threads, rounds);
+    }
     println!("\nmodel load in-process: {load_ms:.0} ms");
+}
+
+/// Section 8: a 100-value temperature sweep against one preview of the same prompt, as
+/// processes run interleaved (what a user pays for each), with the sweep's own split.
+fn sweep_vs_preview(exe: &str, model: &std::path::Path, threads: i32, rounds: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = model.to_str().expect("utf-8 path");
+    let common = [
+        "--no-session",
+        "-m",
+        m,
+        "-p",
+        "The capital of France is",
+        "--json",
+    ];
+    let (mut preview, mut sweep, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let p = time_process(
+            exe,
+            &[&["preview"], &common[..]].concat(),
+            dir.path(),
+            threads,
+        );
+        let s = time_process(
+            exe,
+            &[&["sweep", "temp=0.02:2:0.02"], &common[..]].concat(),
+            dir.path(),
+            threads,
+        );
+        preview.push(p);
+        sweep.push(s);
+        ratios.push(s / p);
+    }
+    println!(
+        "\n## 8. `ntv sweep temp=0.02:2:0.02` (100 values) vs one `ntv preview`, median of {rounds} interleaved processes"
+    );
+    println!("| process | ms |");
+    println!("|---|---:|");
+    println!("| preview | {:.1} |", median(preview));
+    println!("| sweep, 100 temperatures | {:.1} |", median(sweep));
+    println!(
+        "| **ratio sweep / preview** (median of per-round ratios) | **{:.3}** |",
+        median(ratios)
+    );
 }
 
 fn time_process(exe: &str, args: &[&str], dir: &std::path::Path, threads: i32) -> f64 {
