@@ -18,6 +18,7 @@ use crate::sampling::{Preset, SamplerOrder};
 #[command(after_help = "Examples:
   ntv preview \"The capital of France is\"          next-token table on the default model
   ntv preview -m model.gguf -p \"Hi\" --format json  the same as JSON
+  ntv sweep temp=0.1:2:0.1 -p \"Hi\"                 one knob, every value, one decode
   ntv generate -p \"Write a haiku\" -n 32 --seed 7    stream a sampled completion
   ntv step --greedy; ntv step --undo; ntv branch list
   ntv attribute --method saliency                 why the last token (heatmap, top contributors)
@@ -598,7 +599,7 @@ pub struct SweepArgs {
     #[arg(long, value_name = "I")]
     pub at: Option<usize>,
     /// Kept token ids listed per value in JSON (the count is always given).
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_kept: usize,
 }
 

@@ -244,6 +244,32 @@ impl<'m> Driver<'m> {
         Ok(f(&d))
     }
 
+    /// [`Driver::inspect`] for many parameter sets at once: the logits are decoded (at most)
+    /// once and the maths of the sets run side by side on rayon's pool, one workspace per
+    /// thread. Results come in the order of `params`.
+    pub fn inspect_all<R: Send>(
+        &mut self,
+        params: &[SamplingParams],
+        f: impl Fn(&Distribution<'_>) -> R + Sync,
+    ) -> Result<Vec<R>, StepError> {
+        use rayon::prelude::*;
+        let mask = self.mask()?;
+        let logits = self.dec.eval(&self.ids)?;
+        let ids = &self.ids;
+        let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
+        let allowed = allowed
+            .as_ref()
+            .map(|f| f as &(dyn Fn(usize) -> bool + Sync));
+        params
+            .par_iter()
+            .map_init(Workspace::new, |ws, p| {
+                let mask = allowed.map(|a| a as &dyn Fn(usize) -> bool);
+                ws.compute(logits, ids, p, mask).map(|d| f(&d))
+            })
+            .collect::<Result<Vec<R>, SamplingError>>()
+            .map_err(StepError::from)
+    }
+
     /// Decode what is needed and return the distribution record at the current position.
     pub fn preview(
         &mut self,

@@ -27,14 +27,17 @@ pub struct SweepRequest {
 /// The most points (product of the axes' lengths) one sweep computes.
 pub const MAX_POINTS: usize = 100_000;
 
-/// What one point leaves behind for the rows chosen at the end: every kept id with its
-/// `p_final`, its entropy, and the stage that cut each token of the pool.
+/// What one point leaves behind for the rows chosen at the end.
 struct Raw {
     kept_count: usize,
     kept_ids: Vec<i32>,
-    /// The kept tokens that may still become rows (`p_base` not below the rows' floor then).
-    kept: Vec<(u32, f64)>,
+    /// The `rows` kept tokens of highest `p_base`, as (id, p_final, p_base): a row that this
+    /// point keeps is always among them (the tokens kept here above it by `p_base` are rows'
+    /// rivals everywhere, and fewer than `rows` of them precede a row).
+    top: Vec<(u32, f64, f64)>,
     entropy: f64,
+    /// The stage that cut each token of the pool (the most probable tokens at the first
+    /// point), so cut rows rarely need the maths again.
     pool_cut: Vec<Option<CutStage>>,
 }
 
@@ -150,9 +153,9 @@ fn points(axes: &[Axis], base: &SamplingParams) -> Result<Vec<(Vec<f64>, Samplin
 /// Candidate rows `(id, p_base, rank)` and one point per grid entry. The rows are the tokens
 /// some value keeps, by `p_base` descending, at most `rows`.
 ///
-/// Each point's maths runs once: it records the kept list and, for a pool of the most probable
-/// tokens at the first point, the stage that cut them. Only a row outside that pool (possible
-/// under a constraint) sends the points that cut it through the maths again.
+/// The points' maths run once each, side by side ([`Driver::inspect_all`]); only a row that is
+/// cut at a point and lies outside the pool (possible under a constraint) sends that point
+/// through the maths again.
 #[allow(clippy::type_complexity)]
 fn compute(
     driver: &mut Driver<'_>,
@@ -160,53 +163,42 @@ fn compute(
     rows: usize,
     max_kept: usize,
 ) -> Result<(Vec<(u32, f64, u32)>, Vec<SweepPoint>)> {
-    let mut raws: Vec<Raw> = Vec::with_capacity(grid.len());
-    // Kept somewhere, with p_base (the same under every knob).
+    let params: Vec<SamplingParams> = grid.iter().map(|(_, p)| p.clone()).collect();
+    let Some(first) = params.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let pool = driver.inspect(first, |d| d.top_by_p_temp((4 * rows).max(64)))?;
+    let raws = driver.inspect_all(&params, |d| {
+        let mut top: Vec<(u32, f64, f64)> = d
+            .kept_tokens()
+            .iter()
+            .map(|&(id, p)| (id, p, d.p_base(id as usize)))
+            .collect();
+        let by_base =
+            |a: &(u32, f64, f64), b: &(u32, f64, f64)| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0));
+        if top.len() > rows {
+            top.select_nth_unstable_by(rows, by_base);
+            top.truncate(rows);
+        }
+        Raw {
+            kept_count: d.kept_count(),
+            kept_ids: d
+                .kept_tokens()
+                .iter()
+                .take(max_kept)
+                .map(|&(id, _)| id as i32)
+                .collect(),
+            top,
+            entropy: d.entropy_final_bits(),
+            pool_cut: pool.iter().map(|&id| d.cut_by(id as usize)).collect(),
+        }
+    })?;
+    // Rows: the union of every point's top, by p_base (the same under every knob).
     let mut union: HashMap<u32, f64> = HashMap::new();
-    let mut pool: Vec<u32> = Vec::new();
-    // The `rows` best p_base values of the union so far, descending: the union only grows, so
-    // a kept token below the last of them can never become a row and need not be stored.
-    let mut best: Vec<f64> = Vec::with_capacity(rows + 1);
-    for (_, params) in grid {
-        let raw = driver.inspect(params, |d| {
-            if pool.is_empty() {
-                pool = d.top_by_p_temp((4 * rows).max(64));
-            }
-            for &(id, _) in d.kept_tokens() {
-                if let std::collections::hash_map::Entry::Vacant(e) = union.entry(id) {
-                    let pb = d.p_base(id as usize);
-                    e.insert(pb);
-                    if best.len() < rows || best.last().is_some_and(|&l| pb > l) {
-                        let at = best.partition_point(|&b| b >= pb);
-                        best.insert(at, pb);
-                        best.truncate(rows);
-                    }
-                }
-            }
-            let floor = if best.len() == rows {
-                best[rows - 1]
-            } else {
-                0.0
-            };
-            Raw {
-                kept_count: d.kept_count(),
-                kept_ids: d
-                    .kept_tokens()
-                    .iter()
-                    .take(max_kept)
-                    .map(|&(id, _)| id as i32)
-                    .collect(),
-                kept: d
-                    .kept_tokens()
-                    .iter()
-                    .filter(|&&(id, _)| union[&id] >= floor)
-                    .copied()
-                    .collect(),
-                entropy: d.entropy_final_bits(),
-                pool_cut: pool.iter().map(|&id| d.cut_by(id as usize)).collect(),
-            }
-        })?;
-        raws.push(raw);
+    for r in &raws {
+        for &(id, _, pb) in &r.top {
+            union.insert(id, pb);
+        }
     }
     let mut order: Vec<(u32, f64)> = union.into_iter().collect();
     order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -217,12 +209,12 @@ fn compute(
         .map(|id| pool.iter().position(|p| p == id))
         .collect();
     let mut points = Vec::with_capacity(grid.len());
-    for ((values, params), raw) in grid.iter().zip(&raws) {
+    for ((values, params), raw) in grid.iter().zip(raws) {
         let mut cells: Vec<SweepCell> = ids
             .iter()
             .zip(&in_pool)
             .map(|(&id, pooled)| {
-                let p = raw.kept.iter().find(|(k, _)| *k == id).map(|&(_, p)| p);
+                let p = raw.top.iter().find(|t| t.0 == id).map(|t| t.1);
                 SweepCell {
                     id: id as i32,
                     p_final: p.unwrap_or(0.0),
@@ -230,23 +222,18 @@ fn compute(
                     cut_by: match (p, pooled) {
                         (Some(_), _) => None,
                         (None, Some(i)) => raw.pool_cut[*i],
-                        (None, None) => Some(CutStage::Constraint), // settled below
+                        (None, None) => None, // settled below
                     },
                 }
             })
             .collect();
-        if cells
-            .iter()
-            .zip(&in_pool)
-            .any(|(c, pooled)| !c.kept && pooled.is_none())
-        {
+        let unpooled_cut = |c: &SweepCell, pooled: &Option<usize>| !c.kept && pooled.is_none();
+        if cells.iter().zip(&in_pool).any(|(c, p)| unpooled_cut(c, p)) {
             driver.inspect(params, |d| {
-                for (c, _) in cells
-                    .iter_mut()
-                    .zip(&in_pool)
-                    .filter(|(c, pooled)| !c.kept && pooled.is_none())
-                {
-                    c.cut_by = d.cut_by(c.id as usize);
+                for (c, p) in cells.iter_mut().zip(&in_pool) {
+                    if unpooled_cut(c, p) {
+                        c.cut_by = d.cut_by(c.id as usize);
+                    }
                 }
             })?;
         }
@@ -254,7 +241,7 @@ fn compute(
             values: values.clone(),
             kept_token_count: raw.kept_count,
             kept_truncated: raw.kept_count > max_kept,
-            kept_ids: raw.kept_ids.clone(),
+            kept_ids: raw.kept_ids,
             entropy_final: if raw.entropy.is_finite() {
                 raw.entropy
             } else {
@@ -263,10 +250,7 @@ fn compute(
             cells,
         });
     }
-    let ranks = match grid.first() {
-        Some((_, params)) => driver.inspect(params, |d| d.base_ranks(&ids))?,
-        None => Vec::new(),
-    };
+    let ranks = driver.inspect(first, |d| d.base_ranks(&ids))?;
     Ok((
         order
             .iter()
