@@ -149,6 +149,7 @@ pub fn run<'m>(
         .flat_map(|&id| model.piece_bytes(id))
         .collect();
     let mut scanner = StopScanner::after(&rule.stops, &tail);
+    let scanning = rule.stops.iter().any(|s| !s.is_empty());
     let t0 = Instant::now();
     let mut i = 0;
     while let Some(choice) = plan.choice_at(i) {
@@ -164,7 +165,10 @@ pub fn run<'m>(
             Some(StopReason::ConstraintComplete)
         } else if model.is_eog(id) {
             Some(StopReason::Eog)
-        } else if let Some(s) = scanner.push(&model.piece_bytes(id)) {
+        } else if let Some(s) = scanning
+            .then(|| scanner.push(&model.piece_bytes(id)))
+            .flatten()
+        {
             outcome.stop_sequence = Some(s.to_string());
             Some(StopReason::StopSequence)
         } else if driver.context().len() >= driver.n_ctx() {
