@@ -217,6 +217,19 @@ impl<'m> Driver<'m> {
         &self.ids
     }
 
+    /// Replace the prompt and the completion at once (the KV cache keeps the common prefix of
+    /// the old and the new context; a constraint replays the completion).
+    pub fn set_context(
+        &mut self,
+        prompt_ids: &[i32],
+        completion: &[i32],
+    ) -> Result<(), ConstraintError> {
+        self.ids.clear();
+        self.ids.extend_from_slice(prompt_ids);
+        self.n_prompt = prompt_ids.len();
+        self.set_completion(completion)
+    }
+
     /// Replace the completion (the KV cache keeps the common prefix; a constraint replays it).
     pub fn set_completion(&mut self, completion: &[i32]) -> Result<(), ConstraintError> {
         self.ids.truncate(self.n_prompt);

@@ -626,6 +626,31 @@ impl<'m> Workbench<'m> {
         Ok(())
     }
 
+    /// What was recorded when completion token `index` of the active branch was appended: its
+    /// distribution then, and how it was chosen (no model work).
+    pub fn recorded(&self, index: usize) -> Option<&crate::record::AppendedMeta> {
+        self.store.session.active().appended_meta.get(index)
+    }
+
+    /// Change the prompt (text, system prompt, template flag). In a session that records
+    /// inputs, a completion made for the old prompt is kept aside on save, as on the command
+    /// line; the KV cache keeps whatever prefix the old and new contexts share.
+    pub fn set_prompt(&mut self, prompt: PromptSpec) -> Result<()> {
+        let (text, ids) = prompt_ids(self.model, &prompt)?;
+        let model_ref = model_ref(self.model)?;
+        self.store.adopt(&model_ref, Some(&prompt), false)?;
+        self.settings.prompt = Some(prompt.clone());
+        self.prompt = prompt;
+        self.prompt_text = text;
+        self.prompt_ids = ids;
+        let completion = self.store.session.active().completion_ids.clone();
+        match &mut self.driver {
+            Some(d) => d.set_context(&self.prompt_ids, &completion)?,
+            None => self.pending = completion,
+        }
+        Ok(())
+    }
+
     /// Point the driver at the active branch (the KV cache keeps the common prefix).
     fn resync(&mut self) -> Result<()> {
         let ids = self.store.session.active().completion_ids.clone();

@@ -120,6 +120,38 @@ fn knob_changes_decode_nothing_and_each_step_decodes_one_token() {
     assert_eq!(wb.session().branches.len(), 1);
     assert!(wb.force_token(1 << 20).unwrap_err().is_input());
 
+    // What was recorded for a token is there without any model work.
+    let first = wb.recorded(0).expect("a recorded token").clone();
+    assert_eq!(first.selected_id, main[0]);
+    assert!(wb.recorded(2).is_none(), "main has two tokens now");
+
+    // A new prompt: the completion for the old one is set aside, the KV cache keeps the
+    // template prefix both prompts share.
+    let decoded = wb.cache_use().decoded_tokens;
+    let other = PromptSpec {
+        prompt: "Name a colour.".into(),
+        system: ntv::chat::DEFAULT_SYSTEM.into(),
+        chat_template: true,
+    };
+    wb.set_prompt(other).unwrap();
+    assert!(wb.completion().is_empty());
+    let shared = KNOWN_IDS
+        .iter()
+        .zip(wb.prompt_ids())
+        .take_while(|(a, b)| **a == i64::from(**b))
+        .count();
+    assert!(
+        shared >= 10,
+        "the system part of the template is shared ({shared})"
+    );
+    wb.preview().unwrap();
+    assert_eq!(
+        wb.cache_use().decoded_tokens - decoded,
+        wb.prompt_ids().len() - shared,
+        "only what follows the shared prefix is decoded"
+    );
+    assert_eq!(wb.session().prompt.as_deref(), Some("Name a colour."));
+
     // Generation runs the same loop: until the budget here.
     let run = wb.generate(false, &mut |_| Ok(())).unwrap();
     assert!(run.records.is_empty(), "streamed records are not kept");
