@@ -33,6 +33,7 @@ pub fn run() -> ExitCode {
         Command::Generate(args) => commands::generate::run(&ctx, args),
         Command::Branch(args) => commands::branch::run(&ctx, args),
         Command::Sweep(args) => commands::sweep::run(&ctx, args),
+        Command::Tui(args) => commands::tui::run(&ctx, args),
         Command::Attribute(args) => commands::attribute::run(&ctx, args),
         Command::Model(args) => commands::model::run(args),
         Command::Check(args) => commands::check::run(&ctx, args),

@@ -129,6 +129,18 @@ completion keeps every token up to and including the one that completed the stop
   ntv sweep top-p=0.5,0.8,0.9,0.95,1 --at 0
   ntv sweep temp=0.5,1,1.5 top-k=0,40 --format json | jq '.transitions'")]
     Sweep(SweepArgs),
+    /// Explore interactively: the context, the next-token distribution and the parameters in
+    /// one full-screen view over one model kept in memory; step, force, undo, rewind, play, turn
+    /// the knobs and watch p_final move (no decode for a knob). Saves the session on quit.
+    #[command(after_help = "Examples:
+  ntv tui -p \"The capital of France is\"
+  ntv tui                         continue the session (then ntv step, ntv branch list, … as usual)
+
+Keys: s/space step · g greedy · p play · enter/f force the highlighted candidate · u undo ·
+←/→ move over the completion (another candidate on an earlier token rewinds onto a new branch)
+· t/T temperature · o/O top-p · [/] top-k · m/M min-p · r/R repetition penalty · c presets ·
+b/B branches · ? help · q quit.")]
+    Tui(TuiArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.
     /// Writes the session (except list, show and diff).
     #[command(after_help = "Examples:
@@ -579,6 +591,27 @@ pub struct AttributeArgs {
     /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
     #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
     pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// The user prompt (same as -p).
+    #[arg(value_name = "PROMPT", conflicts_with_all = ["prompt", "prompt_file"])]
+    pub positional_prompt: Option<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Drop the session's completion when it was made for another prompt or model (by default
+    /// the old session is kept aside as NAME.1.json, .2, …).
+    #[arg(long)]
+    pub reset: bool,
 }
 
 #[derive(Debug, Args)]

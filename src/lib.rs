@@ -33,4 +33,5 @@ pub mod sampling;
 pub mod session;
 pub mod settings;
 pub mod trace;
+pub mod tui;
 pub mod workbench;

@@ -13,6 +13,7 @@ pub mod model;
 pub mod preview;
 pub mod step;
 pub mod sweep;
+pub mod tui;
 
 use std::io::Write;
 use std::path::Path;

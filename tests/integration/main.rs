@@ -26,4 +26,5 @@ mod session_file;
 mod step;
 mod sweep;
 mod trace;
+mod tui;
 mod workbench;

@@ -1,0 +1,354 @@
+//! `ntv tui`: the demo's interactive view in the terminal — one [`Workbench`] held in memory,
+//! so a knob change recomputes the distribution from the logits already decoded and a step
+//! decodes one token. [`App`] is the state and the key handling, [`view`] draws it; both are
+//! tested headlessly (ratatui's `TestBackend`). The terminal is restored on quit, on error and
+//! on panic (ratatui's init installs the hook).
+
+pub mod view;
+
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::error::Result;
+use crate::record::{Dist, TokenPill};
+use crate::sampling::{Preset, SamplingParams};
+use crate::workbench::Workbench;
+
+/// Every key the explorer knows, for the help overlay and the man page.
+pub const KEYS: &[(&str, &str)] = &[
+    ("s / space", "step: sample the next token"),
+    ("g", "step: greedy"),
+    ("p", "play / pause (a step every tick until a stop)"),
+    ("+ / -", "play faster / slower"),
+    ("↑ ↓ / k j", "highlight a candidate"),
+    (
+        "enter / f",
+        "force the highlighted candidate (earlier token: new branch)",
+    ),
+    (
+        "← → / h l",
+        "move over the completion (past the end: the next token)",
+    ),
+    ("u / backspace", "undo the last token"),
+    ("t T", "temperature down / up"),
+    ("o O", "top-p down / up"),
+    ("[ ]", "top-k down / up (0 = off)"),
+    ("m M", "min-p down / up"),
+    ("r R", "repetition penalty down / up"),
+    ("c", "cycle the presets"),
+    ("b B", "next / previous branch"),
+    ("?", "this help"),
+    ("q / esc", "quit (the session is saved)"),
+];
+
+/// The explorer's state over one core.
+pub struct App<'m> {
+    pub(crate) wb: Workbench<'m>,
+    /// The distribution shown: the next token's, or the one recorded for the token under the
+    /// cursor.
+    pub(crate) dist: Dist,
+    /// Completion index under the cursor; `None`: the next token.
+    pub(crate) cursor: Option<usize>,
+    /// Highlighted candidate row.
+    pub(crate) row: usize,
+    pub(crate) playing: bool,
+    /// Milliseconds between two steps while playing.
+    pub(crate) tick_ms: u64,
+    pub(crate) help: bool,
+    pub(crate) status: String,
+    pub(crate) quit: bool,
+}
+
+impl<'m> App<'m> {
+    /// The explorer over an opened core (its distribution computed at once).
+    pub fn new(mut wb: Workbench<'m>) -> Result<Self> {
+        let dist = wb.preview()?;
+        Ok(Self {
+            wb,
+            dist,
+            cursor: None,
+            row: 0,
+            playing: false,
+            tick_ms: 150,
+            help: false,
+            status: "ready".into(),
+            quit: false,
+        })
+    }
+
+    /// The core.
+    pub fn workbench(&self) -> &Workbench<'m> {
+        &self.wb
+    }
+
+    /// Whether `q` was pressed.
+    pub fn quitting(&self) -> bool {
+        self.quit
+    }
+
+    /// The distribution on screen.
+    pub fn dist(&self) -> &Dist {
+        &self.dist
+    }
+
+    /// Completion tokens as pills, from their records.
+    pub(crate) fn completion_pills(&self) -> Vec<TokenPill> {
+        crate::workbench::recorded_pills(self.wb.session().active())
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        self.dist = match self.cursor {
+            Some(i) => match self.wb.recorded(i) {
+                Some(m) => m.dist.clone(),
+                None => {
+                    self.cursor = None;
+                    self.wb.preview()?
+                }
+            },
+            None => self.wb.preview()?,
+        };
+        self.row = self.row.min(self.dist.tokens.len().saturating_sub(1));
+        Ok(())
+    }
+
+    fn step(&mut self, greedy: bool) -> Result<()> {
+        self.cursor = None;
+        let plan = if greedy {
+            crate::workbench::Plan::Choose {
+                choice: crate::driver::Choice::Greedy,
+                n: Some(1),
+            }
+        } else {
+            self.wb.choose(Some(1))
+        };
+        let mut appended = String::new();
+        let run = self.wb.step(&plan, None, false, &mut |r| {
+            appended = format!(
+                "appended {} · p_final {}",
+                r.selected.display,
+                crate::render::text::pct(r.selected.p_final)
+            );
+            Ok(())
+        })?;
+        self.status = match run.outcome.stop_reason {
+            Some(r) => {
+                self.playing = false;
+                format!("{appended} · stopped: {r}")
+            }
+            None if appended.is_empty() => "nothing appended".into(),
+            None => appended,
+        };
+        self.refresh()
+    }
+
+    fn force_highlighted(&mut self) -> Result<()> {
+        let Some(c) = self.dist.tokens.get(self.row) else {
+            return Ok(());
+        };
+        let id = c.id;
+        if let Some(i) = self.cursor {
+            if self.wb.completion().get(i) == Some(&id) {
+                self.status = "that token is already there".into();
+                return Ok(());
+            }
+            let name = self.wb.rewind(i)?;
+            self.status = format!("rewound onto new branch {name}");
+        }
+        self.cursor = None;
+        let plan = self.wb.force_token(i64::from(id))?;
+        self.wb.step(&plan, None, false, &mut |_| Ok(()))?;
+        self.refresh()
+    }
+
+    fn nudge(&mut self, f: impl FnOnce(&mut SamplingParams)) -> Result<()> {
+        let mut p = self.wb.settings().params.clone();
+        f(&mut p);
+        match self.wb.set_params(p, self.wb.settings().display_k) {
+            Ok(()) => self.refresh(),
+            Err(e) => {
+                self.status = e.message();
+                Ok(())
+            }
+        }
+    }
+
+    fn cycle_preset(&mut self) -> Result<()> {
+        const ORDER: [Preset; 4] = [
+            Preset::Balanced,
+            Preset::Greedy,
+            Preset::Reliable,
+            Preset::Creative,
+        ];
+        let now = self.wb.settings().params.clone();
+        let at = ORDER.iter().position(|p| p.params() == now);
+        let next = ORDER[at.map_or(0, |i| (i + 1) % ORDER.len())];
+        self.status = format!("preset {next:?}").to_lowercase();
+        self.nudge(|p| *p = next.params())
+    }
+
+    fn switch_branch(&mut self, by: isize) -> Result<()> {
+        let s = self.wb.session();
+        let n = s.branches.len() as isize;
+        let at = s
+            .branches
+            .iter()
+            .position(|b| b.name == s.active_branch)
+            .unwrap_or(0) as isize;
+        let name = s.branches[((at + by).rem_euclid(n)) as usize].name.clone();
+        self.wb.switch_branch(&name)?;
+        self.cursor = None;
+        self.status = format!("branch {name}");
+        self.refresh()
+    }
+
+    /// Apply one key. Errors of an action (a refused value, a full context) go to the status
+    /// line; only a failure of the core itself is returned.
+    pub fn key(&mut self, key: KeyEvent) -> Result<()> {
+        if key.kind != KeyEventKind::Press {
+            return Ok(());
+        }
+        if self.help {
+            self.help = false;
+            return Ok(());
+        }
+        let n = self.wb.completion().len();
+        let result = match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => {
+                self.quit = true;
+                Ok(())
+            }
+            KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.quit = true;
+                Ok(())
+            }
+            KeyCode::Char('?') => {
+                self.help = true;
+                Ok(())
+            }
+            KeyCode::Char('s') | KeyCode::Char(' ') => self.step(false),
+            KeyCode::Char('g') => self.step(true),
+            KeyCode::Char('p') => {
+                self.playing = !self.playing;
+                self.status = if self.playing { "playing" } else { "paused" }.into();
+                Ok(())
+            }
+            KeyCode::Char('+') => {
+                self.tick_ms = (self.tick_ms / 2).max(10);
+                Ok(())
+            }
+            KeyCode::Char('-') => {
+                self.tick_ms = (self.tick_ms * 2).min(2000);
+                Ok(())
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.row = self.row.saturating_sub(1);
+                Ok(())
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.row = (self.row + 1).min(self.dist.tokens.len().saturating_sub(1));
+                Ok(())
+            }
+            KeyCode::Left | KeyCode::Char('h') => {
+                self.cursor = match self.cursor {
+                    None if n > 0 => Some(n - 1),
+                    Some(i) => Some(i.saturating_sub(1)),
+                    None => None,
+                };
+                self.refresh()
+            }
+            KeyCode::Right | KeyCode::Char('l') => {
+                self.cursor = self.cursor.and_then(|i| (i + 1 < n).then_some(i + 1));
+                self.refresh()
+            }
+            KeyCode::Enter | KeyCode::Char('f') => self.force_highlighted(),
+            KeyCode::Backspace | KeyCode::Char('u') => {
+                self.cursor = None;
+                match self.wb.undo(1) {
+                    Ok(_) => self.refresh(),
+                    Err(e) => {
+                        self.status = e.message();
+                        Ok(())
+                    }
+                }
+            }
+            KeyCode::Char('t') => self.nudge(|p| p.temperature = (p.temperature - 0.1).max(0.0)),
+            KeyCode::Char('T') => self.nudge(|p| p.temperature += 0.1),
+            KeyCode::Char('o') => self.nudge(|p| p.top_p = (p.top_p - 0.05).max(0.05)),
+            KeyCode::Char('O') => self.nudge(|p| p.top_p = (p.top_p + 0.05).min(1.0)),
+            KeyCode::Char('[') => self.nudge(|p| p.top_k = p.top_k.saturating_sub(1)),
+            KeyCode::Char(']') => self.nudge(|p| p.top_k += 1),
+            KeyCode::Char('m') => self.nudge(|p| p.min_p = (p.min_p - 0.01).max(0.0)),
+            KeyCode::Char('M') => self.nudge(|p| p.min_p = (p.min_p + 0.01).min(1.0)),
+            KeyCode::Char('r') => {
+                self.nudge(|p| p.repetition_penalty = (p.repetition_penalty - 0.05).max(1.0))
+            }
+            KeyCode::Char('R') => self.nudge(|p| p.repetition_penalty += 0.05),
+            KeyCode::Char('c') => self.cycle_preset(),
+            KeyCode::Char('b') => self.switch_branch(1),
+            KeyCode::Char('B') => self.switch_branch(-1),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            if !e.is_input() {
+                return Err(e);
+            }
+            self.playing = false;
+            self.status = e.message();
+        }
+        Ok(())
+    }
+
+    /// One tick of play mode: a sampled step.
+    pub fn tick(&mut self) -> Result<()> {
+        if self.playing
+            && let Err(e) = self.step(false)
+        {
+            self.playing = false;
+            if !e.is_input() {
+                return Err(e);
+            }
+            self.status = e.message();
+        }
+        Ok(())
+    }
+
+    /// Save the session (and the prefix cache); returns the notes for stderr.
+    pub fn save(&mut self) -> Result<Vec<String>> {
+        self.wb.save()?;
+        Ok(self.wb.take_notices())
+    }
+
+    /// The parameters in use.
+    pub(crate) fn params(&self) -> &SamplingParams {
+        &self.wb.settings().params
+    }
+}
+
+/// Run the explorer on the real terminal until `q`; saves the session when it ends.
+pub fn run(app: &mut App<'_>) -> Result<()> {
+    let mut terminal = ratatui::try_init()?;
+    let result = event_loop(&mut terminal, app);
+    ratatui::restore();
+    result
+}
+
+fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App<'_>) -> Result<()> {
+    while !app.quitting() {
+        terminal.draw(|f| view::draw(f, app))?;
+        // Idle: block on the next key (no busy loop); playing: wake up every tick.
+        let ready = if app.playing {
+            event::poll(Duration::from_millis(app.tick_ms))?
+        } else {
+            true
+        };
+        if ready {
+            if let Event::Key(k) = event::read()? {
+                app.key(k)?;
+            }
+        } else {
+            app.tick()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The explorer, headless: ratatui's `TestBackend` renders the real model's states (insta
+//! snapshots), and keys drive the same core the CLI uses.
+
+use ntv::engine::{ContextOptions, LoadOptions, Model};
+use ntv::sampling::SamplingParams;
+use ntv::settings::{CacheSetting, ModelChoice, PromptSpec, RunSettings, SeedChoice};
+use ntv::tui::App;
+use ntv::workbench::{Mode, SessionStore, Workbench};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::util::{PROMPT, model};
+
+fn settings(constraint: Option<ntv::constraint::ConstraintSpec>) -> RunSettings {
+    RunSettings {
+        prompt: Some(PromptSpec {
+            prompt: PROMPT.into(),
+            system: ntv::chat::DEFAULT_SYSTEM.into(),
+            chat_template: true,
+        }),
+        params: SamplingParams::default(),
+        preset: None,
+        greedy: false,
+        display_k: 10,
+        context: ContextOptions {
+            n_ctx: 512,
+            n_threads: 1,
+            ..ContextOptions::default()
+        },
+        gpu_layers: None,
+        constraint,
+        model: ModelChoice::Default,
+        cache: CacheSetting::Off,
+        seed: SeedChoice {
+            seed: Some(7),
+            reset_rng: false,
+        },
+        stops: Vec::new(),
+        max_tokens: None,
+    }
+}
+
+fn press(app: &mut App<'_>, keys: &str) {
+    for c in keys.chars() {
+        let code = match c {
+            '<' => KeyCode::Left,
+            '>' => KeyCode::Right,
+            'v' => KeyCode::Down,
+            '\n' => KeyCode::Enter,
+            c => KeyCode::Char(c),
+        };
+        app.key(KeyEvent::new(code, KeyModifiers::NONE))
+            .expect("key");
+    }
+}
+
+fn screen(app: &App<'_>, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ntv::tui::view::draw(f, app)).unwrap();
+    format!("{}", t.backend())
+}
+
+#[test]
+fn screens_of_the_main_states() {
+    let m = Model::load(model(), &LoadOptions::default()).expect("model");
+    let wb = Workbench::open(
+        &m,
+        SessionStore::detached(),
+        settings(None),
+        Mode::Record { reset: false },
+    )
+    .unwrap();
+    let mut app = App::new(wb).unwrap();
+    insta::assert_snapshot!("tui_fresh_80x24", screen(&app, 80, 24));
+    press(&mut app, "ggg");
+    insta::assert_snapshot!("tui_three_steps_wide", screen(&app, 140, 40));
+    press(&mut app, "<<");
+    insta::assert_snapshot!("tui_cursor_on_token_1", screen(&app, 80, 24));
+    press(&mut app, "?");
+    insta::assert_snapshot!("tui_help", screen(&app, 80, 24));
+
+    let spec = ntv::constraint::ConstraintSpec {
+        kind: ntv::constraint::ConstraintKind::Choice,
+        source: r#"["Paris", "Lyon"]"#.into(),
+    };
+    let wb = Workbench::open(
+        &m,
+        SessionStore::detached(),
+        settings(Some(spec)),
+        Mode::Record { reset: false },
+    )
+    .unwrap();
+    let app = App::new(wb).unwrap();
+    insta::assert_snapshot!("tui_constraint", screen(&app, 100, 24));
+}
+
+#[test]
+fn keys_drive_the_core_and_knobs_decode_nothing() {
+    let m = Model::load(model(), &LoadOptions::default()).expect("model");
+    let wb = Workbench::open(
+        &m,
+        SessionStore::detached(),
+        settings(None),
+        Mode::Record { reset: false },
+    )
+    .unwrap();
+    let mut app = App::new(wb).unwrap();
+    let decoded = app.workbench().cache_use().decoded_tokens;
+    let before = app.dist().tokens[0].clone();
+    press(&mut app, "TTT");
+    let after = app
+        .dist()
+        .tokens
+        .iter()
+        .find(|c| c.id == before.id)
+        .unwrap();
+    assert!((app.workbench().settings().params.temperature - 1.0).abs() < 1e-9);
+    assert_ne!(
+        after.p_final, before.p_final,
+        "p_final moves with the temperature"
+    );
+    assert_eq!(after.p_base, before.p_base);
+    assert_eq!(
+        app.workbench().cache_use().decoded_tokens,
+        decoded,
+        "a knob decodes nothing"
+    );
+    press(&mut app, "ggg");
+    assert_eq!(app.workbench().completion().len(), 3);
+    assert_eq!(
+        app.workbench().cache_use().decoded_tokens,
+        decoded + 3,
+        "each step (with the preview after it) decodes one token"
+    );
+    // Force the second candidate at the end, then undo it.
+    press(&mut app, "v\n");
+    assert_eq!(app.workbench().completion().len(), 4);
+    press(&mut app, "u");
+    assert_eq!(app.workbench().completion().len(), 3);
+    // On token 1, another candidate rewinds onto a new branch; the old one is kept.
+    let main = app.workbench().completion().to_vec();
+    press(&mut app, "<<");
+    let other = app
+        .dist()
+        .tokens
+        .iter()
+        .position(|c| c.id != main[1])
+        .unwrap();
+    for _ in 0..other {
+        press(&mut app, "v");
+    }
+    press(&mut app, "\n");
+    let s = app.workbench().session();
+    assert_eq!(s.branches.len(), 2);
+    assert_ne!(s.active_branch, "main");
+    assert_eq!(app.workbench().completion()[..1], main[..1]);
+    assert_ne!(app.workbench().completion()[1], main[1]);
+    press(&mut app, "b");
+    assert_eq!(app.workbench().session().active_branch, "main");
+    assert_eq!(app.workbench().completion(), &main[..]);
+    // A refused value stays on the status line; the parameters stay valid.
+    press(&mut app, "oooooooooooooooooooooo");
+    assert!(app.workbench().settings().params.top_p >= 0.05);
+    press(&mut app, "q");
+    assert!(app.quitting());
+}
+
+/// The tmux server of one test, on its own socket; killed when dropped (also on panic).
+struct Tmux {
+    socket: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs (CI installs it)")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "ntv"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            assert!(self.run(&["send-keys", "-t", "ntv", k]).status.success());
+        }
+    }
+
+    /// Wait (bounded) until the screen satisfies `ok`; the screen then.
+    #[track_caller]
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        for _ in 0..600 {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the screen never showed {what}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// The p_final shown for candidate row 1 of the distribution pane.
+fn first_p_final(screen: &str) -> String {
+    let row = screen
+        .lines()
+        .find(|l| l.contains("│  1 ") || l.contains("│▶ 1 "))
+        .unwrap_or_else(|| panic!("no candidate row 1:\n{screen}"));
+    row.split_whitespace()
+        .filter(|w| w.ends_with('%'))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no p_final in {row:?}"))
+        .to_string()
+}
+
+#[test]
+fn the_binary_in_a_real_terminal() {
+    let sb = crate::util::Sandbox::new();
+    let exe = assert_cmd::cargo::cargo_bin("ntv");
+    let tmux = Tmux {
+        socket: sb.path().join("tmux.sock"),
+    };
+    let cmd = format!(
+        "cd {} && env NTV_THREADS=1 {} tui -m {} -p {:?} --seed 7; sleep 30",
+        sb.path().display(),
+        exe.display(),
+        crate::util::m(),
+        PROMPT
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "ntv",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = tmux.wait("the first frame", |s| s.contains("next token · kept"));
+    let before = first_p_final(&s);
+    tmux.keys(&["T", "T", "T"]);
+    let s = tmux.wait("T 1.00", |s| s.contains("T 1.00"));
+    assert_ne!(first_p_final(&s), before, "p_final moves on screen:\n{s}");
+    tmux.keys(&["g", "g", "g"]);
+    tmux.wait("three tokens", |s| s.contains("25 + 3 tokens"));
+    tmux.keys(&["Down", "Enter"]);
+    tmux.wait("a forced fourth token", |s| s.contains("25 + 4 tokens"));
+    tmux.keys(&["u"]);
+    tmux.wait("the undo", |s| s.contains("25 + 3 tokens"));
+    // Rewind: on token 1, another candidate makes a new branch.
+    tmux.keys(&["Left", "Left", "Down", "Enter"]);
+    let s = tmux.wait("a new branch", |s| s.contains("rewound onto new branch"));
+    let branch = s
+        .split("rewound onto new branch ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(s.contains("25 + 2 tokens"), "{s}");
+    tmux.keys(&["q"]);
+    tmux.wait("the end of ntv tui", |s| !s.contains("next token"));
+    // The CLI sees what the screen showed: both branches, the new one active with 2 tokens.
+    let list = sb.json(&["branch", "list", "--json"]);
+    let names: Vec<&str> = list["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["main", branch.as_str()]);
+    assert_eq!(list["active"], branch.as_str());
+    let session = sb.session_json();
+    assert_eq!(
+        session["branches"][0]["completion_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        session["branches"][1]["completion_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!((session["params"]["temperature"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn without_a_terminal_it_points_to_the_one_shot_commands() {
+    let sb = crate::util::Sandbox::new();
+    let e = sb.fails(&["tui", "-m", crate::util::m(), "-p", PROMPT], 2);
+    assert!(
+        e.contains("needs a terminal") && e.contains("ntv step"),
+        "{e}"
+    );
+    assert!(sb.session_bytes().is_none(), "nothing written");
+}
