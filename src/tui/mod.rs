@@ -37,6 +37,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("m M", "min-p down / up"),
     ("r R", "repetition penalty down / up"),
     ("c", "cycle the presets"),
+    (
+        "a",
+        "attribution of the token under the cursor / the highlighted candidate",
+    ),
+    (
+        "A",
+        "next attribution method (attention is instant; the others take seconds)",
+    ),
     ("b B", "next / previous branch"),
     ("?", "this help"),
     ("q / esc", "quit (the session is saved)"),
@@ -58,6 +66,10 @@ pub struct App<'m> {
     pub(crate) help: bool,
     pub(crate) status: String,
     pub(crate) quit: bool,
+    /// The attribution overlay, when shown.
+    pub(crate) attribution: Option<crate::record::AttributionRecord>,
+    pub(crate) method: crate::attribution::Method,
+    explainer: Option<crate::workbench::explain::Explainer<'m>>,
 }
 
 impl<'m> App<'m> {
@@ -74,6 +86,9 @@ impl<'m> App<'m> {
             help: false,
             status: "ready".into(),
             quit: false,
+            attribution: None,
+            method: crate::attribution::Method::Attention,
+            explainer: None,
         })
     }
 
@@ -85,6 +100,11 @@ impl<'m> App<'m> {
     /// Whether `q` was pressed.
     pub fn quitting(&self) -> bool {
         self.quit
+    }
+
+    /// The attribution overlay on screen, if any.
+    pub fn attribution_shown(&self) -> Option<&crate::record::AttributionRecord> {
+        self.attribution.as_ref()
     }
 
     /// The distribution on screen.
@@ -161,6 +181,48 @@ impl<'m> App<'m> {
         self.refresh()
     }
 
+    /// Attribute the token under the cursor, or the highlighted candidate at the end.
+    fn attribute(&mut self) -> Result<()> {
+        use crate::attribution::request::TargetSel;
+        let sel = match self.cursor {
+            Some(i) => TargetSel::Index(i as i64),
+            None => match self.dist.tokens.get(self.row) {
+                Some(c) => TargetSel::Token(i64::from(c.id)),
+                None => return Ok(()),
+            },
+        };
+        let model = self.wb.model();
+        let ctx = self.wb.settings().context.clone();
+        let explainer = self
+            .explainer
+            .get_or_insert_with(|| crate::workbench::explain::Explainer::new(model, &ctx));
+        let opts = crate::attribution::Options {
+            method: self.method,
+            ..Default::default()
+        };
+        let mut records = self.wb.attribute(explainer, sel, &opts)?;
+        self.attribution = records.pop();
+        Ok(())
+    }
+
+    fn next_method(&mut self) -> Result<()> {
+        use crate::attribution::Method;
+        const ORDER: [Method; 5] = [
+            Method::Attention,
+            Method::Occlusion,
+            Method::Saliency,
+            Method::InputXGradient,
+            Method::IntegratedGradients,
+        ];
+        let at = ORDER.iter().position(|m| *m == self.method).unwrap_or(0);
+        self.method = ORDER[(at + 1) % ORDER.len()];
+        self.status = format!("attribution method {}", self.method.name());
+        if self.attribution.is_some() {
+            self.attribute()?;
+        }
+        Ok(())
+    }
+
     fn nudge(&mut self, f: impl FnOnce(&mut SamplingParams)) -> Result<()> {
         let mut p = self.wb.settings().params.clone();
         f(&mut p);
@@ -210,6 +272,11 @@ impl<'m> App<'m> {
         }
         if self.help {
             self.help = false;
+            return Ok(());
+        }
+        if self.attribution.is_some() && !matches!(key.code, KeyCode::Char('A')) {
+            // Any key but the method switch closes the overlay.
+            self.attribution = None;
             return Ok(());
         }
         let n = self.wb.completion().len();
@@ -285,6 +352,8 @@ impl<'m> App<'m> {
             }
             KeyCode::Char('R') => self.nudge(|p| p.repetition_penalty += 0.05),
             KeyCode::Char('c') => self.cycle_preset(),
+            KeyCode::Char('a') => self.attribute(),
+            KeyCode::Char('A') => self.next_method(),
             KeyCode::Char('b') => self.switch_branch(1),
             KeyCode::Char('B') => self.switch_branch(-1),
             _ => Ok(()),

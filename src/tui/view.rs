@@ -198,6 +198,69 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
     if app.help {
         help(f, area);
     }
+    if let Some(r) = &app.attribution {
+        attribution(f, area, r);
+    }
+}
+
+/// The attribution overlay: the target, then the context's strongest contributors with bars.
+fn attribution(f: &mut Frame<'_>, area: Rect, r: &crate::record::AttributionRecord) {
+    let w = area.width.saturating_sub(4).min(90);
+    let h = area.height.saturating_sub(2).min(18);
+    let rect = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    let mut top: Vec<&crate::record::ScoredToken> = r.scores.iter().collect();
+    top.sort_by(|a, b| {
+        b.score
+            .abs()
+            .total_cmp(&a.score.abs())
+            .then(a.index.cmp(&b.index))
+    });
+    let max = top
+        .first()
+        .map_or(1.0, |t| t.score.abs().max(f64::MIN_POSITIVE));
+    let rows = top.iter().take(h.saturating_sub(4) as usize).map(|t| {
+        Row::new(vec![
+            t.index.to_string(),
+            t.display.clone(),
+            if t.completion { "completion" } else { "prompt" }.to_string(),
+            format!("{:.4}", t.score),
+            bar(t.score.abs() / max, 12),
+        ])
+    });
+    let title = format!(
+        " why {:?} ({}, p {}) · {} · A: next method · any key closes ",
+        r.target.display,
+        match r.target.index {
+            Some(i) => format!("completion token {i}"),
+            None => "candidate".to_string(),
+        },
+        pct(r.target.prob),
+        r.method.name()
+    );
+    f.render_widget(Clear, rect);
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(6),
+                Constraint::Min(12),
+                Constraint::Length(11),
+                Constraint::Length(9),
+                Constraint::Length(13),
+            ],
+        )
+        .header(
+            Row::new(vec!["index", "token", "where", "score", ""])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::new().borders(Borders::ALL).title(title)),
+        rect,
+    );
 }
 
 fn help(f: &mut Frame<'_>, area: Rect) {

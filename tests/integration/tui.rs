@@ -79,6 +79,23 @@ fn screens_of_the_main_states() {
     insta::assert_snapshot!("tui_cursor_on_token_1", screen(&app, 80, 24));
     press(&mut app, "?");
     insta::assert_snapshot!("tui_help", screen(&app, 80, 24));
+    press(&mut app, "?a");
+    let r = app.attribution_shown().expect("the overlay");
+    assert_eq!(
+        (r.target.index, r.method),
+        (Some(1), ntv::attribution::Method::Attention)
+    );
+    let sum: f64 = r.scores.iter().map(|t| t.score).sum();
+    assert!(
+        (sum - 1.0).abs() < 1e-6,
+        "attention scores are a distribution: {sum}"
+    );
+    insta::assert_snapshot!("tui_attribution", screen(&app, 100, 30));
+    press(&mut app, "x");
+    assert!(
+        app.attribution_shown().is_none(),
+        "any key closes the overlay"
+    );
 
     let spec = ntv::constraint::ConstraintSpec {
         kind: ntv::constraint::ConstraintKind::Choice,
