@@ -418,11 +418,114 @@ fn main() {
     if want(7) {
         constraint_masks(&model);
     }
+    // 9. The explorer.
+    if want(9) {
+        tui_costs(&model, threads);
+    }
     // 8. A sweep against a preview.
     if want(8) {
         sweep_vs_preview(exe, &path, threads, rounds);
     }
     println!("\nmodel load in-process: {load_ms:.0} ms");
+}
+
+/// Section 9: the explorer's costs in process: a knob change (set the parameter, recompute
+/// the distribution from the logits in memory, draw 120×40), a step with its draw next to a
+/// bare one-token decode, and the time from a loaded model to the first frame.
+fn tui_costs(model: &Model, threads: i32) {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    let settings = RunSettings {
+        prompt: Some(PromptSpec {
+            prompt: "The capital of France is".into(),
+            system: "You are a helpful assistant.".into(),
+            chat_template: true,
+        }),
+        params: SamplingParams::default(),
+        preset: None,
+        greedy: false,
+        display_k: 30,
+        context: ContextOptions {
+            n_ctx: 2048,
+            n_threads: threads,
+            n_batch: 512,
+        },
+        gpu_layers: None,
+        constraint: None,
+        model: ModelChoice::Default,
+        cache: CacheSetting::Off,
+        seed: SeedChoice {
+            seed: Some(7),
+            reset_rng: false,
+        },
+        stops: Vec::new(),
+        max_tokens: None,
+    };
+    let mut term = Terminal::new(TestBackend::new(120, 40)).expect("terminal");
+    let t = Instant::now();
+    let wb = Workbench::open(
+        model,
+        SessionStore::detached(),
+        settings,
+        Mode::Record { reset: false },
+    )
+    .expect("core");
+    let mut app = ntv::tui::App::open(wb);
+    term.draw(|f| ntv::tui::view::draw(f, &app)).expect("draw");
+    let first_frame = t.elapsed().as_secs_f64() * 1e3;
+    app.ready().expect("prefill");
+    let key = |c: char| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+    let mut knob = Vec::new();
+    for i in 0..60 {
+        let t = Instant::now();
+        app.key(key(if i % 2 == 0 { 'T' } else { 't' }))
+            .expect("key");
+        term.draw(|f| ntv::tui::view::draw(f, &app)).expect("draw");
+        knob.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut step = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        app.key(key('g')).expect("key");
+        term.draw(|f| ntv::tui::view::draw(f, &app)).expect("draw");
+        step.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    // The bare engine: one decode of one token after a context of the same length.
+    let ids = app.workbench().prompt_ids().to_vec();
+    let mut dec = Decoder::new(
+        model,
+        &ContextOptions {
+            n_ctx: 2048,
+            n_threads: threads,
+            n_batch: 512,
+        },
+    )
+    .expect("context");
+    dec.eval(&ids).expect("prefill");
+    let mut bare = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        dec.push(504).expect("decode");
+        bare.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("\n## 9. `ntv tui` in process (120×40 frame, display 30), ms (median)");
+    println!("| measure | ms |");
+    println!("|---|---:|");
+    println!(
+        "| knob change: recompute + draw (target ≤ 16) | {:.2} |",
+        median(knob)
+    );
+    let (s, b) = (median(step), median(bare));
+    println!("| greedy step + draw | {s:.2} |");
+    println!("| bare one-token decode | {b:.2} |");
+    println!(
+        "| **step + draw − decode** (target ≤ 2) | **{:.2}** |",
+        s - b
+    );
+    println!(
+        "| loaded model → first frame, the context shown while it decodes (target ≤ 50) | {first_frame:.1} |"
+    );
 }
 
 /// Section 8: a 100-value temperature sweep against one preview of the same prompt, as

@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx<'_>, args: TuiArgs) -> Result<Exit> {
     let (store, settings) = prepare(ctx, &flags, mode)?;
     let (model, _) = model_of(&settings)?;
     let wb = Workbench::open(&model, store, settings, mode)?;
-    let mut app = App::new(wb)?;
+    let mut app = App::open(wb);
     let result = crate::tui::run(&mut app);
     // The session is saved whatever ended the loop, so no step taken is lost.
     let saved = app.save();

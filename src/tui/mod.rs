@@ -56,6 +56,8 @@ pub struct App<'m> {
     /// The distribution shown: the next token's, or the one recorded for the token under the
     /// cursor.
     pub(crate) dist: Dist,
+    /// Nothing decoded yet (the first frame).
+    pub(crate) pending: bool,
     /// Completion index under the cursor; `None`: the next token.
     pub(crate) cursor: Option<usize>,
     /// Highlighted candidate row.
@@ -73,12 +75,33 @@ pub struct App<'m> {
 }
 
 impl<'m> App<'m> {
-    /// The explorer over an opened core (its distribution computed at once).
-    pub fn new(mut wb: Workbench<'m>) -> Result<Self> {
-        let dist = wb.preview()?;
-        Ok(Self {
+    /// The explorer over an opened core, its distribution computed at once.
+    pub fn new(wb: Workbench<'m>) -> Result<Self> {
+        let mut app = Self::open(wb);
+        app.ready()?;
+        Ok(app)
+    }
+
+    /// The explorer before anything is decoded: the first frame shows the context at once and
+    /// says it is decoding; [`App::ready`] then computes the distribution.
+    pub fn open(wb: Workbench<'m>) -> Self {
+        let dist = Dist {
+            top_k: wb.settings().display_k,
+            tokens: Vec::new(),
+            other_p_base: 0.0,
+            other_p_final: 0.0,
+            kept_token_count: 0,
+            valid_token_count: None,
+            constraint_active: false,
+            constraint_type: None,
+            entropy_base: 0.0,
+            entropy_final: 0.0,
+            params: wb.settings().params.clone(),
+        };
+        Self {
             wb,
             dist,
+            pending: true,
             cursor: None,
             row: 0,
             playing: false,
@@ -89,7 +112,15 @@ impl<'m> App<'m> {
             attribution: None,
             method: crate::attribution::Method::Attention,
             explainer: None,
-        })
+        }
+    }
+
+    /// Decode the context (when [`App::open`] left it) and show the distribution.
+    pub fn ready(&mut self) -> Result<()> {
+        if self.pending {
+            self.refresh()?;
+        }
+        Ok(())
     }
 
     /// The core.
@@ -129,6 +160,7 @@ impl<'m> App<'m> {
             None => self.wb.preview()?,
         };
         self.row = self.row.min(self.dist.tokens.len().saturating_sub(1));
+        self.pending = false;
         Ok(())
     }
 
@@ -403,6 +435,9 @@ pub fn run(app: &mut App<'_>) -> Result<()> {
 }
 
 fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App<'_>) -> Result<()> {
+    // The first frame before the prefill: the context shows at once.
+    terminal.draw(|f| view::draw(f, app))?;
+    app.ready()?;
     while !app.quitting() {
         terminal.draw(|f| view::draw(f, app))?;
         // Idle: block on the next key (no busy loop); playing: wake up every tick.

@@ -147,6 +147,7 @@ fn distribution(app: &App<'_>, height: u16) -> Table<'static> {
         })
         .collect::<Vec<_>>();
     let title = match app.cursor {
+        _ if app.pending => " decoding the context… ".to_string(),
         Some(i) => format!(" token {i} as recorded · kept {} ", d.kept_token_count),
         None => format!(
             " next token · kept {} · entropy {:.2} → {:.2} bits ",

@@ -71,7 +71,15 @@ fn screens_of_the_main_states() {
         Mode::Record { reset: false },
     )
     .unwrap();
-    let mut app = App::new(wb).unwrap();
+    // The first frame comes before any decode: the context, and a note that it decodes.
+    let mut app = App::open(wb);
+    let first = screen(&app, 80, 24);
+    assert!(
+        first.contains("decoding the context") && first.contains("25 + 0 tokens"),
+        "{first}"
+    );
+    assert_eq!(app.workbench().cache_use().decoded_tokens, 0);
+    app.ready().unwrap();
     insta::assert_snapshot!("tui_fresh_80x24", screen(&app, 80, 24));
     press(&mut app, "ggg");
     insta::assert_snapshot!("tui_three_steps_wide", screen(&app, 140, 40));
