@@ -139,6 +139,7 @@ completion keeps every token up to and including the one that completed the stop
 Keys: s/space step · g greedy · p play · enter/f force the highlighted candidate · u undo ·
 ←/→ move over the completion (another candidate on an earlier token rewinds onto a new branch)
 · t/T temperature · o/O top-p · [/] top-k · m/M min-p · r/R repetition penalty · c presets ·
+F force text · e edit the prompt · C constraint off/on · a attribution (A: next method) ·
 b/B branches · ? help · q quit.")]
     Tui(TuiArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.

@@ -24,7 +24,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("↑ ↓ / k j", "highlight a candidate"),
     (
         "enter / f",
-        "force the highlighted candidate (earlier token: new branch)",
+        "force the highlighted candidate (earlier: new branch)",
     ),
     (
         "← → / h l",
@@ -37,14 +37,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("m M", "min-p down / up"),
     ("r R", "repetition penalty down / up"),
     ("c", "cycle the presets"),
-    (
-        "a",
-        "attribution of the token under the cursor / the highlighted candidate",
-    ),
-    (
-        "A",
-        "next attribution method (attention is instant; the others take seconds)",
-    ),
+    ("F", "type text to force (enter appends it, esc cancels)"),
+    ("e", "edit the prompt (enter re-prefills)"),
+    ("C", "switch the constraint off / back on"),
+    ("a", "why this token (under the cursor, or the candidate)"),
+    ("A", "next attribution method (gradient ones take seconds)"),
     ("b B", "next / previous branch"),
     ("?", "this help"),
     ("q / esc", "quit (the session is saved)"),
@@ -72,6 +69,19 @@ pub struct App<'m> {
     pub(crate) attribution: Option<crate::record::AttributionRecord>,
     pub(crate) method: crate::attribution::Method,
     explainer: Option<crate::workbench::explain::Explainer<'m>>,
+    /// A line being typed (free text to force, or a new prompt).
+    pub(crate) input: Option<(InputKind, String)>,
+    /// The constraint switched off with `C`, to switch it back on.
+    parked: Option<crate::constraint::ConstraintSpec>,
+}
+
+/// What a typed line is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// Text appended as forced tokens.
+    ForceText,
+    /// A new user prompt (re-prefills; the old completion is kept aside on save).
+    Prompt,
 }
 
 impl<'m> App<'m> {
@@ -112,6 +122,8 @@ impl<'m> App<'m> {
             attribution: None,
             method: crate::attribution::Method::Attention,
             explainer: None,
+            input: None,
+            parked: None,
         }
     }
 
@@ -237,6 +249,54 @@ impl<'m> App<'m> {
         Ok(())
     }
 
+    fn submit(&mut self, kind: InputKind, text: &str) -> Result<()> {
+        match kind {
+            InputKind::ForceText => {
+                self.cursor = None;
+                let plan = self.wb.force_text(text)?;
+                self.wb.step(&plan, None, false, &mut |_| Ok(()))?;
+                self.status = format!("forced {text:?}");
+            }
+            InputKind::Prompt => {
+                let mut p = self.wb.settings().prompt.clone().unwrap_or_else(|| {
+                    crate::settings::PromptSpec {
+                        prompt: String::new(),
+                        system: crate::chat::DEFAULT_SYSTEM.into(),
+                        chat_template: true,
+                    }
+                });
+                p.prompt = text.to_string();
+                self.wb.set_prompt(p)?;
+                self.cursor = None;
+                self.status = "new prompt".into();
+            }
+        }
+        self.refresh()
+    }
+
+    fn toggle_constraint(&mut self) -> Result<()> {
+        let now = self.wb.settings().constraint.clone();
+        match (now, self.parked.take()) {
+            (Some(c), _) => {
+                self.wb.set_constraint(None)?;
+                self.status = format!("constraint {} off (C: back on)", c.kind);
+                self.parked = Some(c);
+            }
+            (None, Some(c)) => {
+                if let Err(e) = self.wb.set_constraint(Some(c.clone())) {
+                    self.parked = Some(c);
+                    return Err(e);
+                }
+                self.status = format!("constraint {} on", c.kind);
+            }
+            (None, None) => {
+                self.status =
+                    "no constraint (give one with --regex, --choice, … when starting)".into();
+            }
+        }
+        self.refresh()
+    }
+
     fn next_method(&mut self) -> Result<()> {
         use crate::attribution::Method;
         const ORDER: [Method; 5] = [
@@ -304,6 +364,27 @@ impl<'m> App<'m> {
         }
         if self.help {
             self.help = false;
+            return Ok(());
+        }
+        if let Some((kind, text)) = &mut self.input {
+            match key.code {
+                KeyCode::Esc => self.input = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c) => text.push(c),
+                KeyCode::Enter => {
+                    let (kind, text) = (*kind, std::mem::take(text));
+                    self.input = None;
+                    if let Err(e) = self.submit(kind, &text) {
+                        if !e.is_input() {
+                            return Err(e);
+                        }
+                        self.status = e.message();
+                    }
+                }
+                _ => {}
+            }
             return Ok(());
         }
         if self.attribution.is_some() && !matches!(key.code, KeyCode::Char('A')) {
@@ -385,6 +466,16 @@ impl<'m> App<'m> {
             KeyCode::Char('R') => self.nudge(|p| p.repetition_penalty += 0.05),
             KeyCode::Char('c') => self.cycle_preset(),
             KeyCode::Char('a') => self.attribute(),
+            KeyCode::Char('F') => {
+                self.input = Some((InputKind::ForceText, String::new()));
+                Ok(())
+            }
+            KeyCode::Char('e') => {
+                let now = self.wb.settings().prompt.as_ref().map(|p| p.prompt.clone());
+                self.input = Some((InputKind::Prompt, now.unwrap_or_default()));
+                Ok(())
+            }
+            KeyCode::Char('C') => self.toggle_constraint(),
             KeyCode::Char('A') => self.next_method(),
             KeyCode::Char('b') => self.switch_branch(1),
             KeyCode::Char('B') => self.switch_branch(-1),

@@ -191,11 +191,24 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
     } else {
         String::new()
     };
-    f.render_widget(
-        Paragraph::new(format!("{play}{} · ? keys · q quit", app.status))
-            .style(Style::new().add_modifier(Modifier::DIM)),
-        status,
-    );
+    match &app.input {
+        Some((kind, text)) => f.render_widget(
+            Paragraph::new(format!(
+                "{}: {text}▏  (enter: ok · esc: cancel)",
+                match kind {
+                    super::InputKind::ForceText => "force text",
+                    super::InputKind::Prompt => "prompt",
+                }
+            ))
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+            status,
+        ),
+        None => f.render_widget(
+            Paragraph::new(format!("{play}{} · ? keys · q quit", app.status))
+                .style(Style::new().add_modifier(Modifier::DIM)),
+            status,
+        ),
+    }
     if app.help {
         help(f, area);
     }

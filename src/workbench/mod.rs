@@ -612,6 +612,30 @@ impl<'m> Workbench<'m> {
         self.resync()
     }
 
+    /// Set or drop the output constraint. The completion so far is replayed through the new
+    /// one (a token it rejects is an input error and nothing changes); the next preview
+    /// recomputes from the logits already decoded.
+    pub fn set_constraint(
+        &mut self,
+        spec: Option<crate::constraint::ConstraintSpec>,
+    ) -> Result<()> {
+        if let Some(s) = &spec {
+            crate::constraint::grammar(s.kind, &s.source)?;
+        }
+        if let Some(d) = &mut self.driver {
+            let matcher = build_constraint(self.model, spec.as_ref())?;
+            if let Err(e) = d.set_constraint(matcher) {
+                // Put the old one back before reporting.
+                let old = build_constraint(self.model, self.settings.constraint.as_ref())?;
+                d.set_constraint(old)?;
+                return Err(e.into());
+            }
+        }
+        self.settings.constraint = spec.clone();
+        self.store.session.constraint = spec;
+        Ok(())
+    }
+
     /// Change the sampling parameters and display count; the next preview recomputes from the
     /// logits already decoded.
     pub fn set_params(&mut self, params: SamplingParams, display_k: usize) -> Result<()> {

@@ -48,6 +48,8 @@ fn press(app: &mut App<'_>, keys: &str) {
             '>' => KeyCode::Right,
             'v' => KeyCode::Down,
             '\n' => KeyCode::Enter,
+            '\x08' => KeyCode::Backspace,
+            '\x1b' => KeyCode::Esc,
             c => KeyCode::Char(c),
         };
         app.key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -116,8 +118,14 @@ fn screens_of_the_main_states() {
         Mode::Record { reset: false },
     )
     .unwrap();
-    let app = App::new(wb).unwrap();
+    let mut app = App::new(wb).unwrap();
     insta::assert_snapshot!("tui_constraint", screen(&app, 100, 24));
+    assert_eq!(app.dist().kept_token_count, 1);
+    press(&mut app, "C");
+    assert_eq!(app.dist().kept_token_count, 22, "without the constraint");
+    assert!(app.workbench().session().constraint.is_none());
+    press(&mut app, "C");
+    assert_eq!(app.dist().kept_token_count, 1, "back on");
 }
 
 #[test]
@@ -184,6 +192,28 @@ fn keys_drive_the_core_and_knobs_decode_nothing() {
     press(&mut app, "b");
     assert_eq!(app.workbench().session().active_branch, "main");
     assert_eq!(app.workbench().completion(), &main[..]);
+    // Free text: typed on the status line, forced whole on enter; esc cancels.
+    let n = app.workbench().completion().len();
+    press(&mut app, "F Paris\n");
+    let paris = m.tokenize(" Paris", false, false);
+    assert_eq!(app.workbench().completion()[n..], paris[..]);
+    press(&mut app, "Fxyz\x1b");
+    assert_eq!(
+        app.workbench().completion().len(),
+        n + paris.len(),
+        "esc typed nothing"
+    );
+    // A new prompt re-prefills; the branch starts over.
+    press(&mut app, "e");
+    for _ in 0..PROMPT.len() {
+        press(&mut app, "\x08");
+    }
+    press(&mut app, "Name a colour.\n");
+    assert_eq!(
+        app.workbench().session().prompt.as_deref(),
+        Some("Name a colour.")
+    );
+    assert!(app.workbench().completion().is_empty());
     // A refused value stays on the status line; the parameters stay valid.
     press(&mut app, "oooooooooooooooooooooo");
     assert!(app.workbench().settings().params.top_p >= 0.05);
