@@ -229,6 +229,8 @@ struct Tmux {
 impl Tmux {
     fn run(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new("tmux")
+            // CI may run without a terminal type; the pane needs one.
+            .env("TERM", "xterm-256color")
             .arg("-S")
             .arg(&self.socket)
             .args(args)
