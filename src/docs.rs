@@ -82,7 +82,7 @@ fn render_page(cmd: clap::Command, name: &str) -> std::io::Result<Vec<u8>> {
     }
     roff.control("SH", ["SEE ALSO"]);
     roff.text([roman(
-        "ntv(1), ntv-load(1), ntv-preview(1), ntv-step(1), ntv-generate(1), ntv-branch(1), ntv-check(1), ntv-diff(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
+        "ntv(1), ntv-load(1), ntv-preview(1), ntv-sweep(1), ntv-step(1), ntv-generate(1), ntv-tui(1), ntv-branch(1), ntv-attribute(1), ntv-check(1), ntv-diff(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
     )]);
     roff.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
