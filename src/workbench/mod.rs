@@ -207,6 +207,8 @@ pub struct StepRun {
 /// The application core over one loaded model.
 pub struct Workbench<'m> {
     model: &'m Model,
+    /// The model's path and fingerprint, computed once at open (hashing 2 MiB of the file).
+    model_ref: ModelRef,
     store: SessionStore,
     settings: RunSettings,
     prompt: PromptSpec,
@@ -289,6 +291,7 @@ impl<'m> Workbench<'m> {
                 ..CacheUse::default()
             },
             model,
+            model_ref,
             store,
             settings,
             prompt,
@@ -661,8 +664,7 @@ impl<'m> Workbench<'m> {
     /// line; the KV cache keeps whatever prefix the old and new contexts share.
     pub fn set_prompt(&mut self, prompt: PromptSpec) -> Result<()> {
         let (text, ids) = prompt_ids(self.model, &prompt)?;
-        let model_ref = model_ref(self.model)?;
-        self.store.adopt(&model_ref, Some(&prompt), false)?;
+        self.store.adopt(&self.model_ref, Some(&prompt), false)?;
         self.settings.prompt = Some(prompt.clone());
         self.prompt = prompt;
         self.prompt_text = text;
