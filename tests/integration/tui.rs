@@ -41,6 +41,17 @@ fn settings(constraint: Option<ntv::constraint::ConstraintSpec>) -> RunSettings 
     }
 }
 
+/// A core over the test model with a detached session.
+fn open(m: &Model, constraint: Option<ntv::constraint::ConstraintSpec>) -> Workbench<'_> {
+    Workbench::open(
+        m,
+        SessionStore::detached(),
+        settings(constraint),
+        Mode::Record { reset: false },
+    )
+    .unwrap()
+}
+
 fn press(app: &mut App<'_>, keys: &str) {
     for c in keys.chars() {
         let code = match c {
@@ -66,13 +77,7 @@ fn screen(app: &App<'_>, w: u16, h: u16) -> String {
 #[test]
 fn screens_of_the_main_states() {
     let m = Model::load(model(), &LoadOptions::default()).expect("model");
-    let wb = Workbench::open(
-        &m,
-        SessionStore::detached(),
-        settings(None),
-        Mode::Record { reset: false },
-    )
-    .unwrap();
+    let wb = open(&m, None);
     // The first frame comes before any decode: the context, and a note that it decodes.
     let mut app = App::open(wb);
     let first = screen(&app, 80, 24);
@@ -111,13 +116,7 @@ fn screens_of_the_main_states() {
         kind: ntv::constraint::ConstraintKind::Choice,
         source: r#"["Paris", "Lyon"]"#.into(),
     };
-    let wb = Workbench::open(
-        &m,
-        SessionStore::detached(),
-        settings(Some(spec)),
-        Mode::Record { reset: false },
-    )
-    .unwrap();
+    let wb = open(&m, Some(spec));
     let mut app = App::new(wb).unwrap();
     insta::assert_snapshot!("tui_constraint", screen(&app, 100, 24));
     assert_eq!(app.dist().kept_token_count, 1);
@@ -131,13 +130,7 @@ fn screens_of_the_main_states() {
 #[test]
 fn keys_drive_the_core_and_knobs_decode_nothing() {
     let m = Model::load(model(), &LoadOptions::default()).expect("model");
-    let wb = Workbench::open(
-        &m,
-        SessionStore::detached(),
-        settings(None),
-        Mode::Record { reset: false },
-    )
-    .unwrap();
+    let wb = open(&m, None);
     let mut app = App::new(wb).unwrap();
     let decoded = app.workbench().cache_use().decoded_tokens;
     let before = app.dist().tokens[0].clone();
@@ -214,9 +207,15 @@ fn keys_drive_the_core_and_knobs_decode_nothing() {
         Some("Name a colour.")
     );
     assert!(app.workbench().completion().is_empty());
-    // A refused value stays on the status line; the parameters stay valid.
+    // The knobs stop at their bounds: top-p never leaves (0, 1].
     press(&mut app, "oooooooooooooooooooooo");
-    assert!(app.workbench().settings().params.top_p >= 0.05);
+    assert!((app.workbench().settings().params.top_p - 0.05).abs() < 1e-9);
+    // Refused input goes to the status line and changes nothing.
+    let n = app.workbench().completion().len();
+    press(&mut app, "F\n");
+    assert_eq!(app.workbench().completion().len(), n);
+    let s = screen(&app, 100, 24);
+    assert!(s.contains("--text is empty"), "the refusal is shown:\n{s}");
     press(&mut app, "q");
     assert!(app.quitting());
 }
