@@ -122,8 +122,8 @@ completion keeps every token up to and including the one that completed the stop
     /// KNOB=FROM:TO:STEP (both ends included) or KNOB=a,b,c; knobs: temp, top-p, top-k, min-p,
     /// repeat-penalty, presence-penalty, frequency-penalty, penalty-last-n. Rows are the tokens
     /// some value keeps, by p_base; a cell is p_final, or the stage that cut the token. With
-    /// more than 12 values the table turns (values as rows). JSON adds each value's kept set
-    /// and where each candidate enters or leaves it.
+    /// more than 12 values the table turns (values as rows). JSON adds each value's kept count
+    /// and ids (the first --max-kept) and where each candidate enters or leaves the kept set.
     #[command(after_help = "Examples:
   ntv sweep temp=0.1:2:0.1 -p \"The capital of France is\"
   ntv sweep top-p=0.5,0.8,0.9,0.95,1 --at 0
