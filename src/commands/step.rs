@@ -2,7 +2,7 @@
 
 use crate::cli::StepArgs;
 use crate::error::{Exit, Result, input_err};
-use crate::record::{StepAction, StepDoc};
+use crate::record::StepAction;
 use crate::workbench::{self, Mode, Workbench};
 
 use super::{Ctx, Flags, emit, model_of, notify, prepare};
@@ -13,28 +13,7 @@ fn undo(ctx: &Ctx<'_>, n: usize) -> Result<Exit> {
     store.require_existing("create one with `ntv step -p PROMPT` or pass --session FILE")?;
     let removed = workbench::undo(&mut store.session, n)?;
     store.save()?;
-    let s = &store.session;
-    let branch = s.active();
-    let doc = StepDoc {
-        schema: "ntv.step/1".into(),
-        branch: branch.name.clone(),
-        created_branch: None,
-        action: StepAction::Undo,
-        steps: Vec::new(),
-        appended: Vec::new(),
-        appended_meta: Vec::new(),
-        new_completion_ids: Vec::new(),
-        removed_ids: removed,
-        completion_ids: branch.completion_ids.clone(),
-        completion_tokens: workbench::recorded_pills(branch),
-        completion_text: workbench::recorded_text(branch),
-        context_token_count: 0,
-        done: false,
-        stop_reason: None,
-        seed: branch.seed,
-        constraint: s.constraint.clone(),
-        cache: Default::default(),
-    };
+    let doc = workbench::undo_doc(&store.session, removed);
     emit(&ctx.output(None), &doc)?;
     Ok(Exit::Success)
 }

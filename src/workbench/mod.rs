@@ -842,6 +842,31 @@ impl<'m> Workbench<'m> {
     }
 }
 
+/// The `ntv step --undo` document, from the session's records alone (no model needed).
+pub fn undo_doc(session: &Session, removed: Vec<i32>) -> StepDoc {
+    let branch = session.active();
+    StepDoc {
+        schema: "ntv.step/1".into(),
+        branch: branch.name.clone(),
+        created_branch: None,
+        action: StepAction::Undo,
+        steps: Vec::new(),
+        appended: Vec::new(),
+        appended_meta: Vec::new(),
+        new_completion_ids: Vec::new(),
+        removed_ids: removed,
+        completion_ids: branch.completion_ids.clone(),
+        completion_tokens: recorded_pills(branch),
+        completion_text: recorded_text(branch),
+        context_token_count: 0,
+        done: false,
+        stop_reason: None,
+        seed: branch.seed,
+        constraint: session.constraint.clone(),
+        cache: CacheUse::default(),
+    }
+}
+
 /// Drop the last `n` tokens of the session's active branch (no model needed); returns them.
 pub fn undo(session: &mut Session, n: usize) -> Result<Vec<i32>> {
     let before = session.active().completion_ids.clone();
