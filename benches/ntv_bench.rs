@@ -74,7 +74,8 @@ fn main() {
     );
 
     let t = Instant::now();
-    let model = Model::load(&path, &LoadOptions::default()).expect("load");
+    // Shared (`Arc`) because the explorer hands it to its attribution thread.
+    let model = std::sync::Arc::new(Model::load(&path, &LoadOptions::default()).expect("load"));
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let prompt = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n";
     let ids = model.tokenize(prompt, false, true);
@@ -432,7 +433,7 @@ fn main() {
 /// Section 9: the explorer's costs in process: a knob change (set the parameter, recompute
 /// the distribution from the logits in memory, draw 120×40), a step with its draw next to a
 /// bare one-token decode, and the time from a loaded model to the first frame.
-fn tui_costs(model: &Model, threads: i32) {
+fn tui_costs(model: &std::sync::Arc<Model>, threads: i32) {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -471,7 +472,7 @@ fn tui_costs(model: &Model, threads: i32) {
         Mode::Record { reset: false },
     )
     .expect("core");
-    let mut app = ntv::tui::App::open(wb);
+    let mut app = ntv::tui::App::open(wb, std::sync::Arc::clone(model));
     term.draw(|f| ntv::tui::view::draw(f, &app)).expect("draw");
     let first_frame = t.elapsed().as_secs_f64() * 1e3;
     app.ready().expect("prefill");

@@ -140,7 +140,7 @@ Keys: s/space step · g greedy · p play · enter/f force the highlighted candid
 ←/→ move over the completion (another candidate on an earlier token rewinds onto a new branch)
 · t/T temperature · o/O top-p · [/] top-k · m/M min-p · r/R repetition penalty · c presets ·
 F force text · e edit the prompt · C constraint off/on · a attribution (A: next method) ·
-b/B branches · ? help · q quit.")]
+esc cancels a running attribution · b/B branches · ? help · q quit.")]
     Tui(TuiArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.
     /// Writes the session (except list, show and diff).

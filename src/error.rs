@@ -136,6 +136,11 @@ impl Error {
         self.hint.as_deref()
     }
 
+    /// The typed cause of kind `E` anywhere in the chain, if there is one.
+    pub fn find<E: std::error::Error + Send + Sync + 'static>(&self) -> Option<&E> {
+        self.chain.chain().find_map(|c| c.downcast_ref::<E>())
+    }
+
     /// The reader went away (`ntv … | head`): not a failure.
     pub fn is_broken_pipe(&self) -> bool {
         self.chain.chain().any(|c| {

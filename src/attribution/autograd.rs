@@ -34,6 +34,7 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor
 
 use super::error::AttributionError;
 use super::legendre::gauss_legendre_unit;
+use super::watch::Watch;
 
 /// GGUF architectures the autograd forward supports.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
@@ -735,7 +736,30 @@ pub fn attribute(
     target_fn: TargetFn,
     agg: Agg,
 ) -> Result<GradAttribution, AttributionError> {
-    attribute_inner(model, context, target, method, target_fn, agg)
+    attribute_inner(
+        model,
+        context,
+        target,
+        method,
+        target_fn,
+        agg,
+        &Watch::default(),
+    )
+}
+
+/// [`attribute`], reporting progress to `watch` (integrated gradients: one unit per quadrature
+/// node, counted as each batch of nodes finishes; the other methods: one unit) and stopping
+/// between batches once it is cancelled. The units are added to the watch's total here.
+pub fn attribute_watched(
+    model: &AutogradModel,
+    context: &[u32],
+    target: u32,
+    method: GradMethod,
+    target_fn: TargetFn,
+    agg: Agg,
+    watch: &Watch,
+) -> Result<GradAttribution, AttributionError> {
+    attribute_inner(model, context, target, method, target_fn, agg, watch)
 }
 
 fn attribute_inner(
@@ -745,16 +769,20 @@ fn attribute_inner(
     method: GradMethod,
     target_fn: TargetFn,
     agg: Agg,
+    watch: &Watch,
 ) -> Result<GradAttribution, AttributionError> {
     if context.is_empty() {
         return Err(AttributionError::BadInput("the context is empty".into()));
     }
     model.check_ids(&[target])?;
+    watch.check()?;
     let e = model.embed(context)?; // [1, n, d]
     let (_, n, d) = e.dims3()?;
     let (attr, target_prob, completeness) = match method {
         GradMethod::Saliency | GradMethod::InputXGradient => {
+            watch.add_total(1);
             let (_, g, logits) = value_and_grad(model, &e, target, target_fn)?;
+            watch.advance(1);
             let p = prob_of(&logits, target)?;
             let attr = if method == GradMethod::Saliency {
                 g
@@ -778,7 +806,9 @@ fn attribute_inner(
             let per_input = (per_layer * model.n_layer()).max(1);
             let chunk = (IG_MEMORY_BUDGET / per_input).clamp(1, IG_MAX_BATCH);
             let mut acc = Tensor::zeros((1, n, d), DType::F32, &model.device)?;
+            watch.add_total(steps as u64);
             for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
+                watch.check()?;
                 let k = a_chunk.len();
                 let a = Tensor::from_vec(
                     a_chunk.iter().map(|&a| a as f32).collect::<Vec<_>>(),
@@ -793,7 +823,9 @@ fn attribute_inner(
                 let inputs = b.broadcast_add(&diff.broadcast_mul(&a)?)?;
                 let (_, g, _) = value_and_grad(model, &inputs, target, target_fn)?;
                 acc = (acc + g.broadcast_mul(&w)?.sum_keepdim(0)?)?;
+                watch.advance(k as u64);
             }
+            watch.check()?;
             let attr = (&diff * &acc)?;
             // f(input) and f(baseline) in one forward of two rows.
             let ends = Tensor::cat(&[&e, &b], 0)?;

@@ -23,6 +23,8 @@ pub enum AttributionError {
     BadInput(String),
     #[error("autograd computation failed: {0}")]
     Compute(String),
+    #[error("the attribution was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
 }
@@ -33,7 +35,7 @@ impl AttributionError {
         match self {
             Self::UnsupportedArchitecture { .. } | Self::BadInput(_) | Self::Gguf { .. } => true,
             Self::Engine(e) => e.is_input(),
-            Self::Io { .. } | Self::BadModel { .. } | Self::Compute(_) => false,
+            Self::Io { .. } | Self::BadModel { .. } | Self::Compute(_) | Self::Cancelled => false,
         }
     }
 

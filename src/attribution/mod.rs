@@ -13,6 +13,7 @@ pub mod legendre;
 pub mod occlusion;
 pub mod request;
 pub mod runner;
+pub mod watch;
 
 pub use autograd::{
     Agg, AutogradModel, Baseline, GradAttribution, GradMethod, SUPPORTED_ARCHITECTURES, TargetFn,
@@ -20,3 +21,4 @@ pub use autograd::{
 };
 pub use error::AttributionError;
 pub use runner::{Attributor, BaselineChoice, Engine, Method, Options, Outcome, Target};
+pub use watch::Watch;

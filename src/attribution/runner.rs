@@ -132,6 +132,8 @@ pub struct Options {
     /// Integrated gradients' quadrature nodes.
     pub steps: usize,
     pub baseline: BaselineChoice,
+    /// Progress and cancellation (see [`super::Watch`]); the default reports to nobody.
+    pub watch: super::Watch,
 }
 
 impl Default for Options {
@@ -143,6 +145,7 @@ impl Default for Options {
             attention: AttentionOptions::default(),
             steps: 50,
             baseline: BaselineChoice::Unk,
+            watch: super::Watch::default(),
         }
     }
 }
@@ -308,8 +311,11 @@ impl<'m> Attributor<'m> {
                 aopts.raw = opts.agg != Agg::Inseq;
                 let rows: Vec<(usize, i32)> =
                     targets.iter().map(|t| (t.context_len - 1, t.id)).collect();
+                opts.watch.add_total(1);
+                opts.watch.check()?;
                 let cap = self.capture(longest)?;
                 let out = attention::attribute_many(cap, &tokens[..longest], &rows, &aopts)?;
+                opts.watch.advance(1);
                 Ok(out
                     .into_iter()
                     .map(|a| Outcome {
@@ -330,9 +336,12 @@ impl<'m> Attributor<'m> {
                 };
                 let f = target_fn.unwrap_or(TargetFn::Logprob);
                 let mut out = Vec::with_capacity(targets.len());
+                opts.watch.add_total(targets.len() as u64);
                 for t in targets {
+                    opts.watch.check()?;
                     let occ = self.occluder(t.context_len)?;
                     let o = occlusion::attribute(occ, &tokens[..t.context_len], t.id, f, agg)?;
+                    opts.watch.advance(1);
                     out.push(Outcome {
                         target_prob: o.target_prob(),
                         scores: o.scores,
@@ -365,8 +374,17 @@ impl<'m> Attributor<'m> {
                 let mut out = Vec::with_capacity(targets.len());
                 for t in targets {
                     let ctx: Vec<u32> = tokens[..t.context_len].iter().map(|&i| i as u32).collect();
-                    let run =
-                        || autograd::attribute(model, &ctx, t.id as u32, method.clone(), f, agg);
+                    let run = || {
+                        autograd::attribute_watched(
+                            model,
+                            &ctx,
+                            t.id as u32,
+                            method.clone(),
+                            f,
+                            agg,
+                            &opts.watch,
+                        )
+                    };
                     let g = match &self.pool {
                         Some(pool) => pool.install(run)?,
                         None => run()?,

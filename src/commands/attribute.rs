@@ -43,6 +43,7 @@ fn options(args: &AttributeArgs) -> Result<Options> {
         },
         steps: args.steps,
         baseline: args.baseline,
+        watch: Default::default(),
     })
 }
 

@@ -22,8 +22,10 @@ pub fn run(ctx: &Ctx<'_>, args: TuiArgs) -> Result<Exit> {
     let mode = Mode::Record { reset: args.reset };
     let (store, settings) = prepare(ctx, &flags, mode)?;
     let (model, _) = model_of(&settings)?;
+    // Shared with the explorer's attribution thread.
+    let model = std::sync::Arc::new(model);
     let wb = Workbench::open(&model, store, settings, mode)?;
-    let mut app = App::open(wb);
+    let mut app = App::open(wb, std::sync::Arc::clone(&model));
     let result = crate::tui::run(&mut app);
     // The session is saved whatever ended the loop, so no step taken is lost.
     let saved = app.save();

@@ -110,21 +110,27 @@ impl Palette {
         if !self.on {
             return s.to_string();
         }
-        let ramp = if negative { &HEAT_NEG } else { &HEAT_POS };
-        let l = if level.is_finite() {
-            level.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let i = ((l * (ramp.len() - 1) as f64).round() as usize).min(ramp.len() - 1);
-        let fg = if i >= 6 { 16 } else { 255 };
+        let (bg, fg) = heat_colours(level, negative);
         s.style(
             Style::new()
-                .on_color(owo_colors::XtermColors::from(ramp[i]))
+                .on_color(owo_colors::XtermColors::from(bg))
                 .color(owo_colors::XtermColors::from(fg)),
         )
         .to_string()
     }
+}
+
+/// The (background, foreground) xterm colours of a heatmap cell at `level` in [0, 1]: one
+/// ramp for the tables and the explorer alike.
+pub fn heat_colours(level: f64, negative: bool) -> (u8, u8) {
+    let ramp = if negative { &HEAT_NEG } else { &HEAT_POS };
+    let l = if level.is_finite() {
+        level.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let i = ((l * (ramp.len() - 1) as f64).round() as usize).min(ramp.len() - 1);
+    (ramp[i], if i >= 6 { 16 } else { 255 })
 }
 #[cfg(test)]
 mod tests {

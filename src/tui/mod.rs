@@ -5,11 +5,14 @@
 //! on panic (ratatui's init installs the hook).
 
 pub mod view;
+mod worker;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
+use crate::engine::Model;
 use crate::error::Result;
 use crate::record::{Dist, TokenPill};
 use crate::sampling::{Preset, SamplingParams};
@@ -41,7 +44,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("e", "edit the prompt (enter re-prefills)"),
     ("C", "switch the constraint off / back on"),
     ("a", "why this token (under the cursor, or the candidate)"),
-    ("A", "next attribution method (gradient ones take seconds)"),
+    ("A", "next attribution method (esc cancels a running one)"),
     ("b B", "next / previous branch"),
     ("?", "this help"),
     ("q / esc", "quit (the session is saved)"),
@@ -68,7 +71,12 @@ pub struct App<'m> {
     /// The attribution overlay, when shown.
     pub(crate) attribution: Option<crate::record::AttributionRecord>,
     pub(crate) method: crate::attribution::Method,
-    explainer: Option<crate::workbench::explain::Explainer<'m>>,
+    /// The attribution thread (started on first use) and the job it runs.
+    worker: Option<worker::Worker>,
+    /// When the running attribution started, and what it explains.
+    pub(crate) attributing: Option<(Instant, String)>,
+    /// The model, shared with the attribution thread.
+    model: Arc<Model>,
     /// A line being typed (free text to force, or a new prompt).
     pub(crate) input: Option<(InputKind, String)>,
     /// The constraint switched off with `C`, to switch it back on.
@@ -86,15 +94,17 @@ pub enum InputKind {
 
 impl<'m> App<'m> {
     /// The explorer over an opened core, its distribution computed at once.
-    pub fn new(wb: Workbench<'m>) -> Result<Self> {
-        let mut app = Self::open(wb);
+    pub fn new(wb: Workbench<'m>, model: Arc<Model>) -> Result<Self> {
+        let mut app = Self::open(wb, model);
         app.ready()?;
         Ok(app)
     }
 
     /// The explorer before anything is decoded: the first frame shows the context at once and
-    /// says it is decoding; [`App::ready`] then computes the distribution.
-    pub fn open(wb: Workbench<'m>) -> Self {
+    /// says it is decoding; [`App::ready`] then computes the distribution. `model` is the one
+    /// `wb` was opened on, shared with the attribution thread.
+    pub fn open(wb: Workbench<'m>, model: Arc<Model>) -> Self {
+        debug_assert!(std::ptr::eq(wb.model(), &*model), "the core's own model");
         let dist = Dist {
             top_k: wb.settings().display_k,
             tokens: Vec::new(),
@@ -121,7 +131,9 @@ impl<'m> App<'m> {
             quit: false,
             attribution: None,
             method: crate::attribution::Method::Attention,
-            explainer: None,
+            worker: None,
+            attributing: None,
+            model,
             input: None,
             parked: None,
         }
@@ -225,28 +237,92 @@ impl<'m> App<'m> {
         self.refresh()
     }
 
-    /// Attribute the token under the cursor, or the highlighted candidate at the end.
+    /// Attribute the token under the cursor, or the highlighted candidate at the end, on the
+    /// attribution thread; [`App::poll`] shows the result when it arrives.
     fn attribute(&mut self) -> Result<()> {
         use crate::attribution::request::TargetSel;
-        let sel = match self.cursor {
-            Some(i) => TargetSel::Index(i as i64),
+        let (sel, what) = match self.cursor {
+            Some(i) => (TargetSel::Index(i as i64), format!("completion token {i}")),
             None => match self.dist.tokens.get(self.row) {
-                Some(c) => TargetSel::Token(i64::from(c.id)),
+                Some(c) => (
+                    TargetSel::Token(i64::from(c.id)),
+                    format!("{:?}", c.display),
+                ),
                 None => return Ok(()),
             },
         };
-        let model = self.wb.model();
-        let ctx = self.wb.settings().context.clone();
-        let explainer = self
-            .explainer
-            .get_or_insert_with(|| crate::workbench::explain::Explainer::new(model, &ctx));
         let opts = crate::attribution::Options {
             method: self.method,
+            watch: crate::attribution::Watch::new(),
             ..Default::default()
         };
-        let mut records = self.wb.attribute(explainer, sel, &opts)?;
-        self.attribution = records.pop();
+        let job = self.wb.attribution_job(sel, opts);
+        if !self.worker.as_ref().is_some_and(|w| w.alive()) {
+            self.worker = Some(worker::Worker::spawn(
+                Arc::clone(&self.model),
+                self.wb.settings().context.clone(),
+            )?);
+        }
+        self.worker.as_mut().expect("started above").start(job)?;
+        self.playing = false;
+        self.attributing = Some((Instant::now(), what));
+        self.status = format!("{}: why {}…", self.method.name(), self.attributing_what());
         Ok(())
+    }
+
+    fn attributing_what(&self) -> &str {
+        self.attributing.as_ref().map_or("", |(_, w)| w.as_str())
+    }
+
+    /// The running attribution's (done, total) units, when one runs.
+    pub fn attribution_progress(&self) -> Option<(u64, u64)> {
+        self.worker.as_ref()?.running().map(|w| w.progress())
+    }
+
+    /// Take the attribution thread's result when it has arrived; true when the screen changed.
+    pub fn poll(&mut self) -> bool {
+        let Some(reply) = self.worker.as_mut().and_then(|w| w.try_reply()) else {
+            return false;
+        };
+        self.finish(reply);
+        true
+    }
+
+    /// Wait for the running attribution (if any) and show its result.
+    pub fn wait_attribution(&mut self) {
+        if let Some(reply) = self.worker.as_mut().and_then(|w| w.wait()) {
+            self.finish(reply);
+        }
+    }
+
+    /// Ask the running attribution to stop; its reply (cancelled) arrives through `poll`.
+    fn cancel_attribution(&mut self) {
+        if let Some(w) = self.worker.as_ref().and_then(|w| w.running()) {
+            w.cancel();
+            self.status = "cancelling the attribution…".into();
+        }
+    }
+
+    fn finish(&mut self, reply: worker::Reply) {
+        let started = self.attributing.take();
+        let secs = started.map_or(0.0, |(t, _)| t.elapsed().as_secs_f64());
+        match reply {
+            Ok(mut records) => {
+                self.attribution = records.pop();
+                self.status = format!("{} in {secs:.1} s", self.method.name());
+            }
+            Err(e)
+                if matches!(
+                    e.find::<crate::attribution::AttributionError>(),
+                    Some(crate::attribution::AttributionError::Cancelled)
+                ) =>
+            {
+                self.status = format!("{} cancelled after {secs:.1} s", self.method.name());
+            }
+            // An attribution that fails (a refused target, an architecture the gradient
+            // methods do not support, memory) is reported and the explorer goes on.
+            Err(e) => self.status = e.message(),
+        }
     }
 
     fn submit(&mut self, kind: InputKind, text: &str) -> Result<()> {
@@ -364,6 +440,30 @@ impl<'m> App<'m> {
         }
         if self.help {
             self.help = false;
+            return Ok(());
+        }
+        if self.attribution_progress().is_some() {
+            // While the attribution thread works: esc cancels it, q cancels and quits; the
+            // other keys wait (the core is not changed under a running job).
+            match key.code {
+                KeyCode::Esc => self.cancel_attribution(),
+                KeyCode::Char('q') => {
+                    self.cancel_attribution();
+                    self.quit = true;
+                }
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    self.cancel_attribution();
+                    self.quit = true;
+                }
+                KeyCode::Char('?') => self.help = true,
+                _ => {
+                    self.status = format!(
+                        "{}: why {}… (esc cancels)",
+                        self.method.name(),
+                        self.attributing_what()
+                    )
+                }
+            }
             return Ok(());
         }
         if let Some((kind, text)) = &mut self.input {
@@ -511,6 +611,16 @@ impl<'m> App<'m> {
         Ok(self.wb.take_notices())
     }
 
+    /// The attribution method `a` uses.
+    pub fn method(&self) -> crate::attribution::Method {
+        self.method
+    }
+
+    /// The status line's message.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
     /// The parameters in use.
     pub(crate) fn params(&self) -> &SamplingParams {
         &self.wb.settings().params
@@ -531,11 +641,18 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App<'_>) -> Res
     app.ready()?;
     while !app.quitting() {
         terminal.draw(|f| view::draw(f, app))?;
-        // Idle: block on the next key (no busy loop); playing: wake up every tick.
-        let ready = if app.playing {
-            event::poll(Duration::from_millis(app.tick_ms))?
+        // Idle: block on the next key (no busy loop); playing: wake up every tick; an
+        // attribution running: wake up to redraw its progress and take its result.
+        let wait = if app.attribution_progress().is_some() {
+            Some(Duration::from_millis(100))
+        } else if app.playing {
+            Some(Duration::from_millis(app.tick_ms))
         } else {
-            true
+            None
+        };
+        let ready = match wait {
+            Some(d) => event::poll(d)?,
+            None => true,
         };
         if ready {
             if let Event::Key(k) = event::read()? {
@@ -544,6 +661,7 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App<'_>) -> Res
         } else {
             app.tick()?;
         }
+        app.poll();
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 
+pub use crate::render::palette::heat_colours;
+
 use super::{App, KEYS};
 use crate::render::text::display;
 use crate::render::text::{bar, pct};
@@ -59,16 +61,38 @@ fn params_line(app: &App<'_>) -> Line<'static> {
     Line::from(spans)
 }
 
+/// The heatmap style of context token `index` under the attribution shown: its background
+/// shaded by |score| as `ntv attribute` shades it (warm positive, cold negative); tokens after
+/// the target's context dimmed. `None` without an attribution.
+fn heat(app: &App<'_>, index: usize) -> Option<Style> {
+    let r = app.attribution.as_ref()?;
+    let Some(s) = r.scores.get(index) else {
+        return Some(Style::new().add_modifier(Modifier::DIM));
+    };
+    let max = r
+        .scores
+        .iter()
+        .map(|t| t.score.abs())
+        .filter(|x| x.is_finite())
+        .fold(0.0, f64::max);
+    let level = if max > 0.0 { s.score.abs() / max } else { 0.0 };
+    let (bg, fg) = heat_colours(level, s.score < 0.0);
+    Some(Style::new().bg(Color::Indexed(bg)).fg(Color::Indexed(fg)))
+}
+
 fn context(app: &App<'_>) -> Paragraph<'static> {
     let model = app.wb.model();
     let mut spans = Vec::new();
-    for &id in app.wb.prompt_ids() {
+    let n_prompt = app.wb.prompt_ids().len();
+    for (i, &id) in app.wb.prompt_ids().iter().enumerate() {
         let text = display(&model.piece(id));
-        let style = if model.is_special(id) {
-            Style::new().fg(Color::Magenta)
-        } else {
-            Style::new().fg(Color::DarkGray)
-        };
+        let style = heat(app, i).unwrap_or_else(|| {
+            if model.is_special(id) {
+                Style::new().fg(Color::Magenta)
+            } else {
+                Style::new().fg(Color::DarkGray)
+            }
+        });
         spans.push(Span::styled(text, style));
     }
     let pills = app.completion_pills();
@@ -78,7 +102,12 @@ fn context(app: &App<'_>) -> Paragraph<'static> {
             .appended_meta
             .get(i)
             .map_or(1.0, |m| m.selected.p_final);
-        let mut style = Style::new().fg(prob_colour(p_final));
+        let mut style =
+            heat(app, n_prompt + i).unwrap_or_else(|| Style::new().fg(prob_colour(p_final)));
+        let target = app.attribution.as_ref().and_then(|r| r.target.index) == Some(i);
+        if target {
+            style = style.add_modifier(Modifier::BOLD | Modifier::UNDERLINED);
+        }
         let text = if app.cursor == Some(i) {
             style = style.add_modifier(Modifier::REVERSED);
             format!("[{}]", p.display)
@@ -191,8 +220,31 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
     } else {
         String::new()
     };
-    match &app.input {
-        Some((kind, text)) => f.render_widget(
+    let progress = app.attribution_progress().map(|(done, total)| {
+        let secs = app
+            .attributing
+            .as_ref()
+            .map_or(0.0, |(t, _)| t.elapsed().as_secs_f64());
+        let what = app.attributing.as_ref().map_or("", |(_, w)| w.as_str());
+        if total == 0 {
+            format!(
+                "{}: why {what} · preparing the engine… {secs:.1} s · esc cancels",
+                app.method.name()
+            )
+        } else {
+            format!(
+                "{}: why {what} · {done}/{total} ▕{}▏ {secs:.1} s · esc cancels",
+                app.method.name(),
+                bar(done as f64 / total as f64, 16)
+            )
+        }
+    });
+    match (&app.input, progress) {
+        (_, Some(line)) => f.render_widget(
+            Paragraph::new(line).style(Style::new().add_modifier(Modifier::BOLD)),
+            status,
+        ),
+        (Some((kind, text)), None) => f.render_widget(
             Paragraph::new(format!(
                 "{}: {text}▏  (enter: ok · esc: cancel)",
                 match kind {
@@ -203,7 +255,7 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
             .style(Style::new().add_modifier(Modifier::BOLD)),
             status,
         ),
-        None => f.render_widget(
+        (None, None) => f.render_widget(
             Paragraph::new(format!("{play}{} · ? keys · q quit", app.status))
                 .style(Style::new().add_modifier(Modifier::DIM)),
             status,
@@ -213,20 +265,15 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
         help(f, area);
     }
     if let Some(r) = &app.attribution {
-        attribution(f, area, r);
+        // Over the distribution, so the context's heatmap stays in view above.
+        attribution(f, dist, r);
     }
 }
 
 /// The attribution overlay: the target, then the context's strongest contributors with bars.
 fn attribution(f: &mut Frame<'_>, area: Rect, r: &crate::record::AttributionRecord) {
-    let w = area.width.saturating_sub(4).min(90);
-    let h = area.height.saturating_sub(2).min(18);
-    let rect = Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    };
+    let rect = area;
+    let h = area.height;
     let mut top: Vec<&crate::record::ScoredToken> = r.scores.iter().collect();
     top.sort_by(|a, b| {
         b.score

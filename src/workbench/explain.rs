@@ -15,6 +15,21 @@ use crate::record::{
 
 use super::{ms, prompt_ids};
 
+/// One attribution with its context, ready to run on any thread's [`Explainer`].
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: Vec<i32>,
+    pub completion: Vec<i32>,
+    pub sel: TargetSel,
+    pub opts: Options,
+}
+
+impl Job {
+    pub fn run(&self, explainer: &mut Explainer<'_>) -> Result<Vec<AttributionRecord>> {
+        explainer.explain(&self.prompt, &self.completion, self.sel, &self.opts)
+    }
+}
+
 /// The attribution engines of one model, created on first use and kept for later targets.
 pub struct Explainer<'m> {
     model: &'m Model,

@@ -694,8 +694,23 @@ impl<'m> Workbench<'m> {
         sel: crate::attribution::request::TargetSel,
         opts: &crate::attribution::Options,
     ) -> Result<Vec<crate::record::AttributionRecord>> {
-        let completion = self.completion().to_vec();
-        explainer.explain(&self.prompt_ids, &completion, sel, opts)
+        self.attribution_job(sel, opts.clone()).run(explainer)
+    }
+
+    /// The same attribution as a job that owns its context, to run elsewhere (on a thread
+    /// with its own [`explain::Explainer`], watched through `opts.watch`) while this core goes
+    /// on.
+    pub fn attribution_job(
+        &self,
+        sel: crate::attribution::request::TargetSel,
+        opts: crate::attribution::Options,
+    ) -> explain::Job {
+        explain::Job {
+            prompt: self.prompt_ids.clone(),
+            completion: self.completion().to_vec(),
+            sel,
+            opts,
+        }
     }
 
     /// Keep the KV state for the next process and write the session; a session replaced by a

@@ -1,6 +1,9 @@
 //! The explorer, headless: ratatui's `TestBackend` renders the real model's states (insta
 //! snapshots), and keys drive the same core the CLI uses.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use ntv::engine::{ContextOptions, LoadOptions, Model};
 use ntv::sampling::SamplingParams;
 use ntv::settings::{CacheSetting, ModelChoice, PromptSpec, RunSettings, SeedChoice};
@@ -68,6 +71,27 @@ fn press(app: &mut App<'_>, keys: &str) {
     }
 }
 
+/// The heatmap's background at `level` for a positive score (the tables' ramp).
+fn ntv_heat(level: f64) -> (ratatui::style::Color, ratatui::style::Color) {
+    let (bg, fg) = ntv::tui::view::heat_colours(level, false);
+    (
+        ratatui::style::Color::Indexed(bg),
+        ratatui::style::Color::Indexed(fg),
+    )
+}
+
+/// Each cell's symbol and background colour.
+fn backgrounds(app: &App<'_>, w: u16, h: u16) -> Vec<(String, ratatui::style::Color)> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ntv::tui::view::draw(f, app)).unwrap();
+    t.backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(|c| (c.symbol().to_string(), c.bg))
+        .collect()
+}
+
 fn screen(app: &App<'_>, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| ntv::tui::view::draw(f, app)).unwrap();
@@ -76,10 +100,10 @@ fn screen(app: &App<'_>, w: u16, h: u16) -> String {
 
 #[test]
 fn screens_of_the_main_states() {
-    let m = Model::load(model(), &LoadOptions::default()).expect("model");
+    let m = Arc::new(Model::load(model(), &LoadOptions::default()).expect("model"));
     let wb = open(&m, None);
     // The first frame comes before any decode: the context, and a note that it decodes.
-    let mut app = App::open(wb);
+    let mut app = App::open(wb, Arc::clone(&m));
     let first = screen(&app, 80, 24);
     assert!(
         first.contains("decoding the context") && first.contains("25 + 0 tokens"),
@@ -95,6 +119,7 @@ fn screens_of_the_main_states() {
     press(&mut app, "?");
     insta::assert_snapshot!("tui_help", screen(&app, 80, 24));
     press(&mut app, "?a");
+    app.wait_attribution();
     let r = app.attribution_shown().expect("the overlay");
     assert_eq!(
         (r.target.index, r.method),
@@ -105,7 +130,27 @@ fn screens_of_the_main_states() {
         (sum - 1.0).abs() < 1e-6,
         "attention scores are a distribution: {sum}"
     );
-    insta::assert_snapshot!("tui_attribution", screen(&app, 100, 30));
+    // The time it took is the one varying figure on screen.
+    let timed = regex::Regex::new(r"in \d+\.\d s").unwrap();
+    let shown = screen(&app, 100, 30);
+    assert!(timed.is_match(&shown), "{shown}");
+    insta::assert_snapshot!("tui_attribution", timed.replace(&shown, "in [t] s"));
+    // The context is shaded as `ntv attribute` shades it: the strongest token on the ramp's
+    // hottest colour, the target's later tokens not at all.
+    let top = r
+        .scores
+        .iter()
+        .max_by(|a, b| a.score.abs().total_cmp(&b.score.abs()))
+        .unwrap();
+    let (hot, _) = ntv_heat(1.0);
+    let cells = backgrounds(&app, 100, 30);
+    assert!(
+        cells
+            .iter()
+            .any(|(sym, bg)| *bg == hot && top.display.starts_with(sym.as_str())),
+        "the top token {:?} on the hottest background",
+        top.display
+    );
     press(&mut app, "x");
     assert!(
         app.attribution_shown().is_none(),
@@ -117,7 +162,7 @@ fn screens_of_the_main_states() {
         source: r#"["Paris", "Lyon"]"#.into(),
     };
     let wb = open(&m, Some(spec));
-    let mut app = App::new(wb).unwrap();
+    let mut app = App::new(wb, Arc::clone(&m)).unwrap();
     insta::assert_snapshot!("tui_constraint", screen(&app, 100, 24));
     assert_eq!(app.dist().kept_token_count, 1);
     press(&mut app, "C");
@@ -129,9 +174,9 @@ fn screens_of_the_main_states() {
 
 #[test]
 fn keys_drive_the_core_and_knobs_decode_nothing() {
-    let m = Model::load(model(), &LoadOptions::default()).expect("model");
+    let m = Arc::new(Model::load(model(), &LoadOptions::default()).expect("model"));
     let wb = open(&m, None);
-    let mut app = App::new(wb).unwrap();
+    let mut app = App::new(wb, Arc::clone(&m)).unwrap();
     let decoded = app.workbench().cache_use().decoded_tokens;
     let before = app.dist().tokens[0].clone();
     press(&mut app, "TTT");
@@ -218,6 +263,79 @@ fn keys_drive_the_core_and_knobs_decode_nothing() {
     assert!(s.contains("--text is empty"), "the refusal is shown:\n{s}");
     press(&mut app, "q");
     assert!(app.quitting());
+}
+
+#[test]
+fn gradient_attribution_runs_in_the_background_shows_progress_and_cancels() {
+    use ntv::attribution::Method;
+    let m = Arc::new(Model::load(model(), &LoadOptions::default()).expect("model"));
+    let mut app = App::new(open(&m, None), Arc::clone(&m)).unwrap();
+    press(&mut app, "gg");
+    // Attention → occlusion → saliency → input×gradient → integrated gradients.
+    press(&mut app, "AAAA");
+    assert_eq!(app.method(), Method::IntegratedGradients);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let watch_until = |app: &mut App<'_>, what: &str, ok: &dyn Fn((u64, u64)) -> bool| {
+        loop {
+            let p = app.attribution_progress().expect(what);
+            if ok(p) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {p:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // The key returns at once; the job runs on the attribution thread.
+    press(&mut app, "a");
+    assert!(
+        app.attribution_progress().is_some(),
+        "running in the background"
+    );
+    // Meanwhile the core is left alone: a step key only says how to cancel.
+    press(&mut app, "s");
+    assert_eq!(app.workbench().completion().len(), 2);
+    assert!(app.status().contains("esc cancels"), "{}", app.status());
+    let (_, total) = watch_until(&mut app, "progress", &|(_, t)| t > 0);
+    assert_eq!(total, 50, "one unit per quadrature node");
+    let s = screen(&app, 100, 24);
+    assert!(
+        s.contains("integrated_gradients: why") && s.contains("/50") && s.contains("esc cancels"),
+        "the status line shows the progress:\n{s}"
+    );
+    // Cancel part-way: after the first batch of nodes, before the last.
+    let (done, _) = watch_until(&mut app, "first batch", &|(d, _)| d > 0);
+    assert!(done < 50, "{done}");
+    press(&mut app, "\x1b");
+    app.wait_attribution();
+    assert!(app.attribution_progress().is_none());
+    assert!(
+        app.attribution_shown().is_none(),
+        "a cancelled run shows nothing"
+    );
+    assert!(app.status().contains("cancelled"), "{}", app.status());
+    assert!(!app.quitting(), "esc cancelled the job, it did not quit");
+
+    // The thread takes the next job: saliency, shown with its scores.
+    press(&mut app, "AAA");
+    assert_eq!(app.method(), Method::Saliency);
+    press(&mut app, "a");
+    app.wait_attribution();
+    let r = app.attribution_shown().expect("saliency overlay");
+    assert_eq!(r.method, Method::Saliency);
+    assert!(r.scores.iter().all(|t| t.score.is_finite()));
+    // Quitting while a job runs cancels it; dropping the explorer joins its thread.
+    press(&mut app, "xAAa");
+    assert_eq!(app.method(), Method::IntegratedGradients);
+    assert!(app.attribution_progress().is_some());
+    press(&mut app, "q");
+    assert!(app.quitting());
+    let t = Instant::now();
+    drop(app);
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "the cancelled job stopped at a batch boundary"
+    );
 }
 
 /// The tmux server of one test, on its own socket; killed when dropped (also on panic).
