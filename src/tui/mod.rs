@@ -77,6 +77,8 @@ pub struct App<'m> {
     pub(crate) attributing: Option<(Instant, String)>,
     /// The model, shared with the attribution thread.
     model: Arc<Model>,
+    /// Steps per second (a step: one decode and the distribution after it), smoothed.
+    pub(crate) rate: Option<f64>,
     /// A line being typed (free text to force, or a new prompt).
     pub(crate) input: Option<(InputKind, String)>,
     /// The constraint switched off with `C`, to switch it back on.
@@ -134,6 +136,7 @@ impl<'m> App<'m> {
             worker: None,
             attributing: None,
             model,
+            rate: None,
             input: None,
             parked: None,
         }
@@ -199,6 +202,7 @@ impl<'m> App<'m> {
             self.wb.choose(Some(1))
         };
         let mut appended = String::new();
+        let t = Instant::now();
         let run = self.wb.step(&plan, None, false, &mut |r| {
             appended = format!(
                 "appended {} · p_final {}",
@@ -207,6 +211,11 @@ impl<'m> App<'m> {
             );
             Ok(())
         })?;
+        if !appended.is_empty() {
+            // Smoothed over the last steps (play mode), the first step taken as it is.
+            let rate = 1.0 / t.elapsed().as_secs_f64().max(1e-6);
+            self.rate = Some(self.rate.map_or(rate, |r| 0.7 * r + 0.3 * rate));
+        }
         self.status = match run.outcome.stop_reason {
             Some(r) => {
                 self.playing = false;

@@ -255,11 +255,23 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
             .style(Style::new().add_modifier(Modifier::BOLD)),
             status,
         ),
-        (None, None) => f.render_widget(
-            Paragraph::new(format!("{play}{} · ? keys · q quit", app.status))
-                .style(Style::new().add_modifier(Modifier::DIM)),
-            status,
-        ),
+        (None, None) => {
+            let facts = facts(app);
+            let [left, right] = Layout::horizontal([
+                Constraint::Min(0),
+                Constraint::Length(facts.chars().count() as u16),
+            ])
+            .areas(status);
+            f.render_widget(
+                Paragraph::new(format!("{play}{} · ? keys · q quit", app.status))
+                    .style(Style::new().add_modifier(Modifier::DIM)),
+                left,
+            );
+            f.render_widget(
+                Paragraph::new(facts).style(Style::new().add_modifier(Modifier::DIM)),
+                right,
+            );
+        }
     }
     if app.help {
         help(f, area);
@@ -268,6 +280,24 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
         // Over the distribution, so the context's heatmap stays in view above.
         attribution(f, dist, r);
     }
+}
+
+/// The status line's right side: speed, the branch's stop reason, the session file.
+fn facts(app: &App<'_>) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = app.rate {
+        parts.push(format!("{r:.1} tok/s"));
+    }
+    if let Some(r) = &app.wb.session().active().stop_reason {
+        parts.push(format!("stop: {r}"));
+    }
+    parts.push(match app.wb.session_path() {
+        Some(p) => p
+            .file_name()
+            .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into()),
+        None => "no session file".into(),
+    });
+    format!(" {}", parts.join(" · "))
 }
 
 /// The attribution overlay: the target, then the context's strongest contributors with bars.

@@ -322,6 +322,11 @@ impl<'m> Workbench<'m> {
         &self.store.session
     }
 
+    /// The session file written on save (`None`: detached, nothing written).
+    pub fn session_path(&self) -> Option<&std::path::Path> {
+        self.store.path()
+    }
+
     /// The resolved settings.
     pub fn settings(&self) -> &RunSettings {
         &self.settings
