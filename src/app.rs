@@ -46,6 +46,10 @@ pub fn run() -> ExitCode {
     let (message, hint, code) = match result {
         Ok(Exit::Success) => return ExitCode::SUCCESS,
         Ok(Exit::Failure { message, hint }) => (message, hint, crate::error::EXIT_RUNTIME),
+        Ok(Exit::Interrupted(note)) => {
+            let _ = writeln!(stderr, "{note}");
+            return ExitCode::from(crate::interrupt::EXIT_INTERRUPTED);
+        }
         Err(err) if err.is_broken_pipe() => return ExitCode::SUCCESS,
         Err(err) => (
             err.message(),

@@ -51,7 +51,7 @@ pub struct BadLine {
 /// A batch line: its 1-based number and the request, or why it could not be read.
 pub type Line<T> = (usize, std::result::Result<T, BadLine>);
 
-fn parse<T: DeserializeOwned>(line: &str) -> std::result::Result<T, BadLine> {
+pub(crate) fn parse<T: DeserializeOwned>(line: &str) -> std::result::Result<T, BadLine> {
     let value: serde_json::Value = serde_json::from_str(line).map_err(|e| BadLine {
         message: e.to_string(),
         id: None,
@@ -70,12 +70,28 @@ pub fn read<T: DeserializeOwned>(
     shard: Option<Shard>,
     example: &str,
 ) -> Result<Vec<Line<T>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        input_err(
-            format!("cannot read batch file {}: {e}", path.display()),
-            format!("pass a JSONL file with one request object per line, e.g. {example}"),
-        )
-    })?;
+    let hint = format!("pass a JSONL file with one request object per line, e.g. {example}");
+    let text = crate::limits::read_file(
+        path,
+        crate::limits::MAX_BATCH_FILE_BYTES,
+        "batch file",
+        &hint,
+    )?;
+    if let Some((i, _)) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.len() as u64 > crate::limits::MAX_TEXT_BYTES)
+    {
+        return Err(input_err(
+            format!(
+                "line {} of batch file {} is longer than ntv's limit of {}",
+                i + 1,
+                path.display(),
+                crate::limits::size(crate::limits::MAX_TEXT_BYTES)
+            ),
+            "one request per line; no model's context holds that much text",
+        ));
+    }
     if text.lines().all(|l| l.trim().is_empty()) {
         return Err(input_err(
             format!("batch file {} has no requests", path.display()),
@@ -166,5 +182,30 @@ mod tests {
         assert_eq!(id_text(Some(&serde_json::json!("a"))).as_deref(), Some("a"));
         assert_eq!(id_text(Some(&serde_json::json!(7))).as_deref(), Some("7"));
         assert_eq!(id_text(None), None);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any line — JSON or not, a valid request mutated or arbitrary text — is a request or a
+        /// `BadLine`, for every kind of batch file.
+        #[test]
+        fn fuzz_any_batch_line_is_a_request_or_a_bad_line(
+            line in prop_oneof![
+                ".{0,80}",
+                crate::fuzz::mutated(serde_json::json!({
+                    "id": 1, "prompt": "Hi", "seed": 7, "max_tokens": 4, "temperature": 0.5,
+                    "index": -1, "method": "saliency", "steps": 8, "completion_ids": [1, 2]
+                }))
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ]
+        ) {
+            let _ = parse::<crate::workbench::cases::CaseLine>(&line);
+            let _ = parse::<crate::attribution::request::Request>(&line);
+        }
     }
 }

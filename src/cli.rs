@@ -231,6 +231,10 @@ pub struct RuntimeArgs {
     /// Largest size of the prefix cache in MB; least recently used entries go first.
     #[arg(long = "cache-size", value_name = "MB", default_value_t = 1024)]
     pub cache_size: u64,
+    /// Go on with a session whose model file changed since it was recorded (its token ids
+    /// may mean other tokens now); without it such a session is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What the model sees.
@@ -239,7 +243,7 @@ pub struct PromptArgs {
     /// The user prompt; `-` reads it from stdin.
     #[arg(short = 'p', long, value_name = "TEXT")]
     pub prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file (at most 4 MiB, as `-p -` from stdin).
     #[arg(
         short = 'f',
         long = "file",
@@ -489,7 +493,7 @@ pub struct EngineArgs {
     /// first use).
     #[arg(short = 'm', long, value_name = "GGUF")]
     pub model: Option<PathBuf>,
-    /// CPU threads (default: available cores).
+    /// CPU threads (default: available cores; more than the cores is clamped, with a warning).
     #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
     pub threads: Option<i32>,
     /// Context size in tokens.
@@ -516,6 +520,9 @@ pub struct AttributeArgs {
     pub prompt: PromptArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Go on with a session whose model file changed since it was recorded.
+    #[arg(long)]
+    pub force: bool,
     /// Attribution method.
     #[arg(long, value_enum, default_value_t = Method::Attention, help_heading = "Attribution")]
     pub method: Method,
@@ -567,7 +574,7 @@ pub struct AttributeArgs {
     /// Attention: how layers combine.
     #[arg(long = "layer-agg", value_enum, default_value_t = LayerAgg::Mean, value_name = "HOW", help_heading = "Attribution")]
     pub layer_agg: LayerAgg,
-    /// Integrated gradients: Gauss–Legendre nodes on the path.
+    /// Integrated gradients: Gauss–Legendre nodes on the path (1 to 1000).
     #[arg(
         long,
         default_value_t = 50,

@@ -317,6 +317,7 @@ impl<'m> Driver<'m> {
             return Err(EngineError::ContextFull {
                 needed: self.ids.len() + 1,
                 n_ctx: self.dec.n_ctx(),
+                trained: self.dec.model().info().n_ctx_train as usize,
             }
             .into());
         }

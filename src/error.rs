@@ -29,6 +29,9 @@ pub enum Exit {
         /// The `hint:` line.
         hint: Option<String>,
     },
+    /// Stopped by Ctrl-C or SIGTERM after saving its work (exit status 130); the line for
+    /// stderr says what was kept.
+    Interrupted(String),
 }
 
 /// Exit status 2 for input problems, 1 for runtime failures.

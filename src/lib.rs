@@ -25,7 +25,11 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub(crate) mod fsutil;
+#[cfg(test)]
+pub(crate) mod fuzz;
+pub(crate) mod interrupt;
 pub mod kvcache;
+pub mod limits;
 pub mod models;
 pub mod record;
 pub(crate) mod render;

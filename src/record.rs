@@ -155,6 +155,8 @@ pub enum StopReason {
     ContextFull,
     /// The constraint reached an accepting state with no further valid token.
     ConstraintComplete,
+    /// Ctrl-C or SIGTERM: stopped at a token boundary, the completion so far kept.
+    Interrupted,
 }
 
 impl std::fmt::Display for StopReason {
@@ -172,6 +174,7 @@ impl StopReason {
             Self::MaxTokens => "max_tokens",
             Self::ContextFull => "context_full",
             Self::ConstraintComplete => "constraint_complete",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -277,6 +280,20 @@ pub struct PresetInfo {
     pub name: crate::sampling::Preset,
     pub description: String,
     pub params: SamplingParams,
+}
+
+/// A checkpoint of a long `generate` (`--format jsonl`): the session file now holds the
+/// branch's completion up to `tokens` tokens, all of them streamed before this line. After a
+/// `kill -9` the session holds at least the last checkpoint's tokens, and never a token that
+/// was not streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckpointRecord {
+    /// Always "checkpoint".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub branch: String,
+    /// Completion length saved.
+    pub tokens: usize,
 }
 
 /// One appended token, as `step` prints it and `generate --format jsonl` streams it.

@@ -8,7 +8,7 @@
 //! thread starts.) Everything below [`Terminal::detect`] and the prompt/grammar file reads is
 //! pure, so the precedence rules are unit-tested here.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use crate::chat;
@@ -18,7 +18,8 @@ use crate::cli::{
 };
 use crate::constraint::{self, ConstraintKind, ConstraintSpec};
 use crate::engine::ContextOptions;
-use crate::error::{Context, Result, input_err};
+use crate::error::{Result, input_err};
+use crate::limits;
 use crate::render::Palette;
 use crate::sampling::{Preset, SamplingParams};
 use crate::session::{DEFAULT_DISPLAY_K, Session};
@@ -148,21 +149,22 @@ pub fn cli_prompt(args: &PromptArgs, positional: Option<&str>) -> Result<Option<
         return Ok(Some(p.to_string()));
     }
     if let Some(file) = &args.prompt_file {
-        return std::fs::read_to_string(file).map(Some).map_err(|e| {
-            input_err(
-                format!("cannot read prompt file {}: {e}", file.display()),
-                "check the path given to -f/--file",
-            )
-        });
+        return limits::read_file(
+            file,
+            limits::MAX_TEXT_BYTES,
+            "prompt file",
+            "check the path given to -f/--file",
+        )
+        .map(Some);
     }
     match args.prompt.as_deref() {
-        Some("-") => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading the prompt from stdin")?;
-            Ok(Some(s))
-        }
+        Some("-") => limits::read_text(
+            std::io::stdin().lock(),
+            limits::MAX_TEXT_BYTES,
+            "the prompt on stdin",
+            "pipe a shorter prompt to -p -",
+        )
+        .map(Some),
         Some(p) => Ok(Some(p.to_string())),
         None => Ok(None),
     }
@@ -273,15 +275,35 @@ pub fn check_display_k(k: usize, n_vocab: usize) -> Result<()> {
     Ok(())
 }
 
-/// A thread count given with -t.
-pub fn threads(t: Option<i32>) -> Result<Option<i32>> {
-    match t {
-        Some(t) if t < 1 => Err(input_err(
-            format!("--threads {t} is not a thread count"),
-            "pass -t N with N >= 1",
-        )),
-        t => Ok(t),
+/// How often a long `generate` writes the session: `NTV_CHECKPOINT_TOKENS` tokens (default
+/// 64: a write costs ~1% of the decoding it protects) or 5 seconds, whichever comes first.
+pub fn checkpoints() -> Result<crate::workbench::Checkpoints> {
+    let mut c = crate::workbench::Checkpoints::default();
+    if let Ok(v) = std::env::var("NTV_CHECKPOINT_TOKENS") {
+        c.tokens = v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                input_err(
+                    format!("NTV_CHECKPOINT_TOKENS={v:?} is not a token count"),
+                    "set it to N >= 1 (the session is written every N tokens), or unset it",
+                )
+            })?;
     }
+    Ok(c)
+}
+
+/// A thread count given with -t, held to the cores (the warning for more goes to stderr: the
+/// one thing settings say by themselves, since it is about this run's speed, not its output).
+pub fn threads(t: Option<i32>) -> Result<Option<i32>> {
+    let Some(t) = t else { return Ok(None) };
+    let (n, warning) = limits::threads(i64::from(t), "--threads")?;
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
+    Ok(Some(n))
 }
 
 /// Context options from the engine flags.
@@ -334,12 +356,12 @@ impl ModelChoice {
 fn file_or_text(value: &str) -> Result<String> {
     let path = Path::new(value);
     if path.is_file() {
-        return std::fs::read_to_string(path).map_err(|e| {
-            input_err(
-                format!("cannot read {}: {e}", path.display()),
-                "check the path of the grammar or schema file",
-            )
-        });
+        return limits::read_file(
+            path,
+            limits::MAX_TEXT_BYTES,
+            "constraint file",
+            "check the path of the grammar or schema file",
+        );
     }
     Ok(value.to_string())
 }
@@ -360,12 +382,12 @@ pub fn constraint(
             constraint::choice_source(&args.choice)?,
         ))
     } else if let Some(file) = &args.choices {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            input_err(
-                format!("cannot read {}: {e}", file.display()),
-                "--choices takes a file with a JSON list of strings or one option per line",
-            )
-        })?;
+        let text = limits::read_file(
+            file,
+            limits::MAX_TEXT_BYTES,
+            "choices file",
+            "--choices takes a file with a JSON list of strings or one option per line",
+        )?;
         let options = constraint::choices_from_file_text(&text);
         Some((ConstraintKind::Choice, constraint::choice_source(&options)?))
     } else if let Some(rx) = &args.regex {
@@ -532,6 +554,7 @@ mod tests {
                     },
                     no_cache: false,
                     cache_size: 1024,
+                    force: false,
                 },
                 sampling: SamplingArgs::default(),
                 constraint: ConstraintArgs::default(),

@@ -23,6 +23,10 @@ pub enum AttributionError {
     BadInput(String),
     #[error("autograd computation failed: {0}")]
     Compute(String),
+    #[error(
+        "the model produced non-finite numbers (NaN or infinity) attributing token {id} after {context_len} tokens"
+    )]
+    NonFinite { id: i32, context_len: usize },
     #[error("the attribution was cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -35,7 +39,11 @@ impl AttributionError {
         match self {
             Self::UnsupportedArchitecture { .. } | Self::BadInput(_) | Self::Gguf { .. } => true,
             Self::Engine(e) => e.is_input(),
-            Self::Io { .. } | Self::BadModel { .. } | Self::Compute(_) | Self::Cancelled => false,
+            Self::Io { .. }
+            | Self::BadModel { .. }
+            | Self::Compute(_)
+            | Self::Cancelled
+            | Self::NonFinite { .. } => false,
         }
     }
 
@@ -48,6 +56,9 @@ impl AttributionError {
             Self::Compute(_) => Some(
                 "integrated gradients on long contexts needs memory: lower --steps or use saliency"
                     .into(),
+            ),
+            Self::NonFinite { .. } => Some(
+                "the model file's weights or this back end produce invalid numbers: try another model file, or the CPU back end".into(),
             ),
             Self::Engine(e) => e.hint(),
             _ => None,

@@ -190,13 +190,7 @@ pub fn merge(req: &Request, d: &Defaults) -> Result<Merged> {
         options.target_fn = Some(f);
     }
     if let Some(s) = req.steps {
-        if s == 0 {
-            return Err(input_err(
-                "\"steps\": 0 — integrated gradients needs at least one node",
-                "use 50 (Inseq's default) or more",
-            ));
-        }
-        options.steps = s;
+        options.steps = super::runner::check_steps(s, "\"steps\":")?;
     }
     if let Some(b) = req.baseline {
         options.baseline = b;

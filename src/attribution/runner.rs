@@ -150,6 +150,29 @@ impl Default for Options {
     }
 }
 
+/// Integrated gradients' node count `n`, as given in `field` (`--steps`, a batch line's
+/// `"steps"`): at least 1, at most [`crate::limits::MAX_IG_STEPS`], refused before any work.
+pub fn check_steps(n: usize, field: &str) -> crate::error::Result<usize> {
+    const HINT: &str =
+        "50 nodes (Inseq's default) give a completeness error of ~1e-3; more lower it";
+    if n == 0 {
+        return Err(crate::error::input_err(
+            format!("{field} 0: integrated gradients needs at least one node"),
+            HINT,
+        ));
+    }
+    if n > crate::limits::MAX_IG_STEPS {
+        return Err(crate::error::input_err(
+            format!(
+                "{field} {n} is more than ntv's limit of {} nodes",
+                crate::limits::MAX_IG_STEPS
+            ),
+            HINT,
+        ));
+    }
+    Ok(n)
+}
+
 impl Options {
     /// The target function in effect (`None` for attention).
     pub fn effective_target_fn(&self) -> Option<TargetFn> {
@@ -248,6 +271,7 @@ impl<'m> Attributor<'m> {
             return Err(crate::engine::EngineError::ContextFull {
                 needed: n,
                 n_ctx: self.max_tokens,
+                trained: self.model.info().n_ctx_train as usize,
             }
             .into());
         }
@@ -278,6 +302,26 @@ impl<'m> Attributor<'m> {
     /// every target from one decode of the longest context; the other methods take the targets
     /// one by one.
     pub fn run(
+        &mut self,
+        tokens: &[i32],
+        targets: &[Target],
+        opts: &Options,
+    ) -> Result<Vec<Outcome>, AttributionError> {
+        let out = self.run_engines(tokens, targets, opts)?;
+        // Checked where the numbers are made: a model with NaN weights (or an engine that
+        // overflowed) must not produce a record with NaN scores.
+        for (t, o) in targets.iter().zip(&out) {
+            if !o.target_prob.is_finite() || o.scores.iter().any(|x| !x.is_finite()) {
+                return Err(AttributionError::NonFinite {
+                    id: t.id,
+                    context_len: t.context_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_engines(
         &mut self,
         tokens: &[i32],
         targets: &[Target],

@@ -25,12 +25,7 @@ use super::{Ctx, emit, model_of, notify};
 
 /// Options from the command line.
 fn options(args: &AttributeArgs) -> Result<Options> {
-    if args.steps == 0 {
-        return Err(crate::error::input_err(
-            "--steps 0: integrated gradients needs at least one node",
-            "the default is 50 (as Inseq); more nodes lower the completeness error",
-        ));
-    }
+    crate::attribution::runner::check_steps(args.steps, "--steps")?;
     Ok(Options {
         method: args.method,
         agg: args.agg,
@@ -55,6 +50,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         engine: args.engine.clone(),
         no_cache: true,
         cache_size: 0,
+        force: args.force,
     };
     let (sampling, constraint, seed) = (
         SamplingArgs::default(),
@@ -62,7 +58,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         SeedArgs::default(),
     );
     let given = crate::settings::cli_prompt(&args.prompt, None)?;
-    let store = ctx.store(false)?;
+    let store = ctx.store(false)?.force_model(args.force);
     let settings = crate::settings::resolve(
         RunFlags {
             given_prompt: given.as_deref(),
@@ -129,6 +125,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     let (model, load_ms) = model_of(&settings)?;
     let context = settings.context.clone();
     let mut wb = Workbench::open(&model, store, settings, Mode::ReadOnly)?;
+    wb.require_unchanged_model()?;
     notify(wb.take_notices());
     let mut explainer = Explainer::new(&model, &context);
     let sel = match &args.text {

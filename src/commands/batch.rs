@@ -136,12 +136,18 @@ pub fn finish(path: &Path, status: Status) -> Result<Exit> {
     if status.failed.is_empty() {
         return Ok(Exit::Success);
     }
-    let lines = status
+    // The first few by number; all of them are in the output's error records.
+    const SHOWN: usize = 10;
+    let mut lines = status
         .failed
         .iter()
+        .take(SHOWN)
         .map(|l| l.to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    if status.failed.len() > SHOWN {
+        lines.push_str(&format!(", … {} more", status.failed.len() - SHOWN));
+    }
     let msg = format!(
         "{} of {} batch requests failed (lines {lines}) in {}",
         status.failed.len(),

@@ -21,7 +21,7 @@ pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
     let mut models: HashMap<PathBuf, Model> = HashMap::new();
     let mut actual = Trace::new(expected.build.clone());
     let mut stderr = std::io::stderr();
-    for case in &expected.cases {
+    for (i, case) in expected.cases.iter().enumerate() {
         let path = args
             .model
             .clone()
@@ -38,9 +38,26 @@ pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
                 path.display()
             )?;
         }
+        trace::ids_in_vocab(case, model.n_vocab()).map_err(|(field, message)| {
+            trace::TraceError::Invalid {
+                path: args.trace.clone(),
+                field: format!("cases[{i}].{field}"),
+                message,
+            }
+        })?;
         let mut input = CaseInput::from_trace(case);
-        if let Some(t) = threads {
-            input.threads = t;
+        match threads {
+            Some(t) => input.threads = t,
+            None => {
+                let (t, warning) = crate::limits::threads(
+                    i64::from(case.threads),
+                    &format!("cases[{i}].threads"),
+                )?;
+                if let Some(w) = warning {
+                    writeln!(stderr, "{w}")?;
+                }
+                input.threads = t;
+            }
         }
         actual.build = trace::BuildInfo::current(&model.info().device);
         actual.cases.push(run_case(model, &input)?.case);

@@ -3,11 +3,11 @@
 
 use crate::cli::{GenerateArgs, OutputFormat};
 use crate::error::{Exit, Result, input_err};
-use crate::record::{GenerateBatchLine, GenerateBatchSummary, GenerateCase};
+use crate::record::{CheckpointRecord, GenerateBatchLine, GenerateBatchSummary, GenerateCase};
 use crate::render::table;
 use crate::trace::{BuildInfo, Trace, TraceStep};
 use crate::workbench::cases::{self, CaseInput, CaseLine, apply_line, run_case, trace_case};
-use crate::workbench::{Mode, Workbench};
+use crate::workbench::{Mode, StepEvent, Workbench};
 
 use super::batch::{self, Batch};
 use super::{Ctx, Flags, model_of, notify, prepare, stream};
@@ -56,15 +56,28 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
     });
     let top_k = wb.settings().display_k;
     let mut trace_steps = Vec::new();
-    let run = wb.generate(!s.streams(), &mut |record| {
-        if args.record.is_some() {
-            trace_steps.push(TraceStep::from_meta_top(&record.appended_meta, top_k));
+    wb.set_checkpoints(crate::settings::checkpoints()?);
+    // From here Ctrl-C and SIGTERM stop at the next token; the work so far is kept.
+    crate::interrupt::install()?;
+    let run = wb.generate_events(!s.streams(), &mut |event| match event {
+        StepEvent::Token(record) => {
+            if args.record.is_some() {
+                trace_steps.push(TraceStep::from_meta_top(&record.appended_meta, top_k));
+            }
+            s.item(&mut stdout, record)?;
+            if let Some(pb) = &progress {
+                pb.inc(1);
+            }
+            Ok(())
         }
-        s.item(&mut stdout, record)?;
-        if let Some(pb) = &progress {
-            pb.inc(1);
-        }
-        Ok(())
+        StepEvent::Saved { branch, tokens } => Ok(s.item(
+            &mut stdout,
+            &CheckpointRecord {
+                kind: "checkpoint".into(),
+                branch: branch.to_string(),
+                tokens,
+            },
+        )?),
     })?;
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -84,8 +97,9 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
     }
     wb.save()?;
     notify(wb.take_notices());
+    let interrupted = super::interrupted(&wb, &run);
     s.finish(&mut stdout, &wb.generate_summary(run))?;
-    Ok(Exit::Success)
+    Ok(interrupted.unwrap_or(Exit::Success))
 }
 
 fn flags(args: &GenerateArgs) -> Flags<'_> {

@@ -21,11 +21,11 @@ use std::time::Instant;
 
 use crate::cli::{GlobalArgs, OutputFormat, PromptArgs, RuntimeArgs};
 use crate::engine::{LoadOptions, Model};
-use crate::error::Result;
+use crate::error::{Exit, Result};
 use crate::render::{Document, Stream, TableCtx};
 use crate::session::Session;
 use crate::settings::{self, OutputSettings, RunFlags, RunSettings, Terminal};
-use crate::workbench::SessionStore;
+use crate::workbench::{SessionStore, Workbench};
 
 /// What every command gets: the global flags and the terminal, read once.
 pub struct Ctx<'a> {
@@ -172,10 +172,30 @@ pub fn prepare(
     mode: crate::workbench::Mode,
 ) -> Result<(SessionStore, RunSettings)> {
     let write = matches!(mode, crate::workbench::Mode::Record { .. });
-    let store = ctx.store(write)?;
+    let store = ctx.store(write)?.force_model(flags.runtime.force);
     let settings = resolve(flags, store.existing())?;
     settings.require_prompt()?;
     Ok((store, settings))
+}
+
+/// The exit of a run that Ctrl-C or SIGTERM stopped (after its work was saved), if it was.
+pub fn interrupted(wb: &Workbench<'_>, run: &crate::workbench::StepRun) -> Option<Exit> {
+    (run.outcome.stop_reason == Some(crate::record::StopReason::Interrupted)).then(|| {
+        let b = wb.session().active();
+        Exit::Interrupted(match wb.session_path() {
+            Some(p) => format!(
+                "interrupted: stopped after {} new tokens; branch {} ({} tokens) is saved in {}",
+                run.outcome.n_tokens,
+                b.name,
+                b.completion_ids.len(),
+                p.display()
+            ),
+            None => format!(
+                "interrupted: stopped after {} new tokens (no session file: nothing kept)",
+                run.outcome.n_tokens
+            ),
+        })
+    })
 }
 
 /// The second half: the model of the settings, and how long loading it took (ms).

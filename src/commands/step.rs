@@ -39,9 +39,12 @@ pub fn run(ctx: &Ctx<'_>, args: StepArgs) -> Result<Exit> {
         (None, Some(text)) => wb.force_text(text)?,
         (None, None) => wb.choose(Some(args.steps as usize)),
     };
+    // A long `-n` stops at the next token on Ctrl-C and keeps what it made.
+    crate::interrupt::install()?;
     let run = wb.step(&plan, None, true, &mut |_| Ok(()))?;
     wb.save()?;
     notify(wb.take_notices());
+    let interrupted = super::interrupted(&wb, &run);
     let action = if created_branch.is_some() {
         StepAction::Rewind
     } else {
@@ -51,5 +54,5 @@ pub fn run(ctx: &Ctx<'_>, args: StepArgs) -> Result<Exit> {
         &out,
         &wb.step_doc(action, created_branch, Some(run), Vec::new()),
     )?;
-    Ok(Exit::Success)
+    Ok(interrupted.unwrap_or(Exit::Success))
 }

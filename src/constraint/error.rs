@@ -17,6 +17,12 @@ pub enum ConstraintError {
     /// A multiple-choice list with no non-empty option.
     #[error("the choice list is empty (no non-empty option)")]
     EmptyChoice,
+    /// More options than [`crate::limits::MAX_CHOICES`].
+    #[error(
+        "the choice list has {count} options, more than ntv's limit of {}",
+        crate::limits::MAX_CHOICES
+    )]
+    TooManyChoices { count: usize },
     /// A token the constraint forbids at that completion position.
     #[error("token {id} at completion position {position} is not allowed by the constraint")]
     Rejected {
@@ -58,6 +64,9 @@ impl ConstraintError {
                 }
             },
             Self::EmptyChoice => "give at least one non-empty option".into(),
+            Self::TooManyChoices { .. } => {
+                "for a larger set of answers use --regex with an alternation (a|b|…), which has no such limit".into()
+            }
             Self::Rejected { position, .. } => format!(
                 "the completion was made under another constraint or none: rewind to position {position} or before (`ntv step --undo N` / `--at I`), or drop the constraint"
             ),

@@ -796,3 +796,38 @@ fn emit(node: &Node, level: u8, out: &mut String) {
         }),
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary text, and text made of GBNF's own pieces, converts to Lark or fails with an
+        /// error (never a panic or a hang), the same way every time.
+        #[test]
+        fn fuzz_any_text_converts_or_fails_cleanly(
+            source in prop_oneof![
+                ".{0,60}",
+                prop::collection::vec(
+                    prop_oneof![
+                        Just("root"), Just(" ::= "),
+                        Just("\n"), Just("\"a\""),
+                        Just("[a-z]"), Just("[^\\n]"),
+                        Just("("), Just(")"),
+                        Just("|"), Just("*"),
+                        Just("+"), Just("?"),
+                        Just("{2,3}"), Just("x"),
+                        Just("# c\n"), Just("\\\\"),
+                    ],
+                    0..24,
+                )
+                .prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            let a = gbnf_to_lark(&source).map_err(|e| e.to_string());
+            let b = gbnf_to_lark(&source).map_err(|e| e.to_string());
+            prop_assert_eq!(a, b);
+        }
+    }
+}

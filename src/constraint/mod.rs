@@ -124,14 +124,16 @@ pub fn parse_choices(source: &str) -> Result<Vec<String>, ConstraintError> {
 }
 
 fn dedupe_choices(list: Vec<String>) -> Result<Vec<String>, ConstraintError> {
-    let mut out: Vec<String> = Vec::with_capacity(list.len());
-    for option in list {
-        if !option.is_empty() && !out.contains(&option) {
-            out.push(option);
-        }
-    }
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    let out: Vec<String> = list
+        .into_iter()
+        .filter(|o| !o.is_empty() && seen.insert(o.clone()))
+        .collect();
     if out.is_empty() {
         return Err(ConstraintError::EmptyChoice);
+    }
+    if out.len() > crate::limits::MAX_CHOICES {
+        return Err(ConstraintError::TooManyChoices { count: out.len() });
     }
     Ok(out)
 }
@@ -323,8 +325,10 @@ impl Constraint {
             .create_parser(grammar)
             .map_err(|e| malformed(kind, e))?;
         let matcher = Matcher::new(Ok(parser));
+        // Failing before the first token: the grammar itself cannot start (a limit of
+        // llguidance's, such as a row with too many items) — the input's fault.
         if let Some(e) = matcher.get_error() {
-            return Err(ConstraintError::Matcher(e));
+            return Err(malformed(kind, e));
         }
         Ok(Constraint {
             kind,

@@ -194,11 +194,13 @@ impl<'m> AttentionCapture<'m> {
             return Err(EngineError::ContextFull {
                 needed: n_max,
                 n_ctx: model.info().n_ctx_train as usize,
+                trained: model.info().n_ctx_train as usize,
             });
         }
         let n = u32::try_from(n_max).map_err(|_| EngineError::ContextFull {
             needed: n_max,
             n_ctx: u32::MAX as usize,
+            trained: model.info().n_ctx_train as usize,
         })?;
         let state = Box::into_raw(Box::<CaptureState>::default());
         // SAFETY: plain constructor returning a struct by value.
@@ -262,6 +264,7 @@ impl<'m> AttentionCapture<'m> {
             return Err(EngineError::ContextFull {
                 needed: n,
                 n_ctx: self.n_max,
+                trained: self.model.info().n_ctx_train as usize,
             });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| !self.model.in_range(t)) {

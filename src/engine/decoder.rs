@@ -112,6 +112,7 @@ impl<'m> Decoder<'m> {
             return Err(EngineError::ContextFull {
                 needed: tokens.len(),
                 n_ctx: self.n_ctx(),
+                trained: self.model.info().n_ctx_train as usize,
             });
         }
         let n_vocab = self.model.n_vocab();
@@ -211,6 +212,7 @@ impl<'m> Decoder<'m> {
             return Err(EngineError::ContextFull {
                 needed: self.cached.len() + 1,
                 n_ctx: self.n_ctx(),
+                trained: self.model.info().n_ctx_train as usize,
             });
         }
         self.decode_more(&[token], &|_| false, &mut |_, _| {})?;

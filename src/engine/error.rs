@@ -27,7 +27,12 @@ pub enum EngineError {
     #[error("could not create a llama.cpp context: {0}")]
     Context(String),
     #[error("the context holds {n_ctx} tokens but {needed} are needed")]
-    ContextFull { needed: usize, n_ctx: usize },
+    ContextFull {
+        needed: usize,
+        n_ctx: usize,
+        /// The model's trained context: the most `-c` can give.
+        trained: usize,
+    },
     #[error("llama.cpp failed to decode: {0}")]
     Decode(String),
     #[error("token id {id} is outside the vocabulary (0..{n_vocab})")]
@@ -50,9 +55,14 @@ impl EngineError {
             Self::UnsupportedArchitecture { .. } => {
                 "this llama.cpp build does not know the architecture; use a model llama.cpp supports or a newer ntv".into()
             }
-            Self::ContextFull { needed, .. } => format!(
-                "raise the context with -c/--ctx-size {} (or more), or shorten the prompt",
-                needed.next_power_of_two().max(512)
+            Self::ContextFull {
+                needed, trained, ..
+            } if needed <= trained => format!(
+                "raise the context with -c/--ctx-size {} (the model allows up to {trained}), or shorten the prompt",
+                needed.next_power_of_two().max(512).min(*trained)
+            ),
+            Self::ContextFull { trained, .. } => format!(
+                "shorten the prompt (or ask for fewer tokens): this model's context holds at most {trained} tokens"
             ),
             Self::TokenOutOfRange { .. } => "token ids come from `ntv preview --format json`".into(),
             Self::EmptyContext => "give a prompt with -p/--prompt".into(),

@@ -89,6 +89,7 @@ impl<'m> Occluder<'m> {
             return Err(EngineError::ContextFull {
                 needed: n_max,
                 n_ctx: train,
+                trained: model.info().n_ctx_train as usize,
             });
         }
         let params = LlamaContextParams::default()
@@ -132,6 +133,7 @@ impl<'m> Occluder<'m> {
             return Err(EngineError::ContextFull {
                 needed: n,
                 n_ctx: self.n_max,
+                trained: self.model.info().n_ctx_train as usize,
             });
         }
         let n_vocab = self.model.n_vocab();

@@ -177,6 +177,7 @@ impl Decoder<'_> {
             return Err(EngineError::ContextFull {
                 needed: tokens.len(),
                 n_ctx: self.n_ctx(),
+                trained: self.model().info().n_ctx_train as usize,
             });
         }
         let model = self.model();

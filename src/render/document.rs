@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{Palette, heatmap, json, table};
 use crate::cli::OutputFormat;
+use crate::record::CheckpointRecord;
 use crate::record::{
     AttributeDoc, BranchDiffDoc, BranchListDoc, BranchShowDoc, GenerateBatchLine, GenerateSummary,
     LoadDoc, PreviewDoc, StepDoc, StepRecord,
@@ -115,6 +116,13 @@ impl Document for StepDoc {
             json::write(w, s, false)?;
         }
         json::write(w, self, false)
+    }
+}
+
+/// Checkpoints are for machines (JSONL); people see the tokens.
+impl StreamItem for CheckpointRecord {
+    fn table_item(&self, _: &mut dyn Write, _: &TableCtx) -> io::Result<()> {
+        Ok(())
     }
 }
 

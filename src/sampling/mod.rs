@@ -66,6 +66,12 @@ pub enum SamplingError {
         /// The allowed range, in words.
         allowed: &'static str,
     },
+    /// The penalties pushed a token's logit out of the finite range.
+    #[error("the penalties push the logit of token {id} out of the finite range")]
+    PenaltyOverflow {
+        /// The token whose logit overflowed.
+        id: u32,
+    },
     /// A token id is not in `[0, n_vocab)`.
     #[error("token id {id} is out of range [0, {n_vocab})")]
     TokenOutOfRange {
@@ -104,6 +110,10 @@ impl SamplingError {
             SamplingError::InvalidParameter { name, allowed, .. } => {
                 Some(format!("set {name} {allowed}, or pick a preset"))
             }
+            SamplingError::PenaltyOverflow { .. } => Some(
+                "use penalties of a few units (presence and frequency penalties are subtracted                  per occurrence; 0 is off)"
+                    .to_string(),
+            ),
             SamplingError::TokenOutOfRange { n_vocab, .. } => Some(format!(
                 "token ids run from 0 to {}",
                 n_vocab.saturating_sub(1)
@@ -116,7 +126,9 @@ impl SamplingError {
     pub fn is_input(&self) -> bool {
         matches!(
             self,
-            SamplingError::InvalidParameter { .. } | SamplingError::TokenOutOfRange { .. }
+            SamplingError::InvalidParameter { .. }
+                | SamplingError::TokenOutOfRange { .. }
+                | SamplingError::PenaltyOverflow { .. }
         )
     }
 }

@@ -56,6 +56,13 @@ pub(crate) fn apply(
             v = if v < 0.0 { v * r } else { v / r };
         }
         v -= presence + frequency * f64::from(count);
+        // Checked where the number is made: a penalty so large that the logit leaves the
+        // finite range would turn every probability into NaN.
+        if v.is_nan() || v == f64::INFINITY {
+            touched.clear();
+            counts.iter_mut().for_each(|c| *c = 0);
+            return Err(SamplingError::PenaltyOverflow { id });
+        }
         z[i] = v;
     }
     touched.clear();
@@ -64,6 +71,25 @@ pub(crate) fn apply(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_penalty_that_overflows_the_logit_is_refused_and_leaves_the_counts_clean() {
+        use super::super::SamplingError;
+        let mut z = vec![1.0, 2.0, 3.0];
+        let mut counts = vec![0; 3];
+        let mut touched = Vec::new();
+        let p = SamplingParams {
+            frequency_penalty: -1e308,
+            ..SamplingParams::default()
+        };
+        let err = apply(&mut z, &[2, 2, 0], &p, &mut counts, &mut touched).unwrap_err();
+        assert!(
+            matches!(err, SamplingError::PenaltyOverflow { id: 2 }),
+            "{err:?}"
+        );
+        assert!(err.is_input());
+        assert!(counts.iter().all(|&c| c == 0) && touched.is_empty());
+    }
+
     use super::*;
 
     fn params(r: f64, presence: f64, frequency: f64, last_n: i32) -> SamplingParams {

@@ -177,7 +177,13 @@ impl SessionError {
         const ASIDE: &str = "move it aside or pass --session with another path; \
                              ntv never overwrites a session it cannot read";
         Some(match self {
-            Self::Io { .. } => return None,
+            Self::Io { op, path, error } => {
+                return if *op == "read" {
+                    None
+                } else {
+                    crate::fsutil::io_hint(error, path)
+                };
+            }
             Self::Corrupt { .. } | Self::Foreign { .. } => ASIDE.to_string(),
             Self::NewerVersion { .. } => {
                 "upgrade ntv to read it, or pass --session with another path".to_string()

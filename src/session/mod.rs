@@ -142,11 +142,16 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The longest branch name a session may hold.
+pub const MAX_BRANCH_NAME: usize = 200;
+
 /// Checks a user-chosen branch name: non-empty, only `A-Z a-z 0-9 . _ -`.
 /// (Automatic fork names contain `~` and so never collide with user names.)
 pub fn validate_branch_name(name: &str) -> Result<(), SessionError> {
     let reason = if name.is_empty() {
         "it is empty".to_string()
+    } else if name.len() > MAX_BRANCH_NAME {
+        format!("it is longer than {MAX_BRANCH_NAME} characters")
     } else if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
@@ -390,7 +395,17 @@ impl Session {
                 name: name.to_string(),
             });
         }
-        self.branches.remove(i);
+        let gone = self.branches.remove(i);
+        // Its children now fork from its parent, where the three still share a prefix.
+        for b in &mut self.branches {
+            if b.parent.as_deref() == Some(name) {
+                b.parent = gone.parent.clone();
+                b.fork_position = match (b.fork_position, gone.fork_position) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    _ => None,
+                };
+            }
+        }
         if was_active {
             self.active_branch = if self.branches.iter().any(|b| b.name == MAIN_BRANCH) {
                 MAIN_BRANCH.to_string()
@@ -456,12 +471,58 @@ impl Session {
         if self.branches.is_empty() {
             return Err("it has no branches".into());
         }
+        // The rules the command line holds its values to.
+        self.params.validate().map_err(|e| format!("params: {e}"))?;
+        if self.display_k == 0 || self.display_k > crate::trace::MAX_TOP_K {
+            return Err(format!(
+                "display_k {} is not in 1..={}",
+                self.display_k,
+                crate::trace::MAX_TOP_K
+            ));
+        }
         for (i, b) in self.branches.iter().enumerate() {
             if b.name.is_empty() {
                 return Err(format!("branches[{i}] has an empty name"));
             }
+            // User names (validate_branch_name) plus `~` of automatic fork names; nothing
+            // that a terminal would interpret when `branch list` prints it.
+            if b.name.len() > MAX_BRANCH_NAME
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '~'))
+            {
+                return Err(format!(
+                    "branches[{i}] has the name {:?}: names are at most {MAX_BRANCH_NAME} of A-Z a-z 0-9 . _ - ~",
+                    b.name
+                ));
+            }
             if self.branches[..i].iter().any(|o| o.name == b.name) {
                 return Err(format!("branch name '{}' is used twice", b.name));
+            }
+            if let Some(p) = &b.parent
+                && !self.branches.iter().any(|o| &o.name == p)
+            {
+                return Err(format!(
+                    "branch '{}' names the parent '{p}', which is not among its branches",
+                    b.name
+                ));
+            }
+            if let Some(at) = b.fork_position
+                && at > crate::limits::MAX_CONTEXT_TOKENS
+            {
+                return Err(format!(
+                    "branch '{}' forks at position {at}, beyond any context ({})",
+                    b.name,
+                    crate::limits::MAX_CONTEXT_TOKENS
+                ));
+            }
+            if b.completion_ids.len() > crate::limits::MAX_CONTEXT_TOKENS {
+                return Err(format!(
+                    "branch '{}' holds {} tokens, beyond any context",
+                    b.name,
+                    b.completion_ids.len()
+                ));
             }
             if b.appended_meta.len() != b.completion_ids.len() {
                 return Err(format!(
@@ -470,6 +531,25 @@ impl Session {
                     b.completion_ids.len(),
                     b.appended_meta.len()
                 ));
+            }
+        }
+        // Parents form a forest: following them from any branch ends within n steps.
+        for b in &self.branches {
+            let mut at = b;
+            for _ in 0..=self.branches.len() {
+                match &at.parent {
+                    None => break,
+                    Some(p) => {
+                        at = self
+                            .branches
+                            .iter()
+                            .find(|o| &o.name == p)
+                            .expect("checked")
+                    }
+                }
+            }
+            if at.parent.is_some() {
+                return Err(format!("the parents of branch '{}' form a cycle", b.name));
             }
         }
         if !self.branches.iter().any(|b| b.name == self.active_branch) {

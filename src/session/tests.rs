@@ -311,6 +311,65 @@ fn inconsistent_files() {
 }
 
 #[test]
+fn hostile_sessions_are_refused_by_the_same_rules_as_the_command_line() {
+    let dir = tmp();
+    let path = session_path(&dir);
+    let refused = |edit: &dyn Fn(&mut Session), needle: &str| {
+        let mut s = sample();
+        edit(&mut s);
+        write(&path, &serde_json::to_string(&s).unwrap());
+        let err = load(&path).unwrap_err();
+        assert!(err.is_input(), "{err}");
+        assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+    };
+    // A branch name that would reach the terminal raw.
+    refused(
+        &|s| s.branches[1].name = "alt\u{1b}[2J".into(),
+        "names are at most",
+    );
+    refused(
+        &|s| s.branches[1].name = "x".repeat(500),
+        "names are at most",
+    );
+    refused(
+        &|s| s.branches[1].parent = Some("gone".into()),
+        "not among its branches",
+    );
+    refused(
+        &|s| {
+            s.branches[0].parent = Some("alt".into());
+            s.branches[1].parent = Some("main".into());
+        },
+        "cycle",
+    );
+    refused(&|s| s.branches[0].parent = Some("main".into()), "cycle");
+    refused(
+        &|s| s.branches[1].fork_position = Some(1 << 62),
+        "beyond any context",
+    );
+    refused(&|s| s.params.temperature = -1.0, "temperature");
+    refused(&|s| s.display_k = 0, "display_k");
+    // Automatic fork names (`main~1`) are fine.
+    let mut s = sample();
+    s.branches[1].name = "main~1".into();
+    write(&path, &serde_json::to_string(&s).unwrap());
+    load(&path).unwrap();
+}
+
+#[test]
+fn deleting_a_parent_reparents_its_children() {
+    let mut s = sample(); // main (4 tokens), alt forked from main at 1
+    s.switch("alt").unwrap();
+    s.fork_at(1).unwrap(); // alt~1, parent alt, fork 1
+    s.switch("main").unwrap();
+    s.delete("alt", false).unwrap();
+    let child = s.branches.iter().find(|b| b.name == "alt~1").unwrap();
+    assert_eq!(child.parent.as_deref(), Some("main"));
+    assert_eq!(child.fork_position, Some(1));
+    s.check().unwrap();
+}
+
+#[test]
 fn failed_load_leaves_file_byte_for_byte() {
     let dir = tmp();
     let path = session_path(&dir);
@@ -345,11 +404,11 @@ fn atomic_save_leaves_no_temp_files() {
     let path = session_path(&dir);
     let mut s = sample();
     for i in 0..5 {
-        s.display_k = i;
+        s.display_k = i + 1;
         save(&path, &s).unwrap();
     }
     assert_eq!(dir_entries(dir.path()), ["ntv-session.json"]);
-    assert_eq!(load(&path).unwrap().unwrap().display_k, 4);
+    assert_eq!(load(&path).unwrap().unwrap().display_k, 5);
 }
 
 #[test]
@@ -675,5 +734,21 @@ fn parse_accepts_what_save_writes() {
         let bytes = std::fs::read(&path).unwrap();
         let parsed = parse(&path, &bytes).unwrap();
         assert_eq!(parsed, s);
+    }
+}
+
+proptest::proptest! {
+    /// Mutated session files load or are refused with a typed error; one that loads holds the
+    /// session invariants and survives a save and a load.
+    #[test]
+    fn fuzz_any_mutated_session_loads_consistently_or_is_refused(
+        bytes in crate::fuzz::mutated(serde_json::to_value(sample()).unwrap())
+    ) {
+        let p = Path::new("fuzz.json");
+        if let Ok(s) = super::file::parse(p, &bytes) {
+            proptest::prop_assert!(s.check().is_ok());
+            let again = serde_json::to_vec(&s).unwrap();
+            proptest::prop_assert!(super::file::parse(p, &again).is_ok());
+        }
     }
 }

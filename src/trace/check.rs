@@ -8,7 +8,8 @@
 //!    on one side only (the recorded sets are top-k lists, so a boundary swap can happen) is
 //!    accepted when its `p_base` is at most the other side's smallest recorded `p_base` plus
 //!    `atol`, i.e. when it plausibly fell just outside the other side's list.
-//! 3. **top1**: the most probable recorded token by `p_base` must be the same.
+//! 3. **entropy**: `entropy_base` and `entropy_final` must be within 100 × `atol` bits.
+//! 4. **top1**: the most probable recorded token by `p_base` must be the same.
 //!
 //! Then the **length** (number of steps) and the stop reason must agree; before any step, the
 //! **prompt** token ids must be equal.
@@ -60,6 +61,8 @@ pub enum DivergenceKind {
     Probability,
     /// The most probable token (by p_base) changed.
     Top1,
+    /// An entropy (before or after the sampler) moved by more than 100 × `atol` bits.
+    Entropy,
     /// The number of steps or the stop reason differs; `step` is the shorter length.
     Length,
 }
@@ -72,6 +75,7 @@ impl DivergenceKind {
             Self::Token => "token",
             Self::Probability => "probability",
             Self::Top1 => "top1",
+            Self::Entropy => "entropy",
             Self::Length => "length",
         }
     }
@@ -276,6 +280,10 @@ pub fn check_case(expected: &TraceCase, actual: &TraceCase, opts: &CheckOptions)
             out.fail(d);
             return out;
         }
+        if let Some(d) = compare_entropies(i, e, a, atol) {
+            out.fail(d);
+            return out;
+        }
         let (t_e, t_a) = (e.top1(), a.top1());
         if t_e != t_a {
             let tie = base_gap(e) < atol;
@@ -330,6 +338,34 @@ fn abs_diff(x: f64, y: f64) -> f64 {
 
 fn min_p_base(top: &[TraceCandidate]) -> f64 {
     top.iter().map(|c| c.p_base).fold(f64::INFINITY, f64::min)
+}
+
+/// Entropies may move by [`ENTROPY_TOL_PER_ATOL`] × `atol` bits (they sum over the whole
+/// vocabulary, so they move more than any one probability).
+pub const ENTROPY_TOL_PER_ATOL: f64 = 100.0;
+
+/// The first of the step's two entropies that moved beyond tolerance.
+fn compare_entropies(i: usize, e: &TraceStep, a: &TraceStep, atol: f64) -> Option<Divergence> {
+    let tol = ENTROPY_TOL_PER_ATOL * atol;
+    [
+        ("entropy_base", e.entropy_base, a.entropy_base),
+        ("entropy_final", e.entropy_final, a.entropy_final),
+    ]
+    .into_iter()
+    .find(|(_, x, y)| (x - y).abs() > tol)
+    .map(|(what, x, y)| Divergence {
+        step: i,
+        kind: DivergenceKind::Entropy,
+        expected_id: Some(e.selected_id),
+        actual_id: Some(a.selected_id),
+        expected_p: None,
+        actual_p: None,
+        near_tie: false,
+        detail: format!(
+            "{what} moved from {x:.6} to {y:.6} bits (by {:.3e}, tolerance {tol:.1e} = {ENTROPY_TOL_PER_ATOL} × atol)",
+            (x - y).abs()
+        ),
+    })
 }
 
 /// The largest compared difference at a step, and the worst difference beyond `atol`.

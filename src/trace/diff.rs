@@ -315,6 +315,16 @@ pub fn diff_traces(a: &Trace, b: &Trace) -> Result<DiffSummary, TraceError> {
                 ),
             });
         }
+        if ca.steps.is_empty() != cb.steps.is_empty() {
+            return Err(TraceError::CaseMismatch {
+                case: i,
+                message: format!(
+                    "one trace has no steps for it ({} and {} steps): there is nothing to compare",
+                    ca.steps.len(),
+                    cb.steps.len()
+                ),
+            });
+        }
         for (j, (sa, sb)) in ca.steps.iter().zip(&cb.steps).enumerate() {
             steps.push(DiffStep::from_steps(i, j, sa, sb));
             if sa.selected_id != sb.selected_id {

@@ -99,7 +99,13 @@ impl TraceError {
             Self::NotFound { .. } => {
                 "record one first with `ntv generate --record FILE`, or check the path".into()
             }
-            Self::Io { .. } => return None,
+            Self::Io { op, path, error } => {
+                return if *op == "read" {
+                    None
+                } else {
+                    crate::fsutil::io_hint(error, path)
+                };
+            }
             Self::Corrupt { .. } | Self::Foreign { .. } => {
                 "trace files are written by `ntv generate --record`; record the trace again".into()
             }

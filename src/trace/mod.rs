@@ -400,7 +400,64 @@ fn validate(trace: &Trace) -> Result<(), (String, String)> {
             Err((field, format!("{p} is not a probability in [0, 1]")))
         }
     };
+    if trace.cases.is_empty() {
+        return Err((
+            "cases".into(),
+            "the trace has no cases: there is nothing to check".into(),
+        ));
+    }
     for (i, case) in trace.cases.iter().enumerate() {
+        let at = format!("cases[{i}]");
+        // The run settings hold the rules the command line holds.
+        case.params
+            .validate()
+            .map_err(|e| (format!("{at}.params"), e.to_string()))?;
+        if case.threads < 1 {
+            return Err((
+                format!("{at}.threads"),
+                format!("{} is not a thread count (>= 1)", case.threads),
+            ));
+        }
+        if case.ctx_size < 16 {
+            return Err((
+                format!("{at}.ctx_size"),
+                format!("{} is smaller than the least context (16)", case.ctx_size),
+            ));
+        }
+        if case.max_tokens > case.ctx_size {
+            return Err((
+                format!("{at}.max_tokens"),
+                format!(
+                    "{} is more than the context ({}) can hold",
+                    case.max_tokens, case.ctx_size
+                ),
+            ));
+        }
+        if case.steps.len() > case.max_tokens as usize {
+            return Err((
+                format!("{at}.steps"),
+                format!(
+                    "{} steps recorded, but max_tokens is {}",
+                    case.steps.len(),
+                    case.max_tokens
+                ),
+            ));
+        }
+        if case.top_k == 0 || case.top_k > MAX_TOP_K {
+            return Err((
+                format!("{at}.top_k"),
+                format!("{} is not in 1..={MAX_TOP_K}", case.top_k),
+            ));
+        }
+        if case.prompt_ids.is_empty() {
+            return Err((format!("{at}.prompt_ids"), "it is empty".into()));
+        }
+        if let Some(k) = case.prompt_ids.iter().position(|&id| id < 0) {
+            return Err((
+                format!("{at}.prompt_ids[{k}]"),
+                format!("{} is not a token id", case.prompt_ids[k]),
+            ));
+        }
         for (j, step) in case.steps.iter().enumerate() {
             let at = format!("cases[{i}].steps[{j}]");
             prob(format!("{at}.selected_p_base"), step.selected_p_base)?;
@@ -425,6 +482,28 @@ fn validate(trace: &Trace) -> Result<(), (String, String)> {
             {
                 return Err((format!("{at}.draw"), format!("{u} is not in [0, 1)")));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The most candidates a step may record (the CLI's `--display-k` never asks for more).
+pub const MAX_TOP_K: usize = 1 << 20;
+
+/// Every token id of `case` lies in a vocabulary of `n_vocab` (checked once the model is
+/// known); the offending field's path (under the case) and the problem otherwise.
+pub fn ids_in_vocab(case: &TraceCase, n_vocab: usize) -> Result<(), (String, String)> {
+    let bad = |id: i32| id < 0 || id as usize >= n_vocab;
+    let msg = |id: i32| format!("token id {id} is outside the model's vocabulary (0..{n_vocab})");
+    if let Some(k) = case.prompt_ids.iter().position(|&id| bad(id)) {
+        return Err((format!("prompt_ids[{k}]"), msg(case.prompt_ids[k])));
+    }
+    for (j, step) in case.steps.iter().enumerate() {
+        if bad(step.selected_id) {
+            return Err((format!("steps[{j}].selected_id"), msg(step.selected_id)));
+        }
+        if let Some(k) = step.top.iter().position(|c| bad(c.id)) {
+            return Err((format!("steps[{j}].top[{k}].id"), msg(step.top[k].id)));
         }
     }
     Ok(())

@@ -783,3 +783,19 @@ fn build_info_and_schemas() {
         );
     }
 }
+
+proptest::proptest! {
+    /// Mutated traces parse or are refused with a typed error; one that parses passes the
+    /// reader's own checks again when written out.
+    #[test]
+    fn fuzz_any_mutated_trace_parses_consistently_or_is_refused(
+        bytes in crate::fuzz::mutated(serde_json::to_value(trace(vec![three_steps()])).unwrap())
+    ) {
+        let p = std::path::Path::new("fuzz.json");
+        if let Ok(t) = parse(p, &bytes) {
+            proptest::prop_assert!(!t.cases.is_empty());
+            let again = serde_json::to_vec(&t).unwrap();
+            proptest::prop_assert!(parse(p, &again).is_ok());
+        }
+    }
+}

@@ -79,10 +79,38 @@ pub fn model_changed(session: &Session, current: &ModelRef) -> Option<String> {
     let old = session.model.as_ref()?;
     (old.path == current.path && old.fingerprint != current.fingerprint).then(|| {
         format!(
-            "warning: the model file {} changed since this session recorded it (fingerprint differs); recorded probabilities may not match",
-            current.path
+            "the model file {} changed since this session recorded it (fingerprint {} then, {} now)",
+            current.path,
+            short_fingerprint(&old.fingerprint),
+            short_fingerprint(&current.fingerprint)
         )
     })
+}
+
+fn short_fingerprint(f: &crate::session::Fingerprint) -> String {
+    let head: String = f.sha256_head_tail.chars().take(12).collect();
+    format!("{} bytes, sha256 {head}…", f.size)
+}
+
+/// Write the session; a session it replaced is written aside first (named in `notices`).
+fn save_session(store: &mut SessionStore, notices: &mut Vec<String>) -> Result<()> {
+    let saved = store.save()?;
+    if let Some(aside) = saved.aside {
+        notices.push(format!(
+            "note: the session held a completion for another prompt or model; it is kept as {} (pass --session {} to go back to it, --reset to discard instead)",
+            aside.display(),
+            aside.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a session whose model changed (`what` said by [`model_changed`]).
+fn changed_model_error(what: String) -> crate::error::Error {
+    input_err(
+        format!("{what}: its token ids may mean other tokens in this file"),
+        "pass --force to go on with it anyway, --reset to start the session over on this model, or --session with another path",
+    )
 }
 
 /// The rendered prompt text and its ids (chat.md).
@@ -192,6 +220,32 @@ pub enum Mode {
     Record { reset: bool },
 }
 
+/// What a step run reports as it goes.
+pub enum StepEvent<'a> {
+    /// A token was appended (its record, as streamed).
+    Token(&'a StepRecord),
+    /// The session file now holds the active branch's completion up to `tokens` tokens (a
+    /// checkpoint of a long run, written after the token's record was reported).
+    Saved { branch: &'a str, tokens: usize },
+}
+
+/// How often a long run writes the session while it goes (so `kill -9` loses at most that
+/// much): after this many tokens or this much time since the last write, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Checkpoints {
+    pub tokens: usize,
+    pub every: std::time::Duration,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Self {
+            tokens: 64,
+            every: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// What a run of steps produced.
 #[derive(Debug, Clone)]
 pub struct StepRun {
@@ -225,6 +279,10 @@ pub struct Workbench<'m> {
     primed: bool,
     tokenize_ms: f64,
     notices: Vec<String>,
+    /// What changed about the session's model file, when it did (and `--force` was not given).
+    changed_model: Option<String>,
+    /// Writes of the session during long runs (`None`: read-only core, nothing written).
+    checkpoints: Option<Checkpoints>,
 }
 
 impl<'m> Workbench<'m> {
@@ -238,9 +296,19 @@ impl<'m> Workbench<'m> {
         settings::check_display_k(settings.display_k, model.n_vocab())?;
         let model_ref = model_ref(model)?;
         let mut notices = Vec::new();
-        if let Some(w) = store.existing().and_then(|s| model_changed(s, &model_ref)) {
-            notices.push(w);
+        // Extending or replaying a completion made with another file is refused (spec:
+        // session.md) unless forced or reset; read-only commands warn.
+        let changed = store.existing().and_then(|s| model_changed(s, &model_ref));
+        if let Some(w) = &changed {
+            match mode {
+                Mode::Record { reset: false } if !store.force_model => {
+                    return Err(changed_model_error(w.clone()));
+                }
+                Mode::Record { reset: true } => {}
+                _ => notices.push(format!("warning: {w}")),
+            }
         }
+        let model_changed = changed.is_some() && !store.force_model;
         let prompt = settings.require_prompt()?.clone();
         let t = Instant::now();
         let (prompt_text, prompt_ids) = prompt_ids(model, &prompt)?;
@@ -304,7 +372,18 @@ impl<'m> Workbench<'m> {
             primed: false,
             tokenize_ms,
             notices,
+            changed_model: changed.filter(|_| model_changed),
+            checkpoints: matches!(mode, Mode::Record { .. }).then(Checkpoints::default),
         })
+    }
+
+    /// Refuse (unless `--force`) to work on the session's completion when the model file
+    /// changed since it was recorded (attribution of its tokens replays them).
+    pub fn require_unchanged_model(&self) -> Result<()> {
+        match &self.changed_model {
+            Some(w) if !self.completion().is_empty() => Err(changed_model_error(w.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// Warnings and notes for stderr gathered so far (taken: each is shown once).
@@ -502,6 +581,13 @@ impl<'m> Workbench<'m> {
         Plan::Choose { choice, n }
     }
 
+    /// Set how often long runs write the session (a recording core only).
+    pub fn set_checkpoints(&mut self, c: Checkpoints) {
+        if self.checkpoints.is_some() {
+            self.checkpoints = Some(c);
+        }
+    }
+
     /// Append tokens by `plan` to the active branch until the plan ends or a stop condition
     /// (stop sequences of the settings, `max_tokens` new tokens). `on_step` sees each record
     /// as it is made; `keep` keeps them in the returned run too.
@@ -512,6 +598,20 @@ impl<'m> Workbench<'m> {
         keep: bool,
         on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
     ) -> Result<StepRun> {
+        self.step_events(plan, max_tokens, keep, &mut |e| match e {
+            StepEvent::Token(r) => on_step(r),
+            StepEvent::Saved { .. } => Ok(()),
+        })
+    }
+
+    /// [`Workbench::step`], also reporting the checkpoints a long run writes.
+    pub fn step_events(
+        &mut self,
+        plan: &Plan,
+        max_tokens: Option<usize>,
+        keep: bool,
+        on_event: &mut dyn FnMut(StepEvent<'_>) -> Result<()>,
+    ) -> Result<StepRun> {
         self.primed()?;
         let params = self.settings.call_params();
         let display_k = self.settings.display_k;
@@ -521,12 +621,15 @@ impl<'m> Workbench<'m> {
         };
         self.store.session.stop = rule.stops.clone();
         let seed = self.settings.seed;
-        let session = &mut self.store.session;
-        let constraint = session.constraint.clone();
-        let branch = session.active_mut();
+        let store = &mut self.store;
+        let notices = &mut self.notices;
+        let checkpoints = self.checkpoints.filter(|_| store.path().is_some());
+        let constraint = store.session.constraint.clone();
+        let branch = store.session.active_mut();
         let start = branch.completion_ids.len();
         let mut rng = branch_rng(branch, seed);
         let mut records = Vec::new();
+        let mut last_save = (Instant::now(), start);
         let outcome = stepper::run(
             self.driver.as_mut().expect("primed above"),
             &params,
@@ -535,7 +638,7 @@ impl<'m> Workbench<'m> {
             &rule,
             &mut rng,
             &mut |_, a| {
-                let branch = session.active_mut();
+                let branch = store.session.active_mut();
                 branch.completion_ids.push(a.meta.selected_id);
                 branch.appended_meta.push(a.meta.clone());
                 branch.rng_pos = a.rng.state().pos;
@@ -549,14 +652,30 @@ impl<'m> Workbench<'m> {
                     stop_reason: a.stop,
                     constraint: constraint.clone(),
                 };
-                on_step(&record)?;
+                on_event(StepEvent::Token(&record))?;
+                let n = record.index + 1;
                 if keep {
                     records.push(record);
+                }
+                // A checkpoint: written after the token was reported, so what the file holds
+                // is always a prefix of what was streamed. The last token's write is the
+                // caller's (it saves the KV cache too).
+                if let Some(c) = checkpoints
+                    && a.stop.is_none()
+                    && (n - last_save.1 >= c.tokens || last_save.0.elapsed() >= c.every)
+                {
+                    save_session(store, notices)?;
+                    last_save = (Instant::now(), n);
+                    let branch = store.session.active_branch.clone();
+                    on_event(StepEvent::Saved {
+                        branch: &branch,
+                        tokens: n,
+                    })?;
                 }
                 Ok(())
             },
         )?;
-        session.active_mut().stop_reason = outcome.stop_reason;
+        store.session.active_mut().stop_reason = outcome.stop_reason;
         Ok(StepRun {
             records,
             kept: keep,
@@ -571,6 +690,18 @@ impl<'m> Workbench<'m> {
         keep: bool,
         on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
     ) -> Result<StepRun> {
+        self.generate_events(keep, &mut |e| match e {
+            StepEvent::Token(r) => on_step(r),
+            StepEvent::Saved { .. } => Ok(()),
+        })
+    }
+
+    /// [`Workbench::generate`], also reporting checkpoints.
+    pub fn generate_events(
+        &mut self,
+        keep: bool,
+        on_event: &mut dyn FnMut(StepEvent<'_>) -> Result<()>,
+    ) -> Result<StepRun> {
         let max = self
             .settings
             .max_tokens
@@ -580,7 +711,7 @@ impl<'m> Workbench<'m> {
         }
         self.store.session.max_tokens = self.settings.max_tokens;
         let plan = self.choose(None);
-        let mut run = self.step(&plan, Some(max as usize), keep, on_step)?;
+        let mut run = self.step_events(&plan, Some(max as usize), keep, on_event)?;
         run.outcome
             .stop_reason
             .get_or_insert(crate::record::StopReason::MaxTokens);
@@ -727,15 +858,7 @@ impl<'m> Workbench<'m> {
             self.notices
                 .push(format!("warning: could not update the prefix cache: {e}"));
         }
-        let saved = self.store.save()?;
-        if let Some(aside) = saved.aside {
-            self.notices.push(format!(
-                "note: the session held a completion for another prompt or model; it is kept as {} (pass --session {} to go back to it, --reset to discard instead)",
-                aside.display(),
-                aside.display()
-            ));
-        }
-        Ok(())
+        save_session(&mut self.store, &mut self.notices)
     }
 
     /// The `ntv preview` document of a distribution.

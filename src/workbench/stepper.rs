@@ -175,6 +175,8 @@ pub fn run<'m>(
             Some(StopReason::ContextFull)
         } else if rule.max_tokens.is_some_and(|n| outcome.n_tokens >= n) {
             Some(StopReason::MaxTokens)
+        } else if crate::interrupt::requested() {
+            Some(StopReason::Interrupted)
         } else {
             None
         };
@@ -182,7 +184,7 @@ pub fn run<'m>(
             outcome.stop_reason = stop;
         }
         on_token(driver, Appended { meta, stop, rng })?;
-        if stop.is_some() && !plan.appends_whole() {
+        if stop.is_some() && (!plan.appends_whole() || stop == Some(StopReason::Interrupted)) {
             break;
         }
     }

@@ -18,6 +18,8 @@ pub struct SessionStore {
     /// The session as found, to be written aside on save (a new one replaced it).
     aside: Option<Session>,
     _lock: Option<SessionLock>,
+    /// `--force`: go on with a session whose model file changed.
+    pub(crate) force_model: bool,
 }
 
 /// What [`SessionStore::save`] did besides writing the session.
@@ -45,6 +47,7 @@ impl SessionStore {
             path: Some(path),
             aside: None,
             _lock: lock,
+            force_model: false,
         })
     }
 
@@ -56,7 +59,14 @@ impl SessionStore {
             existed: false,
             aside: None,
             _lock: None,
+            force_model: false,
         }
+    }
+
+    /// Allow (`true`, `--force`) a session whose model file changed since it was recorded.
+    pub fn force_model(mut self, force: bool) -> Self {
+        self.force_model = force;
+        self
     }
 
     /// The session as found on disk, if there was one (read settings from it before changing

@@ -249,7 +249,7 @@ fn malformed_constraints_are_refused_before_the_model_runs() {
         ),
         (
             &["--choices", "/nonexistent/choices.txt"],
-            &["cannot read /nonexistent/choices.txt"],
+            &["cannot read choices file /nonexistent/choices.txt"],
         ),
         (&["--choice", ""], &["the choice list is empty"]),
     ];

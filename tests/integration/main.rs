@@ -15,6 +15,7 @@ mod engine;
 mod errors;
 mod generate;
 mod golden;
+mod hostile;
 mod kvcache;
 mod oneshot;
 mod prefix_cache;

@@ -6,7 +6,6 @@
 //! 0.002–0.008 nats per prompt as measured, like the llama original's 0.004),
 //! attention rows are distributions, and `ntv attribute` works on it end to end.
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -15,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use ntv::attribution::AutogradModel;
 use ntv::engine::{AttentionCapture, LoadOptions, Model};
 
-use crate::util::{KNOWN_IDS, PROMPT, Sandbox, model};
+use crate::util::{KNOWN_IDS, PROMPT, Sandbox};
 
 /// The qwen2 copy of the test model, written once per test process.
 fn qwen2_gguf() -> &'static Path {
@@ -32,44 +31,27 @@ fn qwen3_gguf() -> &'static Path {
 /// The test model's weights as a GGUF of architecture `arch` (qwen2: zero Q/K/V biases; qwen3:
 /// Q/K norm weights of ones), in the cargo target's temp folder.
 fn rewrite_as(arch: &str) -> PathBuf {
-    {
-        let out =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-as-{arch}.gguf"));
-        let mut reader = BufReader::new(std::fs::File::open(model()).expect("test model"));
-        let content = gguf_file::Content::read(&mut reader).expect("GGUF");
-        let get_u32 = |k: &str| content.metadata[k].to_u32().expect("u32 metadata");
+    crate::util::rewritten_model(&format!("smollm2-as-{arch}"), |metadata, tensors| {
+        let get_u32 = |k: &str| {
+            metadata
+                .iter()
+                .find(|(key, _)| key == k)
+                .and_then(|(_, v)| v.to_u32().ok())
+                .expect("u32 metadata")
+        };
         let n_layer = get_u32("llama.block_count") as usize;
         let n_embd = get_u32("llama.embedding_length") as usize;
         let n_head = get_u32("llama.attention.head_count") as usize;
         let n_head_kv = get_u32("llama.attention.head_count_kv") as usize;
         let kv_dim = n_embd / n_head * n_head_kv;
-        let mut metadata: Vec<(String, gguf_file::Value)> = content
-            .metadata
-            .iter()
-            .map(|(k, v)| {
-                let key = match k.strip_prefix("llama.") {
-                    Some(rest) => format!("{arch}.{rest}"),
-                    None => k.clone(),
-                };
-                let value = if k == "general.architecture" {
-                    gguf_file::Value::String(arch.into())
-                } else {
-                    v.clone()
-                };
-                (key, value)
-            })
-            .collect();
-        metadata.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors: Vec<(String, QTensor)> = content
-            .tensor_infos
-            .keys()
-            .map(|name| {
-                let t = content
-                    .tensor(&mut reader, name, &Device::Cpu)
-                    .expect("tensor");
-                (name.clone(), t)
-            })
-            .collect();
+        for (key, value) in metadata.iter_mut() {
+            if key == "general.architecture" {
+                *value = gguf_file::Value::String(arch.into());
+            }
+            if let Some(rest) = key.strip_prefix("llama.") {
+                *key = format!("{arch}.{rest}");
+            }
+        }
         let zeros = |n: usize| {
             let t = Tensor::zeros(n, DType::F32, &Device::Cpu).expect("zeros");
             QTensor::quantize(&t, GgmlDType::F32).expect("f32 tensor")
@@ -88,17 +70,7 @@ fn rewrite_as(arch: &str) -> PathBuf {
                 tensors.push((format!("blk.{i}.attn_v.bias"), zeros(kv_dim)));
             }
         }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let tmp = out.with_extension("gguf.tmp");
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
-        let meta: Vec<(&str, &gguf_file::Value)> =
-            metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let tens: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut w, &meta, &tens).expect("write GGUF");
-        drop(w);
-        std::fs::rename(&tmp, &out).expect("rename");
-        out
-    }
+    })
 }
 
 #[test]

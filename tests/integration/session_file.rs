@@ -386,7 +386,7 @@ fn concurrent_steps_are_serialised_by_the_lock() {
 }
 
 #[test]
-fn a_changed_model_file_is_reported_loudly() {
+fn a_changed_model_file_is_refused_and_forced_loudly() {
     let sb = Sandbox::new();
     let copy = sb.path().join("model.gguf");
     std::fs::copy(m(), &copy).unwrap();
@@ -406,7 +406,13 @@ fn a_changed_model_file_is_reported_loudly() {
         .unwrap();
     std::io::Write::write_all(&mut f, b"\0").unwrap();
     drop(f);
-    let out = sb.run(&["step", "--greedy", "--json"]);
+    // Extending the completion with another file is refused (session.md)…
+    let before = sb.session_bytes().unwrap();
+    let err = sb.fails(&["step", "--greedy", "--json"], 2);
+    assert!(err.contains("changed") && err.contains("--force"), "{err}");
+    assert_eq!(sb.session_bytes().unwrap(), before);
+    // …unless forced, and then still loudly.
+    let out = sb.run(&["step", "--greedy", "--json", "--force"]);
     assert!(
         out.status.success(),
         "{}",

@@ -322,3 +322,48 @@ fn children_run_the_test_model_and_never_fetch() {
         "nothing was fetched"
     );
 }
+
+/// A copy of the test model with its metadata and tensors edited by `edit`, written once per
+/// name into the cargo target's temp folder (atomically: concurrent tests never see half a
+/// file). Keys and tensors are sorted after the edit.
+pub fn rewritten_model(
+    name: &str,
+    edit: impl FnOnce(
+        &mut Vec<(String, candle_core::quantized::gguf_file::Value)>,
+        &mut Vec<(String, candle_core::quantized::QTensor)>,
+    ),
+) -> PathBuf {
+    use candle_core::Device;
+    use candle_core::quantized::gguf_file;
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.gguf"));
+    let mut reader = std::io::BufReader::new(std::fs::File::open(model()).expect("test model"));
+    let content = gguf_file::Content::read(&mut reader).expect("GGUF");
+    let mut metadata: Vec<(String, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .expect("tensor");
+            (name.clone(), t)
+        })
+        .collect();
+    edit(&mut metadata, &mut tensors);
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
+    let meta: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tens: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut w, &meta, &tens).expect("write GGUF");
+    drop(w);
+    std::fs::rename(&tmp, &out).expect("rename");
+    out
+}
