@@ -256,6 +256,24 @@ pub struct PromptArgs {
     /// Use the model's chat template (undoes a session's --no-chat-template).
     #[arg(long, conflicts_with = "no_chat_template")]
     pub chat_template: bool,
+    /// A whole conversation instead of -p/--system: a JSON list of {"role", "content"}
+    /// messages (OpenAI style; `-` reads stdin). Rendered by the chat template with
+    /// add_generation_prompt, or continued when the last message is the assistant's; without
+    /// a template the contents are joined by newlines.
+    #[arg(
+        long,
+        value_name = "FILE.json",
+        conflicts_with_all = ["prompt", "prompt_file", "system"]
+    )]
+    pub messages: Option<PathBuf>,
+    /// Raw prompts (--no-chat-template): keep special-token text such as `<|im_start|>`
+    /// literal, as plain-text tokens. By default it becomes the special token, as in Hugging
+    /// Face's tokenizer(text) and llama.cpp.
+    #[arg(long)]
+    pub no_parse_special: bool,
+    /// Parse special-token text in raw prompts (undoes a session's --no-parse-special).
+    #[arg(long, conflicts_with = "no_parse_special")]
+    pub parse_special: bool,
 }
 
 /// Sampling parameters (sampling.md). Flags override the session's values for this call.

@@ -88,7 +88,14 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             // The command-line prompt is the default of lines without one.
             prompt: given,
             system: args.prompt.system.clone(),
+            // Read once by resolve (stdin cannot be read twice).
+            messages: args
+                .prompt
+                .messages
+                .as_ref()
+                .and_then(|_| settings.prompt.as_ref()?.messages.clone()),
             chat_template: crate::settings::cli_chat_template(&args.prompt),
+            parse_special: crate::settings::cli_parse_special(&args.prompt),
             sel: TargetSel::from_flags(args.index, args.token, args.all),
             options: opts,
         };

@@ -96,7 +96,9 @@ fn models(
                 .system
                 .clone()
                 .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string()),
+            messages: None,
             chat_template: settings::cli_chat_template(&args.prompt).unwrap_or(true),
+            parse_special: settings::cli_parse_special(&args.prompt).unwrap_or(true),
         },
         params,
         constraint: None,
