@@ -233,6 +233,9 @@ pub struct PreviewDoc {
     pub model: ModelFacts,
     pub prompt: String,
     pub system: String,
+    /// The conversation (`--messages`), which replaces `prompt` and `system` (empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: bool,
     /// The exact text the model saw (template rendered, special tokens as text).
     pub prompt_text: String,
@@ -628,6 +631,9 @@ pub struct AttributeDoc {
     pub model: ModelFacts,
     pub prompt: String,
     pub system: String,
+    /// The conversation (`--messages`), which replaces `prompt` and `system` (empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: bool,
     pub prompt_tokens: Vec<TokenPill>,
     pub completion_tokens: Vec<TokenPill>,

@@ -321,6 +321,36 @@ fn json(v: &Value, opts: &JsonOpts, depth: usize, out: &mut String, budget: &Bud
     Ok(())
 }
 
+/// Python's `str.find` / `str.rfind` (`sub[, start[, end]]`), in characters (minijinja-contrib
+/// counts bytes).
+pub fn find(s: &str, reverse: bool, args: &[Value]) -> Result<Value, Error> {
+    let bad = || Error::new(ErrorKind::InvalidOperation, "find(sub[, start[, end]]) takes a string and indices");
+    let sub = args.first().and_then(|v| v.as_str()).ok_or_else(bad)?;
+    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let n = chars.len() as i64;
+    let index = |v: Option<&Value>, default: i64| -> Result<i64, Error> {
+        match v {
+            None => Ok(default),
+            Some(v) if v.is_none() => Ok(default),
+            Some(v) => {
+                let i = i64::try_from(v.clone()).map_err(|_| bad())?;
+                Ok(if i < 0 { (i + n).max(0) } else { i.min(n) })
+            }
+        }
+    };
+    let (start, end) = (index(args.get(1), 0)?, index(args.get(2), n)?);
+    if args.len() > 3 || start > end {
+        return if args.len() > 3 { Err(bad()) } else { Ok(Value::from(-1)) };
+    }
+    let byte = |i: i64| chars.get(i as usize).map_or(s.len(), |c| c.0);
+    let hay = &s[byte(start)..byte(end)];
+    let found = if reverse { hay.rfind(sub) } else { hay.find(sub) };
+    Ok(Value::from(match found {
+        Some(b) => start + hay[..b].chars().count() as i64,
+        None => -1,
+    }))
+}
+
 /// `strftime_now(format)`: the local time formatted like Python's `strftime` (chrono's
 /// specifiers are a superset of the common ones); an unknown specifier is an error, never a
 /// panic.

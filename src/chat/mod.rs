@@ -221,6 +221,9 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
     env.set_recursion_limit(input.limits.recursion);
     let u = unknown.clone();
     env.set_unknown_method_callback(move |state, value, method, args| {
+        if let (Some(s), "find" | "rfind") = (value.as_str(), method) {
+            return hf::find(s, method == "rfind", args);
+        }
         minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args).map_err(
             |e| {
                 if e.kind() == ErrorKind::UnknownMethod {

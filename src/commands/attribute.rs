@@ -150,6 +150,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         model: facts(&model),
         prompt: spec.prompt.clone(),
         system: spec.system.clone(),
+        messages: spec.messages.clone(),
         chat_template: spec.chat_template && model.info().chat_template.is_some(),
         prompt_tokens: wb.prompt_ids().iter().map(|&id| pill(&model, id)).collect(),
         completion_tokens: wb.completion().iter().map(|&id| pill(&model, id)).collect(),

@@ -825,6 +825,7 @@ impl<'m> Workbench<'m> {
             model: facts(model),
             prompt: self.prompt.prompt.clone(),
             system: self.prompt.system.clone(),
+            messages: self.prompt.messages.clone(),
             chat_template: self.prompt.chat_template && model.info().chat_template.is_some(),
             prompt_text: self.prompt_text.clone(),
             prompt_tokens: self.prompt_ids.iter().map(|&id| pill(model, id)).collect(),
