@@ -233,11 +233,10 @@ pub fn merge(req: &Request, d: &Defaults) -> Result<Merged> {
             system: if messages.is_some() {
                 String::new()
             } else {
-                req
-                .system
-                .clone()
-                .or_else(|| d.system.clone())
-                .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string())
+                req.system
+                    .clone()
+                    .or_else(|| d.system.clone())
+                    .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string())
             },
             prompt,
             messages,

@@ -115,7 +115,7 @@ pub fn compile<'s>(
         lstrip_blocks: true,
         trim_blocks: true,
     };
-    let ast = parse(source, name, SyntaxConfig::default(), ws)?;
+    let ast = parse(source, name, SyntaxConfig, ws)?;
     let mut g = CodeGenerator::new(name, source);
     g.compile_stmt(&ast);
     let (instructions, blocks) = g.finish();
@@ -162,10 +162,7 @@ fn expand<'s>(i: &Instruction<'s>) -> Vec<Instruction<'s>> {
         Instruction::StringConcat => vec![Instruction::CallFunction(CAT, Some(2))],
         // Raw template text goes through the formatter like every other write, so it is
         // counted too (captured blocks and macro bodies included).
-        Instruction::EmitRaw(s) => vec![
-            Instruction::LoadConst(Value::from(*s)),
-            Instruction::Emit,
-        ],
+        Instruction::EmitRaw(s) => vec![Instruction::LoadConst(Value::from(*s)), Instruction::Emit],
         other => vec![other.clone()],
     }
 }
@@ -237,11 +234,15 @@ pub fn install(env: &mut Environment<'_>, budget: std::sync::Arc<Budget>) {
     });
     let b = budget.clone();
     env.add_function(MUL, move |a: Value, c: Value| -> Result<Value, Error> {
-        let (thing, n) = if a.kind() == ValueKind::Number { (&c, &a) } else { (&a, &c) };
+        let (thing, n) = if a.kind() == ValueKind::Number {
+            (&c, &a)
+        } else {
+            (&a, &c)
+        };
         if let Some(n) = n.as_i64().filter(|_| n.is_integer()) {
             let n = usize::try_from(n).unwrap_or(0);
             if let Some(s) = thing.as_str() {
-                let len = s.len().checked_mul(n).unwrap_or(usize::MAX);
+                let len = s.len().saturating_mul(n);
                 b.charge(len)?;
             } else if is_list(thing) {
                 b.check_items(thing.len().and_then(|l| l.checked_mul(n)))?;

@@ -51,7 +51,11 @@ pub fn py_float(f: f64) -> String {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        out.push_str(&format!("e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()));
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
     }
     out
 }
@@ -153,7 +157,12 @@ struct JsonOpts {
 
 /// HF's `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
 /// sort_keys=False)`, with Python's output byte for byte.
-pub fn tojson(v: &Value, indent: Option<Value>, kwargs: Kwargs, budget: &Budget) -> Result<Value, Error> {
+pub fn tojson(
+    v: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+    budget: &Budget,
+) -> Result<Value, Error> {
     let indent = match indent {
         Some(i) => Some(i),
         None => kwargs.get::<Option<Value>>("indent")?,
@@ -161,10 +170,15 @@ pub fn tojson(v: &Value, indent: Option<Value>, kwargs: Kwargs, budget: &Budget)
     let indent = match indent {
         None => None,
         Some(i) if i.is_none() => None,
-        Some(i) if i.kind() == ValueKind::String => Some(i.as_str().unwrap_or_default().to_string()),
+        Some(i) if i.kind() == ValueKind::String => {
+            Some(i.as_str().unwrap_or_default().to_string())
+        }
         Some(i) => {
             let n = i64::try_from(i.clone()).map_err(|_| {
-                Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an integer or a string",
+                )
             })?;
             Some(" ".repeat(n.clamp(0, 64) as usize))
         }
@@ -234,10 +248,19 @@ fn newline(opts: &JsonOpts, depth: usize, out: &mut String) {
     }
 }
 
-fn json(v: &Value, opts: &JsonOpts, depth: usize, out: &mut String, budget: &Budget) -> Result<(), Error> {
+fn json(
+    v: &Value,
+    opts: &JsonOpts,
+    depth: usize,
+    out: &mut String,
+    budget: &Budget,
+) -> Result<(), Error> {
     budget.check_len(out.len())?;
     if depth > 64 {
-        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
     }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
@@ -324,7 +347,12 @@ fn json(v: &Value, opts: &JsonOpts, depth: usize, out: &mut String, budget: &Bud
 /// Python's `str.find` / `str.rfind` (`sub[, start[, end]]`), in characters (minijinja-contrib
 /// counts bytes).
 pub fn find(s: &str, reverse: bool, args: &[Value]) -> Result<Value, Error> {
-    let bad = || Error::new(ErrorKind::InvalidOperation, "find(sub[, start[, end]]) takes a string and indices");
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "find(sub[, start[, end]]) takes a string and indices",
+        )
+    };
     let sub = args.first().and_then(|v| v.as_str()).ok_or_else(bad)?;
     let chars: Vec<(usize, char)> = s.char_indices().collect();
     let n = chars.len() as i64;
@@ -340,11 +368,19 @@ pub fn find(s: &str, reverse: bool, args: &[Value]) -> Result<Value, Error> {
     };
     let (start, end) = (index(args.get(1), 0)?, index(args.get(2), n)?);
     if args.len() > 3 || start > end {
-        return if args.len() > 3 { Err(bad()) } else { Ok(Value::from(-1)) };
+        return if args.len() > 3 {
+            Err(bad())
+        } else {
+            Ok(Value::from(-1))
+        };
     }
     let byte = |i: i64| chars.get(i as usize).map_or(s.len(), |c| c.0);
     let hay = &s[byte(start)..byte(end)];
-    let found = if reverse { hay.rfind(sub) } else { hay.find(sub) };
+    let found = if reverse {
+        hay.rfind(sub)
+    } else {
+        hay.find(sub)
+    };
     Ok(Value::from(match found {
         Some(b) => start + hay[..b].chars().count() as i64,
         None => -1,
@@ -356,14 +392,22 @@ pub fn find(s: &str, reverse: bool, args: &[Value]) -> Result<Value, Error> {
 /// panic.
 pub fn strftime_now(fmt: &str) -> Result<String, Error> {
     let items: Vec<chrono::format::Item<'_>> = chrono::format::StrftimeItems::new(fmt).collect();
-    if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
+    if items
+        .iter()
+        .any(|i| matches!(i, chrono::format::Item::Error))
+    {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             format!("strftime_now: unsupported format {fmt:?}"),
         ));
     }
     let mut s = String::new();
-    write!(s, "{}", chrono::Local::now().format_with_items(items.into_iter())).map_err(|_| {
+    write!(
+        s,
+        "{}",
+        chrono::Local::now().format_with_items(items.into_iter())
+    )
+    .map_err(|_| {
         Error::new(
             ErrorKind::InvalidOperation,
             format!("strftime_now: cannot format {fmt:?}"),

@@ -198,9 +198,10 @@ fn generation_blocks(template: &str) -> std::borrow::Cow<'_, str> {
     if !template.contains("generation") {
         return template.into();
     }
-    let open = OPEN.get_or_init(|| regex::Regex::new(r"\{%([-+]?)\s*generation\s*([-+]?)%\}").unwrap());
-    let close =
-        CLOSE.get_or_init(|| regex::Regex::new(r"\{%([-+]?)\s*endgeneration\s*([-+]?)%\}").unwrap());
+    let open =
+        OPEN.get_or_init(|| regex::Regex::new(r"\{%([-+]?)\s*generation\s*([-+]?)%\}").unwrap());
+    let close = CLOSE
+        .get_or_init(|| regex::Regex::new(r"\{%([-+]?)\s*endgeneration\s*([-+]?)%\}").unwrap());
     let t = open.replace_all(template, "{%$1 if true $2%}");
     close.replace_all(&t, "{%$1 endif $2%}").into_owned().into()
 }
@@ -224,15 +225,15 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
         if let (Some(s), "find" | "rfind") = (value.as_str(), method) {
             return hf::find(s, method == "rfind", args);
         }
-        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args).map_err(
-            |e| {
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+            .inspect_err(|e| {
                 if e.kind() == ErrorKind::UnknownMethod {
-                    *u.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(format!("the method .{method}() on a {} value", value.kind()));
+                    *u.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                        "the method .{method}() on a {} value",
+                        value.kind()
+                    ));
                 }
-                e
-            },
-        )
+            })
     });
     let r = raised.clone();
     env.add_function(
@@ -251,12 +252,15 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
         },
     );
     let b = budget.clone();
-    env.add_filter("string", move |v: Value| -> Result<Value, minijinja::Error> {
-        let mut s = String::new();
-        hf::py_str(&v, &mut s, &b)?;
-        b.charge(s.len())?;
-        Ok(Value::from(s))
-    });
+    env.add_filter(
+        "string",
+        move |v: Value| -> Result<Value, minijinja::Error> {
+            let mut s = String::new();
+            hf::py_str(&v, &mut s, &b)?;
+            b.charge(s.len())?;
+            Ok(Value::from(s))
+        },
+    );
     guard::install(&mut env, budget.clone());
 
     let messages = input.messages;
@@ -288,7 +292,12 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
             if let Some(msg) = raised.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 return Err(ChatError::Raised(msg));
             }
-            if let Some(what) = budget.exceeded.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(what) = budget
+                .exceeded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
                 return Err(ChatError::Limit(what));
             }
             return Err(match e.kind() {
@@ -347,6 +356,9 @@ fn continue_final_message(rendered: &str, last: &str) -> Result<String, ChatErro
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -356,7 +368,11 @@ mod tests {
         render_limited(template, spec, Limits::default())
     }
 
-    fn render_limited(template: &str, spec: &PromptSpec, limits: Limits) -> Result<String, ChatError> {
+    fn render_limited(
+        template: &str,
+        spec: &PromptSpec,
+        limits: Limits,
+    ) -> Result<String, ChatError> {
         render(&ChatInput {
             template,
             messages: &spec.conversation_messages(),
@@ -367,7 +383,10 @@ mod tests {
     }
 
     fn one(template: &str, system: &str) -> Result<String, ChatError> {
-        render_spec(template, &PromptSpec::text("The capital of France is", system))
+        render_spec(
+            template,
+            &PromptSpec::text("The capital of France is", system),
+        )
     }
 
     fn user(template: &str, prompt: &str) -> Result<String, ChatError> {
@@ -419,8 +438,14 @@ mod tests {
     #[test]
     fn a_final_assistant_message_is_continued() {
         let spec = PromptSpec::conversation(vec![
-            ChatMessage { role: "user".into(), content: "Hi".into() },
-            ChatMessage { role: "assistant".into(), content: "Hello".into() },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            },
+            ChatMessage {
+                role: "assistant".into(),
+                content: "Hello".into(),
+            },
         ]);
         assert_eq!(
             render_spec(CHATML, &spec).unwrap(),
@@ -431,15 +456,24 @@ mod tests {
     #[test]
     fn raise_exception_is_an_error_with_its_message() {
         let err = user("{{ raise_exception('roles must alternate') }}", "x").unwrap_err();
-        assert!(matches!(&err, ChatError::Raised(m) if m == "roles must alternate"), "{err}");
+        assert!(
+            matches!(&err, ChatError::Raised(m) if m == "roles must alternate"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unsupported_features_are_named() {
         let err = user("{{ messages[0].content.zfill(5) }}", "x").unwrap_err();
-        assert!(matches!(&err, ChatError::Unsupported(m) if m.contains(".zfill()")), "{err}");
+        assert!(
+            matches!(&err, ChatError::Unsupported(m) if m.contains(".zfill()")),
+            "{err}"
+        );
         let err = user("{{ 'x'|frobnicate }}", "x").unwrap_err();
-        assert!(matches!(&err, ChatError::Unsupported(m) if m.contains("frobnicate")), "{err}");
+        assert!(
+            matches!(&err, ChatError::Unsupported(m) if m.contains("frobnicate")),
+            "{err}"
+        );
         let err = user("{% do messages.append(1) %}", "x").unwrap_err();
         assert!(matches!(&err, ChatError::Unsupported(_)), "{err}");
     }
@@ -453,7 +487,11 @@ mod tests {
     fn limit(t: &str) -> String {
         let started = std::time::Instant::now();
         let err = user(t, "x").unwrap_err();
-        assert!(started.elapsed().as_secs() < 10, "{t}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "{t}: {:?}",
+            started.elapsed()
+        );
         assert!(matches!(err, ChatError::Limit(_)), "{t}: {err}");
         err.to_string()
     }
@@ -461,22 +499,56 @@ mod tests {
     #[test]
     fn hostile_templates_stop_at_the_limits() {
         // Time: nested loops, exponential macro recursion, deep recursion.
-        limit("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}");
-        limit("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}");
+        limit(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}",
+        );
+        limit(
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+        );
         limit("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
         // Memory: repetition, doubling by ~, + and captured output, lists.
         limit("{{ 'x' * 100000000 }}");
-        limit("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}");
-        limit("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}");
-        limit("{% macro d(s, n) %}{% if n == 0 %}{{ s|length }}{% else %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('x', 40) }}");
-        limit("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}{{ ns.s|length }}");
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit(
+            "{% macro d(s, n) %}{% if n == 0 %}{{ s|length }}{% else %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('x', 40) }}",
+        );
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}{{ ns.s|length }}",
+        );
         limit("{{ ([1] * 1000000000)|length }}");
         limit("{% set n = 1000000000 %}{{ ([1] * n)|list|length }}");
         limit("{% set l = [1] * 1000 %}{{ (l * 1000 * 1000)|list|length }}");
     }
 
     #[test]
+    fn the_documented_limits_are_the_limits() {
+        use clap::CommandFactory;
+        let help = crate::cli::Cli::command().render_long_help().to_string();
+        let l = Limits::default();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            format!("{} instructions and {} MiB", l.fuel, l.max_bytes >> 20),
+            format!("at most {} items", l.max_items),
+            format!("nesting {} deep", l.recursion),
+        ] {
+            assert!(help.contains(&want), "{want}: {help}");
+        }
+        let readme = include_str!("../../README.md");
+        for n in ["5,000,000", "64 MiB", "1,000,000", "| 100 |"] {
+            assert!(readme.contains(n), "README lacks {n}");
+        }
+    }
+
+    #[test]
     fn strftime_now_with_a_bad_format_is_an_error_not_a_panic() {
-        assert!(matches!(user("{{ strftime_now('%Q') }}", "x"), Err(ChatError::Render(_))));
+        assert!(matches!(
+            user("{{ strftime_now('%Q') }}", "x"),
+            Err(ChatError::Render(_))
+        ));
     }
 }

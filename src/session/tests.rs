@@ -706,7 +706,10 @@ fn a_version_1_file_migrates_to_version_2() {
     assert!(!s.chat_template && !s.parse_special);
     let meta = &s.branches[0].appended_meta[0];
     assert_eq!(meta.selected.bytes, meta.selected.text.as_bytes());
-    assert_eq!(meta.dist.tokens[0].bytes, meta.dist.tokens[0].text.as_bytes());
+    assert_eq!(
+        meta.dist.tokens[0].bytes,
+        meta.dist.tokens[0].text.as_bytes()
+    );
     // A v1 file with a chat template parses special text in raw mode from now on.
     let o = v1.as_object_mut().unwrap();
     o.insert("chat_template".into(), true.into());

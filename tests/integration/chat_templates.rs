@@ -26,7 +26,9 @@ const TEMPLATES: &[&str] = &[
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chat").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/chat")
+        .join(name)
 }
 
 fn template(name: &str) -> String {
@@ -40,9 +42,15 @@ fn msg(role: &str, content: &str) -> Value {
 /// The conversations every template renders.
 fn conversations() -> Vec<Value> {
     vec![
-        json!([msg("system", "You are terse."), msg("user", "Hi there, what is a cat?")]),
+        json!([
+            msg("system", "You are terse."),
+            msg("user", "Hi there, what is a cat?")
+        ]),
         three_turns(),
-        json!([msg("user", "Write a haiku."), msg("assistant", "  Sure, here it is:")]),
+        json!([
+            msg("user", "Write a haiku."),
+            msg("assistant", "  Sure, here it is:")
+        ]),
         // Roles that do not alternate, and an unknown role: raise.jinja refuses them.
         json!([msg("user", "one"), msg("user", "two")]),
         json!([msg("tool", "{\"x\": 1}")]),
@@ -68,7 +76,9 @@ fn oracle(cases: &[Value]) -> Vec<Value> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 runs (the oracle of these tests: install python3 and jinja2, as .ci/run does)");
+        .expect(
+            "python3 runs (the oracle of these tests: install python3 and jinja2, as .ci/run does)",
+        );
     child
         .stdin
         .take()
@@ -125,7 +135,10 @@ fn the_corpus_renders_as_hugging_face_renders_it() {
             }
             (None, Err(ntv::chat::ChatError::FinalMessage))
                 if want.get("final_message_missing").is_some() => {}
-            (w, g) => panic!("{name} {}: Hugging Face gives {w:?}, ntv {g:?}", case["messages"]),
+            (w, g) => panic!(
+                "{name} {}: Hugging Face gives {w:?}, ntv {g:?}",
+                case["messages"]
+            ),
         }
     }
     // Most cases render (raise.jinja refuses two conversations; templates that rewrite
@@ -139,7 +152,11 @@ fn ids_of(text: &str) -> Vec<i64> {
     let model = MODEL.get_or_init(|| {
         ntv::engine::Model::load(model(), &ntv::engine::LoadOptions::default()).expect("model")
     });
-    model.tokenize(text, false, true).into_iter().map(i64::from).collect()
+    model
+        .tokenize(text, false, true)
+        .into_iter()
+        .map(i64::from)
+        .collect()
 }
 
 #[test]
@@ -179,17 +196,29 @@ fn each_template_in_a_gguf_gives_the_oracles_prompt_ids() {
             .map(|t| t["id"].as_i64().unwrap())
             .collect();
         assert_eq!(got, ids_of(text));
-        assert!(got.contains(&1) || !text.contains("<|im_start|>"), "special tokens parsed");
+        assert!(
+            got.contains(&1) || !text.contains("<|im_start|>"),
+            "special tokens parsed"
+        );
         std::fs::remove_file(&gguf).unwrap();
     }
 }
 
 /// Hostile templates of issue 14 (generated here; the big ones are small sources).
 const HOSTILE: &[(&str, &str)] = &[
-    ("loops", "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}"),
-    ("macros", "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}"),
+    (
+        "loops",
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}",
+    ),
+    (
+        "macros",
+        "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+    ),
     ("repeat", "{{ 'x' * 100000000 }}"),
-    ("doubling", "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"),
+    (
+        "doubling",
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    ),
     ("specials", "{{ '<|im_start|>' * 300000 }}"),
 ];
 
@@ -225,18 +254,37 @@ fn hostile_templates_fail_fast_in_bounded_memory_and_raw_mode_still_works() {
     for (name, source) in HOSTILE {
         let gguf = model_with_chat_template(&format!("hostile-{name}"), source);
         let g = gguf.to_str().unwrap();
-        let (out, took) = limited(&sb, &["--no-session", "preview", "-m", g, "-p", "Hi", "--json"]);
+        let (out, took) = limited(
+            &sb,
+            &["--no-session", "preview", "-m", g, "-p", "Hi", "--json"],
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains("error:") && stderr.contains("hint:"), "{name}: {stderr}");
+        assert!(
+            stderr.contains("error:") && stderr.contains("hint:"),
+            "{name}: {stderr}"
+        );
         assert!(stderr.contains("--no-chat-template"), "{name}: {stderr}");
         assert!(took < Duration::from_secs(8), "{name} took {took:?}");
         if *name == "doubling" {
             let (out, _) = limited(
                 &sb,
-                &["--no-session", "preview", "-m", g, "-p", "Hi", "--no-chat-template", "--json"],
+                &[
+                    "--no-session",
+                    "preview",
+                    "-m",
+                    g,
+                    "-p",
+                    "Hi",
+                    "--no-chat-template",
+                    "--json",
+                ],
             );
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::fs::remove_file(&gguf).unwrap();
     }
@@ -246,9 +294,23 @@ fn hostile_templates_fail_fast_in_bounded_memory_and_raw_mode_still_works() {
 fn raw_prompts_parse_special_tokens_unless_told_not_to() {
     let sb = Sandbox::new();
     let ids = |doc: &Value| -> Vec<i64> {
-        doc["prompt_tokens"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect()
+        doc["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_i64().unwrap())
+            .collect()
     };
-    let base = ["--no-session", "preview", "-m", m(), "--no-chat-template", "--display-k", "1", "--json"];
+    let base = [
+        "--no-session",
+        "preview",
+        "-m",
+        m(),
+        "--no-chat-template",
+        "--display-k",
+        "1",
+        "--json",
+    ];
     let text = "<|im_start|>user\nHi<|im_end|>";
     let parsed = sb.json(&[&base[..], &["-p", text]].concat());
     let p = ids(&parsed);
@@ -272,18 +334,36 @@ fn raw_prompts_parse_special_tokens_unless_told_not_to() {
 fn pills_carry_their_bytes_and_show_partial_characters_readably() {
     let sb = Sandbox::new();
     let doc = sb.json(&[
-        "--no-session", "preview", "-m", m(), "--no-chat-template", "-p", "<｜User｜>", "--display-k", "1", "--json",
+        "--no-session",
+        "preview",
+        "-m",
+        m(),
+        "--no-chat-template",
+        "-p",
+        "<｜User｜>",
+        "--display-k",
+        "1",
+        "--json",
     ]);
     let pills = doc["prompt_tokens"].as_array().unwrap();
     let bytes: Vec<u8> = pills
         .iter()
-        .flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .flat_map(|t| {
+            t["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
         .collect();
     assert_eq!(bytes, "<｜User｜>".as_bytes());
     // The full-width bar splits over byte-level tokens: their pills show bytes, not U+FFFD.
     let partial: Vec<&Value> = pills
         .iter()
-        .filter(|t| std::str::from_utf8(&serde_json::from_value::<Vec<u8>>(t["bytes"].clone()).unwrap()).is_err())
+        .filter(|t| {
+            std::str::from_utf8(&serde_json::from_value::<Vec<u8>>(t["bytes"].clone()).unwrap())
+                .is_err()
+        })
         .collect();
     assert!(!partial.is_empty(), "{pills:?}");
     for t in partial {
@@ -298,10 +378,27 @@ fn pills_carry_their_bytes_and_show_partial_characters_readably() {
 fn a_streamed_emoji_is_never_printed_broken() {
     let sb = Sandbox::new();
     let out = sb.run(&[
-        "--no-session", "generate", "-m", m(), "-p", "Smile", "--choice", "🙂🙂", "-n", "12", "--format", "table", "--color", "never",
+        "--no-session",
+        "generate",
+        "-m",
+        m(),
+        "-p",
+        "Smile",
+        "--choice",
+        "🙂🙂",
+        "-n",
+        "12",
+        "--format",
+        "table",
+        "--color",
+        "never",
     ]);
     let stdout = String::from_utf8(out.stdout).expect("whole UTF-8 characters");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("🙂🙂"), "{stdout}");
     assert!(!stdout.contains('\u{FFFD}'), "{stdout}");
 }
@@ -328,17 +425,41 @@ fn a_three_turn_conversation_with_and_without_the_template() {
     assert!(s["prompt"].is_null());
     let doc = sb.json(&["preview", "--display-k", "1", "--json"]);
     assert_eq!(doc["prompt_text"], chatml);
-    assert_eq!(doc["completion_tokens"].as_array().unwrap().len(), 1, "the session's completion applies");
-    let ids: Vec<i64> = doc["prompt_tokens"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    assert_eq!(
+        doc["completion_tokens"].as_array().unwrap().len(),
+        1,
+        "the session's completion applies"
+    );
+    let ids: Vec<i64> = doc["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, ids_of(chatml));
     // Raw: the contents joined by newlines, BOS by the model's rule, stdin as the file.
     let out = sb
         .cmd()
-        .args(["--no-session", "preview", "-m", m(), "--messages", "-", "--no-chat-template", "--display-k", "1", "--json"])
+        .args([
+            "--no-session",
+            "preview",
+            "-m",
+            m(),
+            "--messages",
+            "-",
+            "--no-chat-template",
+            "--display-k",
+            "1",
+            "--json",
+        ])
         .write_stdin(conv.to_string())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let raw: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         raw["prompt_text"],
@@ -359,11 +480,25 @@ fn traces_record_the_conversation_and_check_names_a_changed_prompt() {
     let trace = sb.path().join("t.json");
     let b = batch.to_str().unwrap();
     let t = trace.to_str().unwrap();
-    sb.jsonl(&["--no-session", "generate", "-m", m(), "--batch", b, "--record", t]);
+    sb.jsonl(&[
+        "--no-session",
+        "generate",
+        "-m",
+        m(),
+        "--batch",
+        b,
+        "--record",
+        t,
+    ]);
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let case = &doc["cases"][0];
     assert_eq!(case["messages"], line["messages"]);
-    assert!(case["prompt_text"].as_str().unwrap().ends_with("Another?<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(
+        case["prompt_text"]
+            .as_str()
+            .unwrap()
+            .ends_with("Another?<|im_end|>\n<|im_start|>assistant\n")
+    );
     assert!(sb.run(&["check", t]).status.success());
     // A template change shows as "the prompt changed", not as a mystery divergence.
     doc["cases"][0]["prompt_text"] = json!("<|im_start|>user\nsomething else");
@@ -373,5 +508,8 @@ fn traces_record_the_conversation_and_check_names_a_changed_prompt() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &report["cases"][0]["first_divergence"];
     assert_eq!(d["kind"], "prompt");
-    assert!(d["detail"].as_str().unwrap().contains("the prompt changed"), "{d}");
+    assert!(
+        d["detail"].as_str().unwrap().contains("the prompt changed"),
+        "{d}"
+    );
 }
