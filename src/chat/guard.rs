@@ -100,6 +100,7 @@ impl Budget {
 
 /// The start of the error of a constant over the limits.
 pub const CONST_LIMIT: &str = "template constant over ntv's limits";
+const COUNT: &str = "__ntv_count";
 const ADD: &str = "__ntv_add";
 const MUL: &str = "__ntv_mul";
 const CAT: &str = "__ntv_concat";
@@ -163,6 +164,14 @@ fn expand<'s>(i: &Instruction<'s>) -> Vec<Instruction<'s>> {
         // Raw template text goes through the formatter like every other write, so it is
         // counted too (captured blocks and macro bodies included).
         Instruction::EmitRaw(s) => vec![Instruction::LoadConst(Value::from(*s)), Instruction::Emit],
+        // What filters, methods and functions return is counted too (a builtin that grows a
+        // string, looped, is caught once its results pass the budget).
+        Instruction::ApplyFilter(..)
+        | Instruction::CallMethod(..)
+        | Instruction::CallFunction(..)
+        | Instruction::CallObject(..) => {
+            vec![i.clone(), Instruction::CallFunction(COUNT, Some(1))]
+        }
         other => vec![other.clone()],
     }
 }
@@ -221,14 +230,203 @@ fn is_list(v: &Value) -> bool {
     matches!(v.kind(), ValueKind::Seq | ValueKind::Iterable)
 }
 
+/// Items a (possibly lazy, possibly nested) list stands for, estimated from its length and
+/// the first few items two levels down: `[[1] * 1000000] * 1000000` is 10^12, not 10^6.
+fn weight(v: &Value, depth: usize) -> Option<usize> {
+    if !is_list(v) {
+        return Some(1);
+    }
+    let len = v.len()?;
+    if depth == 0 || len == 0 {
+        return Some(len.max(1));
+    }
+    let inner = v
+        .try_iter()
+        .ok()?
+        .take(8)
+        .map(|x| weight(&x, depth - 1))
+        .try_fold(1usize, |m, w| w.map(|w| m.max(w)))?;
+    len.checked_mul(inner)
+}
+
+/// Bytes of `v` printed (strings as they are, other values as Python prints them), failing
+/// past the budget.
+fn text_len(v: &Value, budget: &Budget) -> Result<usize, Error> {
+    match v.as_str() {
+        Some(s) => Ok(s.len()),
+        None => {
+            let mut s = String::new();
+            super::hf::py_str(v, &mut s, budget)?;
+            Ok(s.len())
+        }
+    }
+}
+
+/// Sum of the numbers written in a format string (widths and precisions such as `%9999s` or
+/// `{:>9999}` pad to that many characters).
+fn numbers_in(s: &str) -> usize {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<usize>().unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add)
+}
+
+/// The most bytes a string builtin can produce from `s` and `args` (`replace`, `indent`,
+/// `join`, `format`, as filters and as Python methods); checked before the builtin runs.
+fn worst_case(name: &str, s: &Value, args: &[Value], budget: &Budget) -> Result<usize, Error> {
+    let str_arg = |i: usize| args.get(i).and_then(|v| v.as_str()).unwrap_or_default();
+    Ok(match name {
+        "replace" => {
+            let text = s.as_str().map_or_else(|| s.to_string(), str::to_string);
+            let (from, to) = (str_arg(0), str_arg(1));
+            let n = if from.is_empty() {
+                text.chars().count() + 1
+            } else {
+                text.matches(from).count()
+            };
+            text.len().saturating_add(n.saturating_mul(to.len()))
+        }
+        "indent" => {
+            let mut width = 4usize;
+            for a in args {
+                let values: Vec<Value> = if a.kind() == ValueKind::Map {
+                    a.try_iter()
+                        .map(|keys| keys.filter_map(|k| a.get_item(&k).ok()).collect())
+                        .unwrap_or_default()
+                } else {
+                    vec![a.clone()]
+                };
+                for v in values {
+                    let w = match v.as_str() {
+                        Some(t) => t.len(),
+                        None => v.as_usize().unwrap_or(0),
+                    };
+                    width = width.max(w);
+                }
+            }
+            let text = text_len(s, budget)?;
+            let lines = s.as_str().map_or(1, |t| t.lines().count() + 1);
+            text.saturating_add(lines.saturating_mul(width))
+        }
+        // Filter: `items|join(sep)`; method: `sep.join(items)`.
+        "join" | "join_method" => {
+            let (items, sep) = if name == "join" {
+                (s.clone(), str_arg(0).to_string())
+            } else {
+                (
+                    args.first().cloned().unwrap_or(Value::UNDEFINED),
+                    s.as_str().unwrap_or_default().to_string(),
+                )
+            };
+            let mut total = 0usize;
+            if items.as_str().is_none()
+                && let Ok(iter) = items.try_iter()
+            {
+                for item in iter {
+                    total = total
+                        .saturating_add(text_len(&item, budget)?)
+                        .saturating_add(sep.len());
+                    budget.check_len(total)?;
+                }
+            } else {
+                total = text_len(&items, budget)?.saturating_mul(sep.len().max(1) + 1);
+            }
+            total
+        }
+        "format" => {
+            let fmt = s.as_str().unwrap_or_default();
+            let mut total = fmt.len().saturating_add(numbers_in(fmt));
+            for a in args {
+                total = total.saturating_add(text_len(a, budget)?);
+            }
+            total
+        }
+        _ => 0,
+    })
+}
+
+/// Wrap a builtin string filter: its worst case is checked against the budget first.
+fn guarded_filter(
+    env: &mut Environment<'_>,
+    name: &'static str,
+    original: Value,
+    budget: std::sync::Arc<Budget>,
+) {
+    env.add_filter(
+        name,
+        move |state: &minijinja::State, value: Value, args: minijinja::value::Rest<Value>| {
+            budget.check_len(worst_case(name, &value, &args.0, &budget)?)?;
+            let mut all = vec![value];
+            all.extend(args.0);
+            original.call(state, &all)
+        },
+    );
+}
+
+/// Check a Python string method (`replace`, `join`, `format`) before pycompat runs it.
+pub fn check_method(
+    budget: &Budget,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<(), Error> {
+    let name = match method {
+        "join" => "join_method",
+        "replace" | "format" => method,
+        _ => return Ok(()),
+    };
+    if value.as_str().is_some() {
+        budget.check_len(worst_case(name, value, args, budget)?)?;
+    }
+    Ok(())
+}
+
 /// Register the guarded operators and the counting formatter on `env`.
 pub fn install(env: &mut Environment<'_>, budget: std::sync::Arc<Budget>) {
+    use minijinja::filters;
+    guarded_filter(
+        env,
+        "replace",
+        Value::from_function(filters::replace),
+        budget.clone(),
+    );
+    guarded_filter(
+        env,
+        "indent",
+        Value::from_function(filters::indent),
+        budget.clone(),
+    );
+    guarded_filter(
+        env,
+        "join",
+        Value::from_function(filters::join),
+        budget.clone(),
+    );
+    guarded_filter(
+        env,
+        "format",
+        Value::from_function(filters::format),
+        budget.clone(),
+    );
+    let b = budget.clone();
+    env.add_function(COUNT, move |v: Value| -> Result<Value, Error> {
+        if let Some(s) = v.as_str() {
+            b.charge(s.len())?;
+        } else if v.kind() == ValueKind::Seq {
+            b.charge(v.len().unwrap_or(0).saturating_mul(8))?;
+        }
+        Ok(v)
+    });
     let b = budget.clone();
     env.add_function(ADD, move |a: Value, c: Value| -> Result<Value, Error> {
         if let (Some(x), Some(y)) = (a.as_str(), c.as_str()) {
             b.charge(x.len() + y.len())?;
         } else if is_list(&a) && is_list(&c) {
-            b.check_items(a.len().zip(c.len()).and_then(|(x, y)| x.checked_add(y)))?;
+            b.check_items(
+                weight(&a, 2)
+                    .zip(weight(&c, 2))
+                    .and_then(|(x, y)| x.checked_add(y)),
+            )?;
         }
         eval_op("a + b", a, c)
     });
@@ -245,7 +443,7 @@ pub fn install(env: &mut Environment<'_>, budget: std::sync::Arc<Budget>) {
                 let len = s.len().saturating_mul(n);
                 b.charge(len)?;
             } else if is_list(thing) {
-                b.check_items(thing.len().and_then(|l| l.checked_mul(n)))?;
+                b.check_items(weight(thing, 2).and_then(|l| l.checked_mul(n)))?;
             }
         }
         eval_op("a * b", a, c)

@@ -221,7 +221,9 @@ pub fn render(input: &ChatInput<'_>) -> Result<String, ChatError> {
     env.set_fuel(Some(input.limits.fuel));
     env.set_recursion_limit(input.limits.recursion);
     let u = unknown.clone();
+    let b = budget.clone();
     env.set_unknown_method_callback(move |state, value, method, args| {
+        guard::check_method(&b, value, method, args)?;
         if let (Some(s), "find" | "rfind") = (value.as_str(), method) {
             return hf::find(s, method == "rfind", args);
         }
@@ -523,6 +525,24 @@ mod tests {
         limit("{{ ([1] * 1000000000)|length }}");
         limit("{% set n = 1000000000 %}{{ ([1] * n)|list|length }}");
         limit("{% set l = [1] * 1000 %}{{ (l * 1000 * 1000)|list|length }}");
+        limit("{% set n = 1000000 %}{{ ([[1] * n] * n)|map('list')|list|length }}");
+        // Growth through builtins: replace, join, indent, format, as filters and methods.
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s|replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s.replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ''.join([ns.s, ns.s]) %}{% endfor %}{{ ns.s|length }}",
+        );
+        limit("{{ 'x'|replace('x', 'y' * 10000000)|replace('y', 'z' * 1000)|length }}");
+        limit("{{ 'x'|indent(1000000000000) }}");
+        limit("{{ '%999999999999s'|format('x')|length }}");
+        limit("{{ '{:>999999999999}'.format('x')|length }}");
     }
 
     #[test]
