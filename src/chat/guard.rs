@@ -20,7 +20,8 @@ pub struct Limits {
     /// minijinja instructions one rendering may run.
     pub fuel: u64,
     /// Bytes a rendering may produce in all: text written (output, captured blocks and macro
-    /// results) plus strings built by `+`, `~`, `*` and `tojson`.
+    /// results) plus strings built by `+`, `~`, `*` and returned by filters, methods and
+    /// functions.
     pub max_bytes: usize,
     /// Most items a list built by `+` or `*` may have.
     pub max_items: usize,
