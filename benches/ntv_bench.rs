@@ -239,11 +239,10 @@ fn main() {
             // Core: what `ntv generate` runs — the application core's one step loop, appending
             // to the session branch, building each step record and scanning for stops.
             let settings = RunSettings {
-                prompt: Some(PromptSpec {
-                    prompt: "Write a long story about a lighthouse keeper.".into(),
-                    system: "You are a helpful assistant.".into(),
-                    chat_template: true,
-                }),
+                prompt: Some(PromptSpec::text(
+                    "Write a long story about a lighthouse keeper.",
+                    "You are a helpful assistant.",
+                )),
                 params: params.clone(),
                 preset: None,
                 greedy: false,
@@ -438,11 +437,10 @@ fn tui_costs(model: &std::sync::Arc<Model>, threads: i32) {
     use ratatui::backend::TestBackend;
     use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     let settings = RunSettings {
-        prompt: Some(PromptSpec {
-            prompt: "The capital of France is".into(),
-            system: "You are a helpful assistant.".into(),
-            chat_template: true,
-        }),
+        prompt: Some(PromptSpec::text(
+            "The capital of France is",
+            "You are a helpful assistant.",
+        )),
         params: SamplingParams::default(),
         preset: None,
         greedy: false,

@@ -23,6 +23,11 @@ use crate::sampling::{Preset, SamplerOrder};
   ntv step --greedy; ntv step --undo; ntv branch list
   ntv attribute --method saliency                 why the last token (heatmap, top contributors)
 
+Chat templates run under limits (a template is code from the model file): 5000000
+instructions and 64 MiB of text produced per rendering, lists of at most 1000000 items, nesting
+100 deep; the prompt text tokenised is at most the model's training context times its longest
+token in bytes. Over a limit: exit 2 (pass --no-chat-template).
+
 Exit status: 0 success, 1 runtime failure, 2 bad usage or input.")]
 pub struct Cli {
     #[command(flatten)]
@@ -165,7 +170,8 @@ esc cancels a running attribution · b/B branches · ? help · q quit.")]
   ntv attribute --token 9553 --method integrated_gradients --steps 64
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
 
-Batch lines: {\"id\", \"prompt\", \"system\", \"chat_template\", \"completion_ids\",
+Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
+\"parse_special\", \"completion_ids\",
 \"index\" | \"token\" | \"all\", \"method\", \"agg\", \"target_fn\", \"steps\",
 \"baseline\"}; missing fields take the command-line values. Output is JSONL in input order.")]
     Attribute(AttributeArgs),
@@ -260,6 +266,24 @@ pub struct PromptArgs {
     /// Use the model's chat template (undoes a session's --no-chat-template).
     #[arg(long, conflicts_with = "no_chat_template")]
     pub chat_template: bool,
+    /// A whole conversation instead of -p/--system: a JSON list of {"role", "content"}
+    /// messages (OpenAI style; `-` reads stdin). Rendered by the chat template with
+    /// add_generation_prompt, or continued when the last message is the assistant's; without
+    /// a template the contents are joined by newlines.
+    #[arg(
+        long,
+        value_name = "FILE.json",
+        conflicts_with_all = ["prompt", "prompt_file", "system"]
+    )]
+    pub messages: Option<PathBuf>,
+    /// Raw prompts (--no-chat-template): keep special-token text such as `<|im_start|>`
+    /// literal, as plain-text tokens. By default it becomes the special token, as in Hugging
+    /// Face's tokenizer(text) and llama.cpp.
+    #[arg(long)]
+    pub no_parse_special: bool,
+    /// Parse special-token text in raw prompts (undoes a session's --no-parse-special).
+    #[arg(long, conflicts_with = "no_parse_special")]
+    pub parse_special: bool,
 }
 
 /// Sampling parameters (sampling.md). Flags override the session's values for this call.
@@ -471,7 +495,8 @@ pub struct GenerateArgs {
     /// Write a trace (inputs, build, every step's top candidates) for `ntv check` / `ntv diff`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
-    /// Run every case of a JSONL file ({"id", "prompt", "system", "chat_template", "seed",
+    /// Run every case of a JSONL file ({"id", "prompt", "system" | "messages" (a conversation,
+    /// as --messages), "chat_template", "parse_special", "seed",
     /// "max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
     /// "greedy"}; missing fields take the command-line values) without touching the session;
     /// one JSONL record per case, then a summary.

@@ -4,7 +4,6 @@
 use crate::constraint::{Constraint, ConstraintError, Mask};
 use crate::engine::{ContextOptions, Decoder, EngineError, Model};
 use crate::record::{AppendedMeta, Candidate, Dist, ForcedBy, SelectedBy, TokenPill};
-use crate::render::text::display;
 use crate::sampling::{Distribution, SamplingError, SamplingParams, StreamRng, Workspace};
 
 /// Failure of a step.
@@ -59,11 +58,12 @@ impl Choice {
 
 /// Token pill for an id.
 pub fn pill(model: &Model, id: i32) -> TokenPill {
-    let text = model.piece(id);
+    let bytes = model.piece_bytes(id);
     TokenPill {
         id,
-        display: display(&text),
-        text,
+        display: crate::render::text::display_bytes(&bytes),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
         special: model.is_special(id),
     }
 }
@@ -74,6 +74,7 @@ fn candidate(model: &Model, d: &Distribution<'_>, id: u32, rank: u32) -> Candida
     Candidate {
         id: p.id,
         text: p.text,
+        bytes: p.bytes,
         display: p.display,
         special: p.special,
         p_base: d.p_base(i),

@@ -16,6 +16,10 @@ pub struct TokenPill {
     pub id: i32,
     /// Exact piece (special tokens rendered, invalid UTF-8 replaced by U+FFFD).
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     /// The piece with visible whitespace: `␠` leading spaces, `⏎` newline, `⇥` tab, `∅` empty.
     pub display: String,
     /// Control/special token (e.g. `<|im_end|>`).
@@ -27,6 +31,10 @@ pub struct TokenPill {
 pub struct Candidate {
     pub id: i32,
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     pub display: String,
     pub special: bool,
     /// Raw model probability softmax(z).
@@ -186,6 +194,10 @@ pub struct PromptLogprob {
     pub index: usize,
     pub id: i32,
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     pub display: String,
     pub special: bool,
     /// Natural-log probability of this token given the tokens before it.
@@ -224,6 +236,9 @@ pub struct PreviewDoc {
     pub model: ModelFacts,
     pub prompt: String,
     pub system: String,
+    /// The conversation (`--messages`), which replaces `prompt` and `system` (empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: bool,
     /// The exact text the model saw (template rendered, special tokens as text).
     pub prompt_text: String,
@@ -407,6 +422,10 @@ pub struct ShownToken {
     pub index: usize,
     pub id: i32,
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     pub display: String,
     pub special: bool,
     pub p_final: Option<f64>,
@@ -455,6 +474,10 @@ pub struct ScoredToken {
     pub id: i32,
     /// Exact piece.
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     /// The piece with visible whitespace.
     pub display: String,
     pub special: bool,
@@ -471,6 +494,10 @@ pub struct AttributionTarget {
     pub index: Option<usize>,
     pub id: i32,
     pub text: String,
+    /// The token's raw bytes, as in OpenAI's logprobs: exact also when `text` shows a
+    /// replacement character for part of a multi-byte UTF-8 character.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     pub display: String,
     pub special: bool,
     /// p(target | context) under the engine that computed the scores.
@@ -621,6 +648,9 @@ pub struct AttributeDoc {
     pub model: ModelFacts,
     pub prompt: String,
     pub system: String,
+    /// The conversation (`--messages`), which replaces `prompt` and `system` (empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: bool,
     pub prompt_tokens: Vec<TokenPill>,
     pub completion_tokens: Vec<TokenPill>,

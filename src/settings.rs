@@ -146,6 +146,12 @@ pub use crate::chat::PromptSpec;
 /// positional argument), if any.
 pub fn cli_prompt(args: &PromptArgs, positional: Option<&str>) -> Result<Option<String>> {
     if let Some(p) = positional {
+        if args.messages.is_some() {
+            return Err(input_err(
+                "a prompt argument and --messages both give the prompt",
+                "pass either the prompt text or --messages FILE.json",
+            ));
+        }
         return Ok(Some(p.to_string()));
     }
     if let Some(file) = &args.prompt_file {
@@ -182,13 +188,74 @@ pub fn cli_chat_template(args: &PromptArgs) -> Option<bool> {
     }
 }
 
-/// The prompt of a call: the text given now (already read) else the session's; system prompt
-/// and template flag likewise, defaults last. `None` when there is no prompt at all.
+/// Special-token parsing choice from the flags: Some(false) for --no-parse-special,
+/// Some(true) for --parse-special, None to keep the session's (default on).
+pub fn cli_parse_special(args: &PromptArgs) -> Option<bool> {
+    if args.no_parse_special {
+        Some(false)
+    } else if args.parse_special {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// The conversation of `--messages FILE` (`-` for stdin), if given.
+pub fn cli_messages(args: &PromptArgs) -> Result<Option<Vec<chat::ChatMessage>>> {
+    let Some(path) = &args.messages else {
+        return Ok(None);
+    };
+    let (text, source) = if path.as_os_str() == "-" {
+        let text = limits::read_text(
+            std::io::stdin().lock(),
+            limits::MAX_TEXT_BYTES,
+            "the messages on stdin",
+            "pipe a JSON list of {\"role\", \"content\"} objects to --messages -",
+        )?;
+        (text, "stdin".to_string())
+    } else {
+        let text = limits::read_file(
+            path,
+            limits::MAX_TEXT_BYTES,
+            "messages file",
+            "check the path given to --messages",
+        )?;
+        (text, path.display().to_string())
+    };
+    Ok(Some(chat::parse_messages(&text, &source)?))
+}
+
+/// The prompt of a call: the text or conversation given now (already read) else the
+/// session's; system prompt and template flags likewise, defaults last. `None` when there is
+/// no prompt at all.
 pub fn prompt(
     given: Option<String>,
+    messages: Option<Vec<chat::ChatMessage>>,
     args: &PromptArgs,
     session: Option<&Session>,
 ) -> Option<PromptSpec> {
+    let chat_template = cli_chat_template(args)
+        .or(session.map(|s| s.chat_template))
+        .unwrap_or(true);
+    let parse_special = cli_parse_special(args)
+        .or(session.map(|s| s.parse_special))
+        .unwrap_or(true);
+    if let Some(m) = messages {
+        return Some(PromptSpec {
+            chat_template,
+            parse_special,
+            ..PromptSpec::conversation(m)
+        });
+    }
+    if given.is_none()
+        && let Some(m) = session.and_then(|s| s.messages.clone())
+    {
+        return Some(PromptSpec {
+            chat_template,
+            parse_special,
+            ..PromptSpec::conversation(m)
+        });
+    }
     let prompt = given.or_else(|| session.and_then(|s| s.prompt.clone()))?;
     Some(PromptSpec {
         prompt,
@@ -197,9 +264,9 @@ pub fn prompt(
             .clone()
             .or_else(|| session.and_then(|s| s.system.clone()))
             .unwrap_or_else(|| chat::DEFAULT_SYSTEM.to_string()),
-        chat_template: cli_chat_template(args)
-            .or(session.map(|s| s.chat_template))
-            .unwrap_or(true),
+        messages: None,
+        chat_template,
+        parse_special,
     })
 }
 
@@ -207,7 +274,7 @@ pub fn prompt(
 pub fn no_prompt() -> crate::error::Error {
     input_err(
         "no prompt: nothing to show the model",
-        "pass a prompt with -p TEXT (or -f FILE, or -p - for stdin)",
+        "pass a prompt with -p TEXT (or -f FILE, -p - for stdin, or --messages FILE.json)",
     )
 }
 
@@ -502,6 +569,7 @@ pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSett
     Ok(RunSettings {
         prompt: prompt(
             flags.given_prompt.map(str::to_string),
+            cli_messages(flags.prompt)?,
             flags.prompt,
             session,
         ),

@@ -116,7 +116,10 @@ pub struct Request {
     pub id: Option<serde_json::Value>,
     pub prompt: Option<String>,
     pub system: Option<String>,
+    /// A conversation instead of `prompt`/`system` (as `--messages`).
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: Option<bool>,
+    pub parse_special: Option<bool>,
     /// Completion tokens after the prompt (the target is one of them with `index`, or follows
     /// them with `token`).
     pub completion_ids: Option<Vec<i64>>,
@@ -141,7 +144,9 @@ impl crate::batch::Identified for Request {
 pub struct Defaults {
     pub prompt: Option<String>,
     pub system: Option<String>,
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: Option<bool>,
+    pub parse_special: Option<bool>,
     pub sel: TargetSel,
     pub options: Options,
 }
@@ -159,16 +164,38 @@ pub struct Merged {
 /// Merge a request over the defaults: a field of the line wins; a line names at most one
 /// target kind.
 pub fn merge(req: &Request, d: &Defaults) -> Result<Merged> {
-    let prompt = req
-        .prompt
-        .clone()
-        .or_else(|| d.prompt.clone())
-        .ok_or_else(|| {
-            input_err(
-                "the line has no \"prompt\" and the command line gives none",
-                "add \"prompt\" to the line or pass -p for every line",
-            )
-        })?;
+    if req.messages.is_some() && (req.prompt.is_some() || req.system.is_some()) {
+        return Err(input_err(
+            "the line has both \"messages\" and \"prompt\"/\"system\"",
+            "give a line either a conversation (\"messages\") or a prompt",
+        ));
+    }
+    if let Some(m) = &req.messages
+        && m.is_empty()
+    {
+        return Err(input_err(
+            "the line's \"messages\" is empty",
+            "give at least one {\"role\", \"content\"} message",
+        ));
+    }
+    let messages = match (&req.messages, &req.prompt) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(_)) => None,
+        (None, None) => d.messages.clone(),
+    };
+    let prompt = if messages.is_some() {
+        String::new()
+    } else {
+        req.prompt
+            .clone()
+            .or_else(|| d.prompt.clone())
+            .ok_or_else(|| {
+                input_err(
+                    "the line has no \"prompt\" and the command line gives none",
+                    "add \"prompt\" (or \"messages\") to the line or pass -p for every line",
+                )
+            })?
+    };
     let sel = match (req.index, req.token, req.all) {
         (Some(_), Some(_), _) | (Some(_), _, Some(true)) | (_, Some(_), Some(true)) => {
             return Err(input_err(
@@ -197,13 +224,18 @@ pub fn merge(req: &Request, d: &Defaults) -> Result<Merged> {
     }
     Ok(Merged {
         prompt: crate::chat::PromptSpec {
+            system: if messages.is_some() {
+                String::new()
+            } else {
+                req.system
+                    .clone()
+                    .or_else(|| d.system.clone())
+                    .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string())
+            },
             prompt,
-            system: req
-                .system
-                .clone()
-                .or_else(|| d.system.clone())
-                .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string()),
+            messages,
             chat_template: req.chat_template.or(d.chat_template).unwrap_or(true),
+            parse_special: req.parse_special.or(d.parse_special).unwrap_or(true),
         },
         completion_ids: req.completion_ids.clone().unwrap_or_default(),
         sel,
@@ -281,7 +313,9 @@ mod tests {
         Defaults {
             prompt: Some("cli prompt".into()),
             system: None,
+            messages: None,
             chat_template: Some(false),
+            parse_special: None,
             sel: TargetSel::Index(-1),
             options: Options::default(),
         }

@@ -84,7 +84,14 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             // The command-line prompt is the default of lines without one.
             prompt: given,
             system: args.prompt.system.clone(),
+            // Read once by resolve (stdin cannot be read twice).
+            messages: args
+                .prompt
+                .messages
+                .as_ref()
+                .and_then(|_| settings.prompt.as_ref()?.messages.clone()),
             chat_template: crate::settings::cli_chat_template(&args.prompt),
+            parse_special: crate::settings::cli_parse_special(&args.prompt),
             sel: TargetSel::from_flags(args.index, args.token, args.all),
             options: opts,
         };
@@ -140,6 +147,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         model: facts(&model),
         prompt: spec.prompt.clone(),
         system: spec.system.clone(),
+        messages: spec.messages.clone(),
         chat_template: spec.chat_template && model.info().chat_template.is_some(),
         prompt_tokens: wb.prompt_ids().iter().map(|&id| pill(&model, id)).collect(),
         completion_tokens: wb.completion().iter().map(|&id| pill(&model, id)).collect(),

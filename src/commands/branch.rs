@@ -3,7 +3,6 @@
 use crate::cli::{BranchAction, BranchArgs};
 use crate::error::{Exit, Result};
 use crate::record::{BranchDiffDoc, BranchListDoc, BranchRow, BranchShowDoc, DiffStep, ShownToken};
-use crate::render::text::display;
 use crate::session::{Branch, Session};
 use crate::workbench::recorded_text;
 
@@ -25,11 +24,13 @@ fn shown(b: &Branch, i: usize) -> Option<ShownToken> {
     let id = *b.completion_ids.get(i)?;
     let meta = b.appended_meta.get(i);
     let text = meta.map(|m| m.selected.text.clone()).unwrap_or_default();
+    let bytes = meta.map(|m| m.selected.bytes.clone()).unwrap_or_default();
     Some(ShownToken {
         index: i,
         id,
-        display: display(&text),
+        display: crate::render::text::display_bytes(&bytes),
         text,
+        bytes,
         special: meta.is_some_and(|m| m.selected.special),
         p_final: meta.map(|m| m.selected.p_final),
         forced: meta.is_some_and(|m| m.forced),

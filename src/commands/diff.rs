@@ -59,10 +59,19 @@ fn cases(args: &DiffArgs, base: &CaseInput) -> Result<Vec<CaseInput>> {
             c.prompt.prompt = p;
             Ok(vec![c])
         }
-        (None, None) => Err(input_err(
-            "no cases to compare the models on",
-            "pass -p PROMPT or --batch FILE.jsonl",
-        )),
+        (None, None) => match settings::cli_messages(&args.prompt)? {
+            Some(m) => {
+                let mut c = base.clone();
+                c.prompt.prompt = String::new();
+                c.prompt.system = String::new();
+                c.prompt.messages = Some(m);
+                Ok(vec![c])
+            }
+            None => Err(input_err(
+                "no cases to compare the models on",
+                "pass -p PROMPT, --messages FILE.json or --batch FILE.jsonl",
+            )),
+        },
     }
 }
 
@@ -96,7 +105,9 @@ fn models(
                 .system
                 .clone()
                 .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string()),
+            messages: None,
             chat_template: settings::cli_chat_template(&args.prompt).unwrap_or(true),
+            parse_special: settings::cli_parse_special(&args.prompt).unwrap_or(true),
         },
         params,
         constraint: None,

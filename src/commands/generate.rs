@@ -87,6 +87,7 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
         trace.cases.push(trace_case(
             &wb.case_input(),
             cases::trace_model(&model)?,
+            wb.prompt_text().to_string(),
             wb.prompt_ids().to_vec(),
             trace_steps,
             run.outcome
@@ -133,7 +134,9 @@ fn run_batch(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
                 .system
                 .clone()
                 .unwrap_or_else(|| crate::chat::DEFAULT_SYSTEM.to_string()),
+            messages: None,
             chat_template: crate::settings::cli_chat_template(&args.prompt).unwrap_or(true),
+            parse_special: crate::settings::cli_parse_special(&args.prompt).unwrap_or(true),
         },
         params: settings.call_params(),
         constraint: settings.constraint.clone(),

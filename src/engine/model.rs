@@ -42,6 +42,8 @@ pub struct ModelInfo {
     pub n_head_kv: u32,
     pub n_embd: u32,
     pub chat_template: Option<String>,
+    /// Bytes of the longest token piece in the vocabulary (special tokens rendered).
+    pub max_piece_len: usize,
     pub bos: Option<i32>,
     pub eos: Option<i32>,
     pub eog: Vec<i32>,
@@ -202,6 +204,10 @@ impl Model {
         let eog = (0..n_vocab as i32)
             .filter(|&t| vocab.is_eog(LlamaToken(t)))
             .collect();
+        let max_piece_len = (0..n_vocab as i32)
+            .map(|t| vocab.token_to_piece(LlamaToken(t), true, None).len())
+            .max()
+            .unwrap_or(1);
         let chat_template = inner
             .chat_template(None)
             .ok()
@@ -231,6 +237,7 @@ impl Model {
             n_head_kv: inner.n_head_kv(),
             n_embd: u32::try_from(inner.n_embd()).unwrap_or(0),
             chat_template,
+            max_piece_len,
             bos: some(vocab.bos()),
             eos: some(vocab.eos()),
             eog,

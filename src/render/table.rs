@@ -412,18 +412,40 @@ pub fn generate_header(w: &mut dyn Write, pal: &Palette) -> io::Result<()> {
     }
 }
 
-/// One streamed token, coloured by its p_final.
+thread_local! {
+    /// Bytes of a character that a streamed token began and the next one completes (one
+    /// stream per thread: a generation streams from the thread that runs it).
+    static STREAM: std::cell::RefCell<crate::render::text::Utf8Stream> = Default::default();
+}
+
+/// One streamed token, coloured by its p_final. A token that holds only part of a multi-byte
+/// character prints nothing; the token that completes it prints the whole character.
 pub fn generate_token(w: &mut dyn Write, r: &StepRecord, pal: &Palette) -> io::Result<()> {
-    let text = if r.selected.special {
-        pal.special(&r.selected.text)
+    let bytes = if r.selected.bytes.is_empty() {
+        r.selected.text.as_bytes()
     } else {
-        pal.by_prob(&r.selected.text, r.selected.p_final)
+        &r.selected.bytes
     };
-    write!(w, "{text}")
+    if r.selected.special {
+        let rest = STREAM.with(|s| s.borrow_mut().finish());
+        return write!(w, "{rest}{}", pal.special(&r.selected.text));
+    }
+    let text = STREAM.with(|s| s.borrow_mut().push(bytes));
+    if text.is_empty() {
+        return Ok(());
+    }
+    write!(w, "{}", pal.by_prob(&text, r.selected.p_final))
+}
+
+/// Print what a stream left incomplete (as U+FFFD) before the summary.
+pub fn end_stream(w: &mut dyn Write) -> io::Result<()> {
+    let rest = STREAM.with(|s| s.borrow_mut().finish());
+    write!(w, "{rest}")
 }
 
 /// Summary after a streamed generation.
 pub fn generate_summary(w: &mut dyn Write, s: &GenerateSummary, pal: &Palette) -> io::Result<()> {
+    end_stream(w)?;
     let stop = match &s.stop_sequence {
         Some(seq) => format!("{} ({seq:?})", s.stop_reason.as_str()),
         None => s.stop_reason.as_str().to_string(),

@@ -26,6 +26,84 @@ pub fn display(text: &str) -> String {
     out
 }
 
+/// [`display`] of a token's raw bytes: a piece that is not whole UTF-8 (part of a multi-byte
+/// character split over tokens) shows its stray bytes as `<0xEF>`, never as `�`.
+pub fn display_bytes(bytes: &[u8]) -> String {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return display(s);
+    }
+    let mut out = String::new();
+    let mut text = String::new();
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            if !text.is_empty() {
+                out.push_str(&display(&text));
+                text.clear();
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("<0x{b:02X}>"));
+            }
+        }
+    }
+    if !text.is_empty() {
+        out.push_str(&display(&text));
+    }
+    out
+}
+
+/// Streams token bytes as text without ever printing part of a character: bytes of an
+/// incomplete UTF-8 sequence wait for the token that completes it; bytes that can never be
+/// completed come out as U+FFFD.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// The text that `bytes` completes (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut keep = 0;
+        let pending = std::mem::take(&mut self.pending);
+        let mut chunks = pending.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            out.push_str(chunk.valid());
+            let bad = chunk.invalid();
+            if bad.is_empty() {
+                continue;
+            }
+            let last = chunks.peek().is_none();
+            // An invalid tail that is a prefix of a valid sequence may still be completed.
+            if last && bad.len() < 4 && incomplete_prefix(bad) {
+                keep = bad.len();
+            } else {
+                out.push('\u{FFFD}');
+            }
+        }
+        self.pending = pending[pending.len() - keep..].to_vec();
+        out
+    }
+
+    /// What is left at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// Whether `b` is the start of a valid multi-byte UTF-8 sequence that lacks bytes.
+fn incomplete_prefix(b: &[u8]) -> bool {
+    let need = match b[0] {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return false,
+    };
+    b.len() < need && b[1..].iter().all(|&c| (0x80..=0xBF).contains(&c))
+}
+
 /// A horizontal bar of `width` cells for a value in [0, 1], with eighth-cell resolution.
 pub fn bar(p: f64, width: usize) -> String {
     const PARTS: [char; 8] = ['▏', '▎', '▍', '▌', '▋', '▊', '▉', '█'];
@@ -70,6 +148,26 @@ mod tests {
         assert_eq!(display("\tx"), "⇥x");
         assert_eq!(display(""), "∅");
         assert_eq!(display("a\n b"), "a⏎ b");
+    }
+
+    #[test]
+    fn partial_utf8_pieces_show_their_bytes() {
+        let full = "｜".as_bytes();
+        assert_eq!(display_bytes(&full[..2]), "<0xEF><0xBD>");
+        assert_eq!(display_bytes(&[b' ', b'a', full[0]]), "␠a<0xEF>");
+        assert_eq!(display_bytes(full), "｜");
+    }
+
+    #[test]
+    fn a_stream_never_splits_a_character() {
+        let emoji = "🙂".as_bytes();
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.push(b"Hi "), "Hi ");
+        assert_eq!(s.push(&emoji[..2]), "");
+        assert_eq!(s.push(&emoji[2..]), "🙂");
+        assert_eq!(s.push(&[0xFF, b'x']), "\u{FFFD}x");
+        assert_eq!(s.push(&emoji[..1]), "");
+        assert_eq!(s.finish(), "\u{FFFD}");
     }
 
     #[test]

@@ -108,8 +108,57 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Session, SessionError> 
 type Migration = fn(Value) -> Result<Value, String>;
 
 /// The migration steps, oldest first: `MIGRATIONS[i]` turns version `OLDEST_VERSION + i` into
-/// the next. A future v2 appends `migrate_v1_to_v2` here and raises [`VERSION`].
-const MIGRATIONS: &[Migration] = &[];
+/// the next.
+const MIGRATIONS: &[Migration] = &[migrate_v1_to_v2];
+
+/// Version 2 (issue 20) added `parse_special`, `messages`, `prompt_text` and the `bytes` of
+/// every recorded token. Version 1 tokenised raw prompts with special-token text literal, so
+/// a v1 session without a chat template keeps doing that (`parse_special: false`); bytes are
+/// the recorded text's (exact unless the text held a replacement character for a partial
+/// UTF-8 piece, which v1 could not record).
+fn migrate_v1_to_v2(mut value: Value) -> Result<Value, String> {
+    let object = value.as_object_mut().ok_or("not an object")?;
+    let chat_template = object
+        .get("chat_template")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    object
+        .entry("parse_special")
+        .or_insert(Value::Bool(chat_template));
+    if let Some(Value::Array(branches)) = object.get_mut("branches") {
+        for branch in branches {
+            if let Some(Value::Array(metas)) = branch.get_mut("appended_meta") {
+                for meta in metas {
+                    add_bytes(meta.get_mut("selected"));
+                    if let Some(Value::Array(tokens)) =
+                        meta.get_mut("dist").and_then(|d| d.get_mut("tokens"))
+                    {
+                        for t in tokens {
+                            add_bytes(Some(t));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// Give a recorded token (`{"text": ...}`) the `bytes` of its text.
+fn add_bytes(token: Option<&mut Value>) {
+    if let Some(Value::Object(t)) = token
+        && !t.contains_key("bytes")
+    {
+        let bytes: Vec<Value> = t
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .bytes()
+            .map(Value::from)
+            .collect();
+        t.insert("bytes".into(), Value::Array(bytes));
+    }
+}
 
 /// The oldest version [`load`] can read (migrating it to [`VERSION`]).
 const OLDEST_VERSION: u32 = VERSION - MIGRATIONS.len() as u32;

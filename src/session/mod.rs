@@ -25,7 +25,7 @@ use crate::sampling::{Preset, RngState, SamplingParams};
 /// The value of the `format` field of every session file.
 pub const FORMAT: &str = "ntv-session";
 /// The session file version this ntv writes (and the newest it reads).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The name of the branch a new session starts with.
 pub const MAIN_BRANCH: &str = "main";
 /// Default number of candidates shown per step.
@@ -48,8 +48,19 @@ pub struct Session {
     pub prompt: Option<String>,
     /// The system prompt.
     pub system: Option<String>,
+    /// The conversation (`--messages`), which replaces `prompt` and `system` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     /// Whether the prompt is wrapped in the model's chat template.
     pub chat_template: bool,
+    /// Raw prompts: whether special-token text becomes special tokens (`--no-parse-special`
+    /// turns it off). Version-1 files made without a template tokenised it literally, so the
+    /// migration writes false for them.
+    pub parse_special: bool,
+    /// The exact text the model saw as its prompt (template rendered), as last rendered; a
+    /// later rendering that differs is reported ("the prompt changed").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_text: Option<String>,
     /// The preset the parameters came from, if any.
     pub preset: Option<Preset>,
     /// The resolved sampling parameters.
@@ -267,7 +278,10 @@ impl Session {
             model: None,
             prompt: None,
             system: None,
+            messages: None,
             chat_template: true,
+            parse_special: true,
+            prompt_text: None,
             preset: None,
             params: SamplingParams::default(),
             stop: Vec::new(),

@@ -13,6 +13,7 @@ fn candidate(id: i32) -> Candidate {
     Candidate {
         id,
         text: format!("t{id}"),
+        bytes: format!("t{id}").into_bytes(),
         display: format!("t{id}"),
         special: false,
         p_base: 0.1,
@@ -120,7 +121,7 @@ fn round_trip_save_load() {
     let s = sample();
     save(&path, &s).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("{\n  \"format\": \"ntv-session\",\n  \"version\": 1,\n"));
+    assert!(text.starts_with("{\n  \"format\": \"ntv-session\",\n  \"version\": 2,\n"));
     assert!(text.ends_with("}\n"));
     let loaded = load(&path).unwrap().unwrap();
     assert_eq!(loaded, s);
@@ -222,14 +223,14 @@ fn with_field(s: &Session, field: &str, value: serde_json::Value) -> String {
 fn newer_version_is_refused_with_versions_named() {
     let dir = tmp();
     let path = session_path(&dir);
-    write(&path, &with_field(&sample(), "version", 2.into()));
+    write(&path, &with_field(&sample(), "version", 3.into()));
     let err = load(&path).unwrap_err();
     assert!(
         matches!(
             err,
             SessionError::NewerVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
@@ -237,7 +238,7 @@ fn newer_version_is_refused_with_versions_named() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("version 2") && msg.contains("up to 1"),
+        msg.contains("version 3") && msg.contains("up to 2"),
         "{msg}"
     );
     assert!(err.hint().unwrap().contains("upgrade ntv"));
@@ -751,4 +752,42 @@ proptest::proptest! {
             proptest::prop_assert!(super::file::parse(p, &again).is_ok());
         }
     }
+}
+
+#[test]
+fn a_version_1_file_migrates_to_version_2() {
+    // A v1 file as ntv wrote it: no parse_special, no bytes on recorded tokens.
+    let mut v1 = serde_json::to_value(sample()).unwrap();
+    let o = v1.as_object_mut().unwrap();
+    o.insert("version".into(), 1.into());
+    o.insert("chat_template".into(), false.into());
+    o.remove("parse_special");
+    o.remove("prompt_text");
+    o.remove("messages");
+    for b in o["branches"].as_array_mut().unwrap() {
+        for m in b["appended_meta"].as_array_mut().unwrap() {
+            m["selected"].as_object_mut().unwrap().remove("bytes");
+            for t in m["dist"]["tokens"].as_array_mut().unwrap() {
+                t.as_object_mut().unwrap().remove("bytes");
+            }
+        }
+    }
+    let dir = tmp();
+    let path = session_path(&dir);
+    write(&path, &serde_json::to_string(&v1).unwrap());
+    let s = load(&path).unwrap().unwrap();
+    assert_eq!(s.version, 2);
+    // Raw prompts of v1 were tokenised with special-token text literal: kept so.
+    assert!(!s.chat_template && !s.parse_special);
+    let meta = &s.branches[0].appended_meta[0];
+    assert_eq!(meta.selected.bytes, meta.selected.text.as_bytes());
+    assert_eq!(
+        meta.dist.tokens[0].bytes,
+        meta.dist.tokens[0].text.as_bytes()
+    );
+    // A v1 file with a chat template parses special text in raw mode from now on.
+    let o = v1.as_object_mut().unwrap();
+    o.insert("chat_template".into(), true.into());
+    write(&path, &serde_json::to_string(&v1).unwrap());
+    assert!(load(&path).unwrap().unwrap().parse_special);
 }

@@ -218,9 +218,36 @@ pub fn check_case(expected: &TraceCase, actual: &TraceCase, opts: &CheckOptions)
         tolerated: Vec::new(),
     };
 
-    if expected.prompt_ids != actual.prompt_ids {
+    let text_changed = match (&expected.prompt_text, &actual.prompt_text) {
+        (Some(e), Some(a)) if e != a => Some(
+            e.char_indices()
+                .zip(a.chars())
+                .find(|((_, x), y)| x != y)
+                .map(|((i, _), _)| i)
+                .unwrap_or(e.len().min(a.len())),
+        ),
+        _ => None,
+    };
+    if expected.prompt_ids != actual.prompt_ids || text_changed.is_some() {
         let (e, a) = (&expected.prompt_ids, &actual.prompt_ids);
         let at = e.iter().zip(a).take_while(|(x, y)| x == y).count();
+        let detail = match text_changed {
+            Some(byte) => format!(
+                "the prompt changed: the rendered prompt text differs from byte {byte} on (the chat template or its rendering changed); prompt tokens differ from position {at} on ({} recorded, {} now)",
+                e.len(),
+                a.len()
+            ),
+            None => format!(
+                "the prompt tokens differ from prompt position {at} on ({} recorded, {} now): {}",
+                e.len(),
+                a.len(),
+                if expected.prompt_text.is_some() && actual.prompt_text.is_some() {
+                    "the prompt text is the same, so the tokenizer changed"
+                } else {
+                    "the prompt, template or tokenizer changed"
+                }
+            ),
+        };
         out.fail(Divergence {
             step: 0,
             kind: DivergenceKind::Prompt,
@@ -229,12 +256,7 @@ pub fn check_case(expected: &TraceCase, actual: &TraceCase, opts: &CheckOptions)
             expected_p: None,
             actual_p: None,
             near_tie: false,
-            detail: format!(
-                "the prompt tokens differ from prompt position {at} on ({} recorded, {} now): \
-                 the prompt, template or tokenizer changed",
-                e.len(),
-                a.len()
-            ),
+            detail,
         });
         return out;
     }

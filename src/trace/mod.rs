@@ -187,8 +187,19 @@ pub struct TraceCase {
     pub prompt: String,
     /// The system prompt (empty when none).
     pub system: String,
+    /// The conversation (`messages` of the batch line or `--messages`), which replaces
+    /// `prompt` and `system` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     /// Whether the prompt was wrapped in the model's chat template.
     pub chat_template: bool,
+    /// Raw prompts: special-token text parsed into special tokens. Absent in traces of
+    /// earlier ntv versions, which tokenised it literally (false).
+    #[serde(default)]
+    pub parse_special: bool,
+    /// The exact prompt text the model saw (template rendered); absent in older traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_text: Option<String>,
     /// The resolved sampling parameters.
     pub params: SamplingParams,
     /// The output constraint, if any.

@@ -53,7 +53,10 @@ fn case(steps: Vec<TraceStep>) -> TraceCase {
         },
         prompt: "Hi".into(),
         system: String::new(),
+        messages: None,
         chat_template: true,
+        parse_special: true,
+        prompt_text: None,
         params: SamplingParams::default(),
         constraint: None,
         seed: Some(7),
@@ -608,6 +611,7 @@ fn candidate(id: i32, p_base: f64, p_temp: f64, p_final: f64) -> Candidate {
     Candidate {
         id,
         text: format!("t{id}"),
+        bytes: format!("t{id}").into_bytes(),
         display: format!("t{id}"),
         special: false,
         p_base,

@@ -344,13 +344,10 @@ impl<'m> App<'m> {
             }
             InputKind::Prompt => {
                 let mut p = self.wb.settings().prompt.clone().unwrap_or_else(|| {
-                    crate::settings::PromptSpec {
-                        prompt: String::new(),
-                        system: crate::chat::DEFAULT_SYSTEM.into(),
-                        chat_template: true,
-                    }
+                    crate::settings::PromptSpec::text("", crate::chat::DEFAULT_SYSTEM)
                 });
                 p.prompt = text.to_string();
+                p.messages = None;
                 self.wb.set_prompt(p)?;
                 self.cursor = None;
                 self.status = "new prompt".into();

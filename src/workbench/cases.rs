@@ -40,7 +40,9 @@ impl CaseInput {
             prompt: PromptSpec {
                 prompt: case.prompt.clone(),
                 system: case.system.clone(),
+                messages: case.messages.clone(),
                 chat_template: case.chat_template,
+                parse_special: case.parse_special,
             },
             params: case.params.clone(),
             constraint: case.constraint.clone(),
@@ -78,6 +80,7 @@ pub fn trace_model(model: &Model) -> Result<TraceModel> {
 pub fn trace_case(
     input: &CaseInput,
     model: TraceModel,
+    prompt_text: String,
     prompt_ids: Vec<i32>,
     steps: Vec<TraceStep>,
     stop: StopReason,
@@ -87,7 +90,10 @@ pub fn trace_case(
         model,
         prompt: input.prompt.prompt.clone(),
         system: input.prompt.system.clone(),
+        messages: input.prompt.messages.clone(),
         chat_template: input.prompt.chat_template,
+        parse_special: input.prompt.parse_special,
+        prompt_text: Some(prompt_text),
         params: input.params.clone(),
         constraint: input.constraint.clone(),
         seed: Some(input.seed),
@@ -112,7 +118,7 @@ pub struct CaseRun {
 
 /// Run one case from its prompt (fresh context, RNG stream at position 0).
 pub fn run_case(model: &Model, input: &CaseInput) -> Result<CaseRun> {
-    let (_, ids) = prompt_ids(model, &input.prompt)?;
+    let (text, ids) = prompt_ids(model, &input.prompt)?;
     let mut driver = Driver::new(model, &input.context(), &ids)?;
     driver.set_constraint(build_constraint(model, input.constraint.as_ref())?)?;
     let mut rng = StreamRng::new(RngState {
@@ -146,6 +152,7 @@ pub fn run_case(model: &Model, input: &CaseInput) -> Result<CaseRun> {
         case: trace_case(
             input,
             trace_model(model)?,
+            text,
             ids,
             steps,
             outcome.stop_reason.unwrap_or(StopReason::MaxTokens),
@@ -161,9 +168,13 @@ pub fn run_case(model: &Model, input: &CaseInput) -> Result<CaseRun> {
 #[serde(deny_unknown_fields)]
 pub struct CaseLine {
     pub id: Option<serde_json::Value>,
+    #[serde(default)]
     pub prompt: String,
     pub system: Option<String>,
+    /// A conversation instead of `prompt`/`system` (as `--messages`).
+    pub messages: Option<Vec<crate::chat::ChatMessage>>,
     pub chat_template: Option<bool>,
+    pub parse_special: Option<bool>,
     pub seed: Option<u64>,
     pub max_tokens: Option<u32>,
     pub stop: Option<Vec<String>>,
@@ -185,12 +196,37 @@ impl crate::batch::Identified for CaseLine {
 pub fn apply_line(base: &CaseInput, line: CaseLine) -> Result<CaseInput> {
     let mut c = base.clone();
     c.id = crate::batch::id_text(line.id.as_ref());
-    c.prompt.prompt = line.prompt;
-    if let Some(s) = line.system {
-        c.prompt.system = s;
+    match line.messages {
+        Some(m) => {
+            if !line.prompt.is_empty() || line.system.is_some() {
+                return Err(crate::error::input_err(
+                    "the line has both \"messages\" and \"prompt\"/\"system\"",
+                    "give a line either a conversation (\"messages\") or a prompt",
+                ));
+            }
+            if m.is_empty() {
+                return Err(crate::error::input_err(
+                    "the line's \"messages\" is empty",
+                    "give at least one {\"role\", \"content\"} message",
+                ));
+            }
+            c.prompt.prompt = String::new();
+            c.prompt.system = String::new();
+            c.prompt.messages = Some(m);
+        }
+        None => {
+            c.prompt.prompt = line.prompt;
+            c.prompt.messages = None;
+            if let Some(s) = line.system {
+                c.prompt.system = s;
+            }
+        }
     }
     if let Some(t) = line.chat_template {
         c.prompt.chat_template = t;
+    }
+    if let Some(t) = line.parse_special {
+        c.prompt.parse_special = t;
     }
     if let Some(s) = line.seed {
         c.seed = s;
@@ -231,11 +267,7 @@ mod tests {
     fn base() -> CaseInput {
         CaseInput {
             id: None,
-            prompt: PromptSpec {
-                prompt: String::new(),
-                system: "sys".into(),
-                chat_template: true,
-            },
+            prompt: PromptSpec::text("", "sys"),
             params: SamplingParams::default(),
             constraint: None,
             seed: 1,

@@ -114,26 +114,68 @@ fn changed_model_error(what: String) -> crate::error::Error {
 }
 
 /// The rendered prompt text and its ids (chat.md).
+///
+/// With the model's chat template the rendered text is tokenised with special-token parsing
+/// on and no automatic BOS (as Hugging Face's `apply_chat_template(tokenize=True)`); a raw
+/// prompt gets the model's add-BOS rule and special-token parsing unless `--no-parse-special`
+/// (as `tokenizer(text)` and llama.cpp). Either text must fit [`max_prompt_bytes`] before it is
+/// tokenised.
 pub fn prompt_ids(model: &Model, spec: &PromptSpec) -> Result<(String, Vec<i32>)> {
     let template = model.info().chat_template.as_deref();
-    match (spec.chat_template, template) {
+    let (text, add_bos, special) = match (spec.chat_template, template) {
         (true, Some(t)) => {
             let (bos, eos) = (model.bos_text(), model.eos_text());
             let text = chat::render(&ChatInput {
                 template: t,
-                system: &spec.system,
-                prompt: &spec.prompt,
+                messages: &spec.conversation_messages(),
                 bos_token: &bos,
                 eos_token: &eos,
+                limits: chat::Limits::default(),
             })?;
-            let ids = model.tokenize(&text, false, true);
-            Ok((text, ids))
+            (text, false, true)
         }
-        _ => {
-            let ids = model.tokenize(&spec.prompt, true, false);
-            Ok((spec.prompt.clone(), ids))
-        }
+        _ => (spec.raw_text(), true, spec.parse_special),
+    };
+    let limit = max_prompt_bytes(model);
+    if text.len() > limit {
+        return Err(input_err(
+            format!(
+                "the prompt text is {} bytes, more than any context of this model can hold ({} tokens of at most {} bytes: {limit} bytes)",
+                text.len(),
+                model.info().n_ctx_train.max(16),
+                model.info().max_piece_len.max(1),
+            ),
+            "shorten the prompt; a chat template that writes this much is broken or hostile: pass --no-chat-template",
+        ));
     }
+    let ids = model.tokenize(&text, add_bos, special);
+    Ok((text, ids))
+}
+
+/// The warning when the text a session's prompt renders to is not the one it recorded (the
+/// model's chat template, or ntv's rendering of it, changed since).
+pub fn prompt_changed(recorded: Option<&str>, now: &str) -> Option<String> {
+    let recorded = recorded?;
+    (recorded != now).then(|| {
+        let at = recorded
+            .char_indices()
+            .zip(now.chars())
+            .find(|((_, a), b)| a != b)
+            .map(|((i, _), _)| i)
+            .unwrap_or(recorded.len().min(now.len()));
+        format!(
+            "warning: the prompt changed: it renders differently from the text this session recorded (from byte {at} on; the chat template or its rendering changed), so the completion now follows another prompt"
+        )
+    })
+}
+
+/// The longest prompt text ntv tokenises: the model's training context times its longest
+/// token in bytes. A longer text needs more tokens than any context of the model holds, and
+/// refusing it first keeps tokenising bounded (llama.cpp's special-token matching is
+/// quadratic in the number of special tokens in the text).
+pub fn max_prompt_bytes(model: &Model) -> usize {
+    let i = model.info();
+    (i.n_ctx_train.max(16) as usize).saturating_mul(i.max_piece_len.max(1))
 }
 
 /// Completion text of `ids`; end-of-generation tokens are left out (as llama.cpp's server and
@@ -152,8 +194,25 @@ pub fn recorded_text(branch: &Branch) -> String {
         .appended_meta
         .iter()
         .filter(|m| !m.selected.special)
-        .map(|m| m.selected.text.as_str())
-        .collect()
+        .fold(Vec::new(), |mut bytes, m| {
+            if m.selected.bytes.is_empty() {
+                bytes.extend_from_slice(m.selected.text.as_bytes());
+            } else {
+                bytes.extend_from_slice(&m.selected.bytes);
+            }
+            bytes
+        })
+        .pipe_lossy()
+}
+
+trait Lossy {
+    fn pipe_lossy(self) -> String;
+}
+
+impl Lossy for Vec<u8> {
+    fn pipe_lossy(self) -> String {
+        String::from_utf8_lossy(&self).into_owned()
+    }
 }
 
 /// Pills for completion tokens from their recorded metadata (no model needed).
@@ -165,7 +224,8 @@ pub fn recorded_pills(branch: &Branch) -> Vec<TokenPill> {
         .map(|(&id, m)| TokenPill {
             id,
             text: m.selected.text.clone(),
-            display: crate::render::text::display(&m.selected.text),
+            bytes: m.selected.bytes.clone(),
+            display: crate::render::text::display_bytes(&m.selected.bytes),
             special: m.selected.special,
         })
         .collect()
@@ -313,10 +373,17 @@ impl<'m> Workbench<'m> {
         let t = Instant::now();
         let (prompt_text, prompt_ids) = prompt_ids(model, &prompt)?;
         let tokenize_ms = ms(t);
+        if let Some(s) = store.existing()
+            && store::same_prompt(s, &prompt)
+            && let Some(w) = prompt_changed(s.prompt_text.as_deref(), &prompt_text)
+        {
+            notices.push(w);
+        }
         let completion = match mode {
             Mode::Record { reset } => {
                 store.adopt(&model_ref, Some(&prompt), reset)?;
                 let s = &mut store.session;
+                s.prompt_text = Some(prompt_text.clone());
                 s.params = settings.params.clone();
                 s.preset = settings.preset;
                 s.display_k = settings.display_k;
@@ -414,6 +481,11 @@ impl<'m> Workbench<'m> {
     /// The prompt's token ids (template applied).
     pub fn prompt_ids(&self) -> &[i32] {
         &self.prompt_ids
+    }
+
+    /// The exact prompt text the model sees (template rendered).
+    pub fn prompt_text(&self) -> &str {
+        &self.prompt_text
     }
 
     /// The active branch's completion.
@@ -518,6 +590,7 @@ impl<'m> Workbench<'m> {
                     index,
                     id,
                     text: p.text,
+                    bytes: p.bytes,
                     display: p.display,
                     special: p.special,
                     logprob,
@@ -803,6 +876,7 @@ impl<'m> Workbench<'m> {
         self.store.adopt(&self.model_ref, Some(&prompt), false)?;
         self.settings.prompt = Some(prompt.clone());
         self.prompt = prompt;
+        self.store.session.prompt_text = Some(text.clone());
         self.prompt_text = text;
         self.prompt_ids = ids;
         let completion = self.store.session.active().completion_ids.clone();
@@ -874,6 +948,7 @@ impl<'m> Workbench<'m> {
             model: facts(model),
             prompt: self.prompt.prompt.clone(),
             system: self.prompt.system.clone(),
+            messages: self.prompt.messages.clone(),
             chat_template: self.prompt.chat_template && model.info().chat_template.is_some(),
             prompt_text: self.prompt_text.clone(),
             prompt_tokens: self.prompt_ids.iter().map(|&id| pill(model, id)).collect(),

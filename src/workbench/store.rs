@@ -120,9 +120,12 @@ impl SessionStore {
             }
         }
         if let Some(p) = prompt {
-            self.session.prompt = Some(p.prompt.clone());
-            self.session.system = Some(p.system.clone());
+            let text = p.messages.is_none();
+            self.session.prompt = text.then(|| p.prompt.clone());
+            self.session.system = text.then(|| p.system.clone());
+            self.session.messages = p.messages.clone();
             self.session.chat_template = p.chat_template;
+            self.session.parse_special = p.parse_special;
         }
         self.session.model = Some(model.clone());
         Ok(())
@@ -193,9 +196,17 @@ fn has_completion(session: &Session) -> bool {
 
 /// Whether the session's prompt (text, system prompt, template flag) is `spec`.
 pub fn same_prompt(session: &Session, spec: &PromptSpec) -> bool {
-    session.prompt.as_deref() == Some(spec.prompt.as_str())
-        && session.system.as_deref() == Some(spec.system.as_str())
+    let same_input = match &spec.messages {
+        Some(m) => session.messages.as_ref() == Some(m),
+        None => {
+            session.messages.is_none()
+                && session.prompt.as_deref() == Some(spec.prompt.as_str())
+                && session.system.as_deref() == Some(spec.system.as_str())
+        }
+    };
+    same_input
         && session.chat_template == spec.chat_template
+        && session.parse_special == spec.parse_special
 }
 
 /// Whether the session's model (if it has one) is the file at `path`.
@@ -220,11 +231,7 @@ mod tests {
     }
 
     fn spec(p: &str) -> PromptSpec {
-        PromptSpec {
-            prompt: p.into(),
-            system: "s".into(),
-            chat_template: true,
-        }
+        PromptSpec::text(p, "s")
     }
 
     fn push(st: &mut SessionStore, id: i32) {

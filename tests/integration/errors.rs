@@ -286,16 +286,16 @@ fn foreign_json_session_file() {
 #[test]
 fn newer_session_version_is_refused() {
     let real = String::from_utf8(real_session()).unwrap();
-    assert!(real.contains("\"version\": 1,"), "{real}");
-    let newer = real.replacen("\"version\": 1,", "\"version\": 99,", 1);
+    assert!(real.contains("\"version\": 2,"), "{real}");
+    let newer = real.replacen("\"version\": 2,", "\"version\": 99,", 1);
     let e = broken_session("newer.json", newer.as_bytes());
     let numbers: Vec<&str> = e
         .split(|c: char| !c.is_ascii_digit())
         .filter(|w| !w.is_empty())
         .collect();
     assert!(
-        numbers.contains(&"99") && numbers.contains(&"1"),
-        "the error should name both versions (99 found, 1 supported):\n{e}"
+        numbers.contains(&"99") && numbers.contains(&"2"),
+        "the error should name both versions (99 found, 2 supported):\n{e}"
     );
 }
 

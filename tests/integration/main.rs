@@ -8,6 +8,7 @@ mod attribute;
 mod attribution_llama;
 mod autograd;
 mod branch;
+mod chat_templates;
 mod constrained;
 mod constraint;
 mod docs;

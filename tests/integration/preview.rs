@@ -170,8 +170,16 @@ fn no_chat_template_tokenises_the_raw_prompt() {
     assert_eq!(prompt_ids(&doc), vec![504, 3575, 282, 4649, 314]);
     assert_eq!(doc["context_token_count"], 5);
 
+    // Special-token text in a raw prompt is parsed (as HF's tokenizer(text) and llama.cpp do),
+    // unless --no-parse-special keeps it literal.
     let literal = "<|im_start|>user\nhi<|im_end|>";
     let doc = preview(&sb, &["-p", literal, "--no-chat-template"]);
+    let ids = prompt_ids(&doc);
+    assert_eq!((ids.first(), ids.last()), (Some(&1), Some(&2)), "{ids:?}");
+    let doc = preview(
+        &sb,
+        &["-p", literal, "--no-chat-template", "--no-parse-special"],
+    );
     let ids = prompt_ids(&doc);
     assert!(
         !ids.contains(&1) && !ids.contains(&2),

@@ -74,14 +74,14 @@ fn load_creates_the_session() {
     let text = String::from_utf8(sb.session_bytes().expect("load wrote ./ntv-session.json"))
         .expect("UTF-8");
     assert!(
-        text.starts_with("{\n  \"format\": \"ntv-session\",\n  \"version\": 1,"),
+        text.starts_with("{\n  \"format\": \"ntv-session\",\n  \"version\": 2,"),
         "the session should be pretty JSON starting with format and version:\n{}",
         &text[..text.len().min(200)]
     );
     assert!(text.ends_with('\n'));
     let s = sb.session_json();
     assert_eq!(s["format"], "ntv-session");
-    assert_eq!(s["version"], 1);
+    assert_eq!(s["version"], 2);
     assert!(s["created"].is_string() && s["updated"].is_string());
     let model = &s["model"];
     let canon = std::fs::canonicalize(m()).unwrap();

@@ -17,11 +17,7 @@ use crate::util::{PROMPT, model};
 
 fn settings(constraint: Option<ntv::constraint::ConstraintSpec>) -> RunSettings {
     RunSettings {
-        prompt: Some(PromptSpec {
-            prompt: PROMPT.into(),
-            system: ntv::chat::DEFAULT_SYSTEM.into(),
-            chat_template: true,
-        }),
+        prompt: Some(PromptSpec::text(PROMPT, ntv::chat::DEFAULT_SYSTEM)),
         params: SamplingParams::default(),
         preset: None,
         greedy: false,

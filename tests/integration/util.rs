@@ -367,3 +367,100 @@ pub fn rewritten_model(
     std::fs::rename(&tmp, &out).expect("rename");
     out
 }
+
+/// A copy of the test model whose `tokenizer.chat_template` is `template` (what
+/// `gguf-new-metadata --chat-template-file` makes), written as `name` under cargo's temp folder:
+/// the GGUF header is rewritten and the tensor data copied unchanged.
+pub fn model_with_chat_template(name: &str, template: &str) -> PathBuf {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const KEY: &str = "tokenizer.chat_template";
+    let mut f = std::fs::File::open(model()).expect("test model");
+    let mut head = vec![0u8; 64 << 20];
+    let n = f.read(&mut head).expect("read the GGUF header");
+    head.truncate(n);
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> std::ops::Range<usize> {
+        let r = *pos..*pos + n;
+        *pos += n;
+        r
+    };
+    let u32_at = |b: &[u8], p: usize| u32::from_le_bytes(b[p..p + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], p: usize| u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
+    assert_eq!(&head[..4], b"GGUF");
+    pos += 8;
+    let n_tensors = u64_at(&head, pos);
+    let n_kv = u64_at(&head, pos + 8);
+    pos += 16;
+    fn skip_value(b: &[u8], pos: &mut usize, ty: u32) {
+        let u64_at = |p: usize| u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
+        match ty {
+            0 | 1 | 7 => *pos += 1,
+            2 | 3 => *pos += 2,
+            4..=6 => *pos += 4,
+            10..=12 => *pos += 8,
+            8 => *pos += 8 + u64_at(*pos) as usize,
+            9 => {
+                let et = u32::from_le_bytes(b[*pos..*pos + 4].try_into().unwrap());
+                let n = u64_at(*pos + 4);
+                *pos += 12;
+                for _ in 0..n {
+                    skip_value(b, pos, et);
+                }
+            }
+            _ => panic!("unknown GGUF value type {ty}"),
+        }
+    }
+    let mut kvs: Vec<Vec<u8>> = Vec::new();
+    let mut alignment = 32u64;
+    for _ in 0..n_kv {
+        let start = pos;
+        let klen = u64_at(&head, pos) as usize;
+        let key = String::from_utf8(head[take(&mut pos, 8 + klen)][8..].to_vec()).unwrap();
+        let ty = u32_at(&head, pos);
+        pos += 4;
+        if key == "general.alignment" {
+            alignment = u64::from(u32_at(&head, pos));
+        }
+        skip_value(&head, &mut pos, ty);
+        if key != KEY {
+            kvs.push(head[start..pos].to_vec());
+        }
+    }
+    let mut kv = Vec::new();
+    kv.extend_from_slice(&(KEY.len() as u64).to_le_bytes());
+    kv.extend_from_slice(KEY.as_bytes());
+    kv.extend_from_slice(&8u32.to_le_bytes());
+    kv.extend_from_slice(&(template.len() as u64).to_le_bytes());
+    kv.extend_from_slice(template.as_bytes());
+    kvs.push(kv);
+    let infos_start = pos;
+    for _ in 0..n_tensors {
+        let nlen = u64_at(&head, pos) as usize;
+        pos += 8 + nlen;
+        let dims = u32_at(&head, pos) as usize;
+        pos += 4 + 8 * dims + 4 + 8;
+    }
+    let infos = head[infos_start..pos].to_vec();
+    let data_start = (pos as u64).div_ceil(alignment) * alignment;
+
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chat-{name}.gguf"));
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
+    let mut header = Vec::new();
+    header.extend_from_slice(&head[..8]);
+    header.extend_from_slice(&n_tensors.to_le_bytes());
+    header.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for kv in &kvs {
+        header.extend_from_slice(kv);
+    }
+    header.extend_from_slice(&infos);
+    let padded = (header.len() as u64).div_ceil(alignment) * alignment;
+    header.resize(padded as usize, 0);
+    w.write_all(&header).unwrap();
+    f.seek(SeekFrom::Start(data_start)).unwrap();
+    std::io::copy(&mut f, &mut w).expect("copy the tensor data");
+    w.flush().unwrap();
+    drop(w);
+    std::fs::rename(&tmp, &out).expect("rename");
+    out
+}

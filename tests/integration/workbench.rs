@@ -12,11 +12,7 @@ use crate::util::{KNOWN_IDS, PROMPT, model};
 
 fn settings() -> RunSettings {
     RunSettings {
-        prompt: Some(PromptSpec {
-            prompt: PROMPT.into(),
-            system: ntv::chat::DEFAULT_SYSTEM.into(),
-            chat_template: true,
-        }),
+        prompt: Some(PromptSpec::text(PROMPT, ntv::chat::DEFAULT_SYSTEM)),
         params: SamplingParams::default(),
         preset: None,
         greedy: true,
@@ -128,11 +124,7 @@ fn knob_changes_decode_nothing_and_each_step_decodes_one_token() {
     // A new prompt: the completion for the old one is set aside, the KV cache keeps the
     // template prefix both prompts share.
     let decoded = wb.cache_use().decoded_tokens;
-    let other = PromptSpec {
-        prompt: "Name a colour.".into(),
-        system: ntv::chat::DEFAULT_SYSTEM.into(),
-        chat_template: true,
-    };
+    let other = PromptSpec::text("Name a colour.", ntv::chat::DEFAULT_SYSTEM);
     wb.set_prompt(other).unwrap();
     assert!(wb.completion().is_empty());
     let shared = KNOWN_IDS
