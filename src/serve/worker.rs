@@ -2,7 +2,8 @@
 //! a time through the application core, so no two ever run on one llama.cpp context. Each
 //! `branch_id` keeps its own [`Workbench`] (its KV state, records and random stream) in a small
 //! least-recently-used set, so a request that extends the previous context of its branch
-//! decodes only the new tokens. A panic while answering is caught here: that request gets a
+//! decodes only the new tokens; past `--max-branches`, a new branch takes over the least
+//! recently used workbench (restarted), so memory stays bounded and no context is made anew. A panic while answering is caught here: that request gets a
 //! 500, the branches are dropped (their state is unknown after an unwind) and the thread goes
 //! on serving.
 
@@ -223,10 +224,15 @@ impl<'m> State<'m> {
                 let entry = self.branches.remove(i);
                 self.branches.push(entry);
             }
+            // A new branch takes over the least recently used one's workbench when there are
+            // enough (its llama.cpp context, memory already touched, and the KV prefix the
+            // contexts share, typically the system prompt); only the first ones make theirs.
+            None if self.branches.len() >= cfg.max_branches.max(1) => {
+                let (_, mut wb) = self.branches.remove(0);
+                wb.restart()?;
+                self.branches.push((req.branch_id.clone(), wb));
+            }
             None => {
-                if self.branches.len() >= cfg.max_branches.max(1) {
-                    self.branches.remove(0);
-                }
                 let mut settings = cfg.base.clone();
                 settings.prompt = Some(spec.clone());
                 let wb = Workbench::open(

@@ -747,6 +747,18 @@ impl<'m> Workbench<'m> {
         Ok(())
     }
 
+    /// Start over on the same model and context: the branches, their records and random
+    /// streams are dropped (a new session's single empty branch), the KV state is kept for
+    /// whatever prefix the next context shares. The HTTP server hands a workbench over to
+    /// another client's branch this way instead of making a new llama.cpp context.
+    pub fn restart(&mut self) -> Result<()> {
+        let fresh = Session::new();
+        let s = &mut self.store.session;
+        s.branches = fresh.branches;
+        s.active_branch = fresh.active_branch;
+        self.resync()
+    }
+
     /// Point the driver at the active branch (the KV cache keeps the common prefix).
     fn resync(&mut self) -> Result<()> {
         let ids = self.store.session.active().completion_ids.clone();
