@@ -156,8 +156,12 @@ async fn drive(
             ".branch.active textarea[data-role=\"prompt\"]",
         ))
         .await?;
-    ta.clear().await?;
-    ta.send_keys(prompt).await?;
+    ta.clear()
+        .await
+        .map_err(|e| format!("clearing the prompt: {e}"))?;
+    ta.send_keys(prompt)
+        .await
+        .map_err(|e| format!("typing the prompt: {e}"))?;
     // The page re-tokenises as it is typed; wait until it shows exactly the prompt's tokens.
     let prompt_texts: Vec<String> = until("the new prompt's tokens", 30, || async {
         let v = c
@@ -174,7 +178,11 @@ async fn drive(
         format!("{e} (typed {prompt:?}; the page's prompt tokens should be {prompt_tokens:?})")
     })?;
     for n in 1..=3 {
-        c.find(Locator::Id("stepBtn")).await?.click().await?;
+        c.find(Locator::Id("stepBtn"))
+            .await?
+            .click()
+            .await
+            .map_err(|e| format!("pressing Step: {e}"))?;
         until("a step", 30, || async {
             Ok((shown(c).await?.len() == n).then_some(()))
         })
@@ -191,7 +199,9 @@ async fn drive(
         .await?
         .ok_or("a bar without data-token-id")?
         .parse()?;
-    bar.click().await?;
+    bar.click()
+        .await
+        .map_err(|e| format!("clicking a candidate: {e}"))?;
     let texts = until("the forced token", 30, || async {
         let s = shown(c).await?;
         Ok((s.len() == 4).then_some(s))
@@ -242,7 +252,7 @@ fn the_demo_page_runs_on_ntv_serve() {
             json!({
                 "binary": which("chromium"),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                    "--disable-dev-shm-usage", "--window-size=1400,1000"],
+                    "--disable-dev-shm-usage", "--window-size=1920,1200"],
             }),
         );
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
