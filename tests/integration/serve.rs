@@ -775,3 +775,65 @@ fn serve_guards_its_routes_and_models_and_stops_cleanly() {
     let log = s.lock().unwrap().log();
     assert!(log.iter().any(|l| l == "ntv serve: stopped"), "{log:?}");
 }
+
+/// README's `ntv serve` section is real: each `curl` it shows runs against a server started
+/// as README starts it (default context and branches); an output shown under one is what the
+/// server answers, byte for byte; one shown without output answers 200 with the fields the
+/// text names.
+#[test]
+fn serve_readme_examples_are_real() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## The demo's page on GGUF: `ntv serve`")
+        .expect("README has the serve section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    // (curl line, the json block right after it, if any)
+    let mut examples: Vec<(String, Option<String>)> = Vec::new();
+    let mut lines = section.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("curl ") {
+            examples.push((line.to_string(), None));
+        } else if line == "```json" {
+            let mut body = String::new();
+            for l in lines.by_ref() {
+                if l == "```" {
+                    break;
+                }
+                body.push_str(l);
+            }
+            let last = examples.last_mut().expect("output under a curl");
+            last.1 = Some(body);
+        }
+    }
+    assert!(examples.len() >= 2, "{examples:?}");
+    let s = Server::start(&[]).ready();
+    for (cmd, shown) in &examples {
+        let args = shell_words::split(cmd).unwrap();
+        let url = args
+            .iter()
+            .find(|a| a.contains("127.0.0.1:8000"))
+            .expect("a URL");
+        let path = &url[url.find('/').expect("a path")..];
+        let body = args
+            .iter()
+            .position(|a| a == "-d")
+            .map(|i| args[i + 1].clone());
+        match (&body, shown) {
+            (None, Some(shown)) => {
+                let (code, text) = s.get_text(path);
+                assert_eq!(code, 200);
+                assert_eq!(&text, shown, "README shows what `{cmd}` prints");
+            }
+            (Some(b), None) => {
+                let v = s.ok(path, &serde_json::from_str(b).unwrap());
+                for field in ["appended", "new_completion_ids", "dist"] {
+                    assert!(v.get(field).is_some(), "{cmd}: no {field}");
+                }
+                assert_eq!(v["appended"].as_array().unwrap().len(), 1);
+            }
+            _ => panic!("README example without a checkable form: {cmd}"),
+        }
+    }
+}
