@@ -208,7 +208,7 @@ impl<'m> State<'m> {
         req: &PreviewRequest,
         seed: SeedChoice,
         cfg: &WorkerConfig,
-    ) -> Result<&mut Workbench<'m>> {
+    ) -> Result<(&mut Workbench<'m>, usize)> {
         let spec = api::prompt_spec(&req.prompt, &req.system_prompt, req.use_chat_template);
         let constraint = req.constraint.spec()?;
         let params = req.params.sampling()?;
@@ -245,11 +245,14 @@ impl<'m> State<'m> {
             }
         }
         let wb = &mut self.branches.last_mut().expect("pushed above").1;
+        // What the workbench's context had decoded before this request (also in an earlier
+        // branch's life, for one taken over).
+        let before = wb.cache_use().decoded_tokens;
         wb.take_notices();
         wb.set_stepping(seed, req.params.stop_sequences.clone());
         wb.set_params(params, req.top_k)?;
         wb.set_context(spec, constraint, &req.completion_ids)?;
-        Ok(wb)
+        Ok((wb, before))
     }
 
     fn preview(&mut self, req: PreviewRequest, cfg: &WorkerConfig) -> Result<PreviewResponse> {
@@ -258,8 +261,7 @@ impl<'m> State<'m> {
             seed: req.params.seed,
             reset_rng: false,
         };
-        let before = self.decoded(&req.branch_id);
-        let wb = self.branch(&req, seed, cfg)?;
+        let (wb, before) = self.branch(&req, seed, cfg)?;
         let dist = wb.preview()?;
         let doc = wb.preview_doc(dist, None, Timings::default());
         let decoded = wb.cache_use().decoded_tokens - before;
@@ -275,14 +277,6 @@ impl<'m> State<'m> {
         })
     }
 
-    /// Tokens the branch's context has decoded so far (0 for a branch not open).
-    fn decoded(&self, branch: &str) -> usize {
-        self.branches
-            .iter()
-            .find(|(n, _)| n == branch)
-            .map_or(0, |(_, wb)| wb.cache_use().decoded_tokens)
-    }
-
     fn step(&mut self, req: StepRequest, cfg: &WorkerConfig) -> Result<StepResponse> {
         let public = self.public.clone();
         let seed = SeedChoice {
@@ -290,8 +284,7 @@ impl<'m> State<'m> {
             reset_rng: req.reset_rng,
         };
         let context = req.context();
-        let before = self.decoded(&req.branch_id);
-        let wb = self.branch(&context, seed, cfg)?;
+        let (wb, before) = self.branch(&context, seed, cfg)?;
         let text = req.force_text.as_deref().filter(|t| !t.is_empty());
         let plan = match (text, req.force_token_id) {
             (Some(t), _) => wb.force_text(t)?,

@@ -659,6 +659,13 @@ fn serve_keeps_concurrent_clients_on_their_own_branches() {
                 ),
             );
             assert_eq!(r["branch_id"], branch);
+            // Also on a workbench taken over from another branch: what this request decoded.
+            assert!(
+                r["decoded_tokens"].as_u64() <= r["context_token_count"].as_u64(),
+                "{branch}: decoded {} of {}",
+                r["decoded_tokens"],
+                r["context_token_count"]
+            );
             let new = ids(&r["new_completion_ids"]);
             assert_eq!(new.len(), completion.len() + 1, "{r}");
             assert_eq!(
