@@ -30,6 +30,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("NTV_THREADS", "CPU threads when -t/--threads is not given."),
     (
+        "NTV_API_KEY",
+        "The key ntv serve requires on /api routes when --api-key is not given.",
+    ),
+    (
         "NTV_PYTHON",
         "Python interpreter whose pip fetches the default model (default python3).",
     ),

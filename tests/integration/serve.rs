@@ -734,6 +734,14 @@ fn serve_guards_its_routes_and_models_and_stops_cleanly() {
     let (code, _) = s.post("/api/preview", &request("k", PROMPT, &[]));
     assert_eq!(code, 401);
     assert_eq!(s.get_text("/").0, 200);
+    // No CORS: a page from another origin gets no permission header.
+    let res = s
+        .agent
+        .get(format!("{}/", s.base))
+        .header("Origin", "http://elsewhere.example")
+        .call()
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
     s = s.with_key("sesame").ready();
     // Loading only from the allowed folder.
     let outside = Path::new(m()).to_str().unwrap().to_string();
