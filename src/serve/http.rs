@@ -48,14 +48,16 @@ pub fn router(state: Arc<AppState>, json_logs: bool) -> Router {
         .route("/api/step", post(step))
         .route("/api/attribution", post(attribution))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/", get(index))
-        .merge(api)
+    outer(Router::new().route("/", get(index)).merge(api), json_logs).with_state(state)
+}
+
+/// What wraps every route: JSON 404/405, the panic guard, the request log.
+fn outer<S: Clone + Send + Sync + 'static>(routes: Router<S>, json_logs: bool) -> Router<S> {
+    routes
         .fallback(|| async { ApiError::new(404, "Not Found") })
         .method_not_allowed_fallback(|| async { ApiError::new(405, "Method Not Allowed") })
         .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(json_logs, log))
-        .with_state(state)
 }
 
 /// A handler that panicked answers 500 (the server goes on).
@@ -362,6 +364,102 @@ mod tests {
         assert_eq!(read(BODY_LIMIT).unwrap().len(), BODY_LIMIT);
         assert_eq!(read(BODY_LIMIT + 1).unwrap_err().status, 413);
         assert_eq!(read(DRAIN_LIMIT + 1).unwrap_err().status, 413);
+    }
+
+    /// A handler that panics answers 500 with a detail; the server answers the next request.
+    #[test]
+    fn a_panicking_handler_is_one_500() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let routes: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("handler exploded");
+                    }
+                    "never"
+                }),
+            )
+            .route("/fine", get(|| async { "fine" }));
+        let app = outer(routes, false);
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut res = agent.get(format!("http://{addr}/boom")).call().unwrap();
+        assert_eq!(res.status().as_u16(), 500);
+        let body: super::super::api::ErrorBody = res.body_mut().read_json().unwrap();
+        assert!(body.detail.contains("handler exploded"), "{}", body.detail);
+        let mut res = agent.get(format!("http://{addr}/fine")).call().unwrap();
+        assert_eq!(res.body_mut().read_to_string().unwrap(), "fine");
+        let res = agent.get(format!("http://{addr}/nope")).call().unwrap();
+        assert_eq!(res.status().as_u16(), 404);
+    }
+
+    /// Without a ready model, model requests are a 503 saying why (loading, or the load's
+    /// error); the status still answers.
+    #[test]
+    fn model_requests_wait_for_a_ready_model() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (jobs, _rx) = mpsc::channel(1);
+        let status = Arc::new(std::sync::Mutex::new(Status {
+            loading: true,
+            ..Status::default()
+        }));
+        let state = Arc::new(AppState {
+            jobs,
+            status: status.clone(),
+            api_key: None,
+            static_dir: None,
+            models_dirs: Vec::new(),
+        });
+        let app = router(state, false);
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let post = |path: &str| {
+            let mut res = agent
+                .post(format!("http://{addr}{path}"))
+                .send("{}")
+                .unwrap();
+            let code = res.status().as_u16();
+            let body: super::super::api::ErrorBody = res.body_mut().read_json().unwrap();
+            (code, body.detail)
+        };
+        assert_eq!(
+            post("/api/step"),
+            (503, "Model is loading. Try again shortly.".to_string())
+        );
+        {
+            let mut st = status.lock().unwrap();
+            st.loading = false;
+            st.error = Some("not a GGUF file".into());
+        }
+        assert_eq!(post("/api/preview"), (503, "not a GGUF file".to_string()));
+        let res = agent
+            .get(format!("http://{addr}/api/model/status"))
+            .call()
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
     }
 
     #[test]
