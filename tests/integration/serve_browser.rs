@@ -118,14 +118,34 @@ struct Seen {
     prompt_texts: Vec<String>,
 }
 
+/// Previews the server has answered.
+fn previews(s: &Server) -> usize {
+    s.log()
+        .iter()
+        .filter(|l| l.starts_with("POST /api/preview "))
+        .count()
+}
+
+/// Whether the page has fetched the distribution after its last step (it previews 180 ms after
+/// each step answer): the server's log has a preview after the last step.
+fn previewed_after_step(s: &Server) -> bool {
+    let log = s.log();
+    let last = |p: &str| log.iter().rposition(|l| l.starts_with(p));
+    match (last("POST /api/step "), last("POST /api/preview ")) {
+        (Some(step), Some(preview)) => preview > step,
+        (None, _) => true,
+        _ => false,
+    }
+}
+
 async fn drive(
     c: &Client,
-    base: &str,
+    s: &Server,
     prompt: &str,
     prompt_tokens: &[String],
     shot: &Path,
 ) -> Res<Seen> {
-    c.goto(base).await?;
+    c.goto(&s.base).await?;
     // The page polls the status, then previews its starter prompt: candidates appear.
     until("the first distribution", 60, || async {
         Ok((!c
@@ -135,7 +155,9 @@ async fn drive(
         .then_some(()))
     })
     .await?;
-    // The greedy preset (its panel starts collapsed, so the button is pressed from script).
+    // The greedy preset (its panel starts collapsed, so the button is pressed from script);
+    // it previews again, and the answer redraws the branch (its textarea too).
+    let before = previews(s);
     c.execute(
         "document.querySelector('#presetButtons .btn[data-preset=\"greedy\"]').click()",
         vec![],
@@ -151,17 +173,41 @@ async fn drive(
         Ok((on == Value::Bool(true)).then_some(()))
     })
     .await?;
-    let ta = c
-        .find(Locator::Css(
-            ".branch.active textarea[data-role=\"prompt\"]",
-        ))
-        .await?;
-    ta.clear()
-        .await
-        .map_err(|e| format!("clearing the prompt: {e}"))?;
-    ta.send_keys(prompt)
-        .await
-        .map_err(|e| format!("typing the prompt: {e}"))?;
+    until("the preview after the preset", 30, || async {
+        Ok((previews(s) > before).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Type the prompt. Each keystroke makes the page re-tokenise, and an answer redraws the
+    // textarea: when it was replaced under the keys, type the rest into the new one.
+    let mut typed = false;
+    for _ in 0..10 {
+        let ta = c
+            .find(Locator::Css(
+                ".branch.active textarea[data-role=\"prompt\"]",
+            ))
+            .await?;
+        let value = ta.prop("value").await.ok().flatten().unwrap_or_default();
+        if value == prompt {
+            typed = true;
+            break;
+        }
+        let attempt = if !value.is_empty() && prompt.starts_with(value.as_str()) {
+            ta.send_keys(&prompt[value.len()..]).await
+        } else {
+            match ta.clear().await {
+                Ok(()) => ta.send_keys(prompt).await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = attempt {
+            eprintln!("typing the prompt again ({e})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !typed {
+        return Err(format!("could not type {prompt:?} into the page's prompt").into());
+    }
     // The page re-tokenises as it is typed; wait until it shows exactly the prompt's tokens.
     let prompt_texts: Vec<String> = until("the new prompt's tokens", 30, || async {
         let v = c
@@ -260,7 +306,7 @@ fn the_demo_page_runs_on_ntv_serve() {
             .connect(&driver.url)
             .await
             .expect("a Chromium session");
-        let seen = drive(&client, &s.base, prompt, &prompt_tokens, &shot).await;
+        let seen = drive(&client, &s, prompt, &prompt_tokens, &shot).await;
         let _ = client.close().await;
         seen
     });
