@@ -233,8 +233,12 @@ async fn drive(
             Ok((shown(c).await?.len() == n).then_some(()))
         })
         .await?;
-        // Let the page fetch the next distribution before the next press.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Let the page fetch and draw the next distribution before the next press.
+        until("the preview after a step", 30, || async {
+            Ok(previewed_after_step(s).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let after_steps = shown(c).await?;
     // Force the second candidate by clicking its bar.
