@@ -11,7 +11,12 @@
 //!    once) on a short and a 372-token context, next to the Inseq reference figures;
 //! 7. the constraint mask of each constraint kind on the full vocabulary, taken at every
 //!    position of a document fed token by token, then repeated after a rollback, and the
-//!    replay of a long completion.
+//!    replay of a long completion;
+//! 8. `ntv sweep` against `ntv preview`;
+//! 9. the explorer's costs in process;
+//! 10. `ntv serve` through HTTP: preview and step latency on a 27- and a 372-token context
+//!     (model warm; a new branch each time, and a branch whose KV state holds the context),
+//!     next to the original demo server's figures, and requests per second with 8 clients.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -425,6 +430,10 @@ fn main() {
     // 8. A sweep against a preview.
     if want(8) {
         sweep_vs_preview(exe, &path, threads, rounds);
+    }
+    // 10. The HTTP server.
+    if want(10) {
+        serve_latency(exe, &path, &model, threads, rounds);
     }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
@@ -960,5 +969,244 @@ fn constraint_masks(model: &Model) {
         "\nreplay of a {}-token JSON completion: {:.2} ms",
         ids.len(),
         t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// A running `ntv serve` child (killed when dropped) and an HTTP agent for it.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Served {
+    fn start(exe: &str, model: &std::path::Path, threads: i32) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(exe)
+            .args(["serve", "--port", "0", "-c", "1024", "--max-branches", "8"])
+            .args(["-t", &threads.to_string()])
+            .arg("-m")
+            .arg(model)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ntv serve");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("ntv serve says where it listens")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("ntv serve: listening on ") {
+                break addr.to_string();
+            }
+        };
+        // Keep reading the request log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(120)))
+            .build()
+            .into();
+        let s = Self { child, base, agent };
+        loop {
+            let st: serde_json::Value = s
+                .agent
+                .get(format!("{}/api/model/status", s.base))
+                .call()
+                .expect("status")
+                .body_mut()
+                .read_json()
+                .expect("json");
+            if st["ready"] == true {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// POST and return the answer and the round trip in ms.
+    fn post(&self, path: &str, body: &serde_json::Value) -> (serde_json::Value, f64) {
+        let t = Instant::now();
+        let v: serde_json::Value = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .send_json(body)
+            .expect("answered")
+            .body_mut()
+            .read_json()
+            .expect("json");
+        (v, t.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Section 10: `ntv serve` through HTTP (loopback, keep-alive), model loaded, medians.
+fn serve_latency(exe: &str, path: &std::path::Path, model: &Model, threads: i32, rounds: usize) {
+    use serde_json::json;
+    let s = Served::start(exe, path, threads);
+    // The original demo's server on this machine kind (issue #13), ms: 27 / 372 tokens.
+    let demo = |what: &str, long: bool| match (what, long) {
+        ("preview", false) => 162.0,
+        ("preview", true) => 768.0,
+        ("step", false) => 144.0,
+        (_, _) => 822.0,
+    };
+    let req = |branch: &str, system: &str, prompt: &str, completion: &[i64]| {
+        json!({"branch_id": branch, "prompt": prompt, "system_prompt": system,
+            "completion_ids": completion, "params": {"seed": 7}})
+    };
+    let count = |system: &str, user: &str| {
+        model
+            .tokenize(
+                &format!(
+                    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+                ),
+                false,
+                true,
+            )
+            .len()
+    };
+    let system = "You are a helpful assistant.";
+    // The short context: the README's prompt and a word or two (27 tokens with the template).
+    let short = [
+        "The capital of France is a",
+        "The capital of France is a city",
+        "The capital of France is",
+    ]
+    .into_iter()
+    .min_by_key(|p| count(system, p).abs_diff(27))
+    .unwrap()
+    .to_string();
+    // A new branch each time, with a system prompt as long as the default one (in tokens: digits
+    // here, one token each) that differs from its first token on: the demo recomputes every
+    // request, and so does this column (only the template's first 3 tokens are shared with
+    // earlier contexts).
+    let width = count(system, "x") - count("", "x");
+    let variants: Vec<String> = (0..200)
+        .map(|i| {
+            let digits: String = (0..width)
+                .map(|k| char::from(b'0' + ((i * 7 + k * 3 + i / 9) % 10) as u8))
+                .collect();
+            format!("{}{}", 1 + i % 9, &digits[1..])
+        })
+        .collect();
+    println!(
+        "\n## 10. `ntv serve` through HTTP, median of {rounds} requests, ms (demo server: issue 13)"
+    );
+    println!(
+        "| context | request | demo | ntv, new context each time (full prefill) | ratio | ntv, the branch holds the context | ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut n = 0;
+    for long in [false, true] {
+        let prompt = if long {
+            prompt_of_about(model, 372).0
+        } else {
+            short.clone()
+        };
+        let base = count(system, &prompt);
+        let base_fresh = base;
+        let systems: Vec<&String> = variants
+            .iter()
+            .filter(|s| count(s, &prompt) == base_fresh)
+            .collect();
+        assert!(
+            systems.len() >= 2 * rounds,
+            "too few system prompts of the same length"
+        );
+        let mut fresh = systems.iter();
+        for what in ["preview", "step"] {
+            let path = format!("/api/{what}");
+            let mut cold = Vec::new();
+            let mut warm = Vec::new();
+            // Warm branch: its KV state holds the context (a preview repeated; a step that
+            // extends the completion the previous step returned, as the page sends it).
+            let branch = format!("warm-{what}-{base}");
+            let mut completion: Vec<i64> = Vec::new();
+            let _ = s.post(&path, &req(&branch, system, &prompt, &completion));
+            for _ in 0..rounds {
+                n += 1;
+                let sys = fresh.next().unwrap();
+                let (v, ms) = s.post(&path, &req(&format!("cold-{n}"), sys, &prompt, &[]));
+                let len = base_fresh + usize::from(what == "step");
+                assert_eq!(v["context_token_count"].as_u64(), Some(len as u64), "{v}");
+                cold.push(ms);
+                let (v, ms) = s.post(&path, &req(&branch, system, &prompt, &completion));
+                warm.push(ms);
+                if what == "step" {
+                    completion = v["new_completion_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect();
+                }
+            }
+            let d = demo(what, long);
+            let (c, w) = (median(cold), median(warm));
+            println!(
+                "| {base} tokens | {what} | {d:.0} | {c:.1} | {:.3} | {w:.1} | {:.3} |",
+                c / d,
+                w / d
+            );
+        }
+    }
+    // Throughput: 8 clients, each stepping its own branch (27-token context), as fast as the
+    // answers come.
+    let prompt = short;
+    let steps = 24;
+    let s = std::sync::Arc::new(s);
+    let t = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            let prompt = prompt.clone();
+            std::thread::spawn(move || {
+                let mut completion: Vec<i64> = Vec::new();
+                for _ in 0..steps {
+                    let (v, _) = s.post(
+                        "/api/step",
+                        &json!({"branch_id": format!("rps-{i}"), "prompt": prompt,
+                            "completion_ids": completion}),
+                    );
+                    completion = v["new_completion_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "\n8 concurrent clients × {steps} steps (each on its own branch, 27-token context): {:.1} requests/s ({:.1} ms per request)",
+        8.0 * steps as f64 / secs,
+        secs * 1e3 / (8.0 * steps as f64)
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "server memory after the section: RSS {:.0} MB, peak {:.0} MB (8 branches of 1024 tokens at most)",
+        kb("VmRSS:") / 1e3,
+        kb("VmHWM:") / 1e3
     );
 }

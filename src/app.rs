@@ -34,6 +34,7 @@ pub fn run() -> ExitCode {
         Command::Branch(args) => commands::branch::run(&ctx, args),
         Command::Sweep(args) => commands::sweep::run(&ctx, args),
         Command::Tui(args) => commands::tui::run(&ctx, args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Attribute(args) => commands::attribute::run(&ctx, args),
         Command::Model(args) => commands::model::run(args),
         Command::Check(args) => commands::check::run(&ctx, args),

@@ -147,6 +147,23 @@ Keys: s/space step · g greedy · p play · enter/f force the highlighted candid
 F force text · e edit the prompt · C constraint off/on · a attribution (A: next method) ·
 esc cancels a running attribution · b/B branches · ? help · q quit.")]
     Tui(TuiArgs),
+    /// Serve the original web demo's HTTP API (its page runs unchanged with --static) over one
+    /// model kept in memory: GET /api/model/status, POST /api/model/load, /api/preview,
+    /// /api/step, /api/attribution.
+    ///
+    /// Requests are queued in front of the model, one at a time; each branch_id keeps its KV
+    /// state, so a step that extends its branch's previous context decodes only the new
+    /// tokens. Errors are JSON {"detail": ...}: 4xx for bad input, 5xx for failures. Logs one
+    /// line per request on stderr. Binds 127.0.0.1 unless --host says otherwise; Ctrl-C or
+    /// SIGTERM finishes the requests in flight and exits.
+    #[command(after_help = "Examples:
+  ntv serve --static path/to/original-demo     then open http://127.0.0.1:8000
+  ntv serve -m model.gguf --port 8080 --api-key \"$KEY\" --json-logs
+  curl -s 127.0.0.1:8000/api/preview -d '{\"prompt\": \"The capital of France is\"}'
+
+POST /api/model/load {\"model_id\": FILE} loads a GGUF file found in a --models-dir folder
+(default: the first model's folder and ntv's model cache), never another path.")]
+    Serve(ServeArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.
     /// Writes the session (except list, show and diff).
     #[command(after_help = "Examples:
@@ -203,7 +220,9 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
     Schema {
         /// Output name: load, preview, step, generate, generate.step, generate.batch, sweep,
         /// branch.list, branch.show,
-        /// branch.diff, check, diff, trace, session, attribute, attribute.record.
+        /// branch.diff, check, diff, trace, session, attribute, attribute.record, and the HTTP
+        /// responses of ntv serve: serve.status, serve.preview, serve.step, serve.attribution,
+        /// serve.load, serve.error.
         name: Option<String>,
     },
     /// Print a shell completion script.
@@ -624,6 +643,35 @@ pub struct AttributeArgs {
     /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
     #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
     pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on (anything but a loopback address is reachable from other machines).
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8000, value_name = "PORT")]
+    pub port: u16,
+    /// Serve DIR/index.html at / (the original demo's folder gives its page).
+    #[arg(long = "static", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on every /api route.
+    #[arg(long, env = "NTV_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A folder POST /api/model/load may load from (repeatable; default: the first model's
+    /// folder and ntv's model cache).
+    #[arg(long = "models-dir", value_name = "DIR")]
+    pub models_dirs: Vec<PathBuf>,
+    /// Log requests as JSON lines.
+    #[arg(long)]
+    pub json_logs: bool,
+    /// Branches whose KV state is kept between requests (each holds one llama.cpp context of
+    /// -c tokens; the least recently used goes first).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_branches: usize,
 }
 
 #[derive(Debug, Args)]

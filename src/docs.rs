@@ -30,6 +30,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("NTV_THREADS", "CPU threads when -t/--threads is not given."),
     (
+        "NTV_API_KEY",
+        "The key ntv serve requires on /api routes when --api-key is not given.",
+    ),
+    (
         "NTV_PYTHON",
         "Python interpreter whose pip fetches the default model (default python3).",
     ),
@@ -82,7 +86,7 @@ fn render_page(cmd: clap::Command, name: &str) -> std::io::Result<Vec<u8>> {
     }
     roff.control("SH", ["SEE ALSO"]);
     roff.text([roman(
-        "ntv(1), ntv-load(1), ntv-preview(1), ntv-sweep(1), ntv-step(1), ntv-generate(1), ntv-tui(1), ntv-branch(1), ntv-attribute(1), ntv-check(1), ntv-diff(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
+        "ntv(1), ntv-load(1), ntv-preview(1), ntv-sweep(1), ntv-step(1), ntv-generate(1), ntv-tui(1), ntv-branch(1), ntv-attribute(1), ntv-check(1), ntv-diff(1), ntv-serve(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
     )]);
     roff.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
@@ -141,6 +145,12 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "attribute",
     "attribute.record",
     "sweep",
+    "serve.status",
+    "serve.preview",
+    "serve.step",
+    "serve.attribution",
+    "serve.load",
+    "serve.error",
 ];
 
 /// The JSON Schema of one output (`ntv.<name>/1`), or None for an unknown name.
@@ -164,6 +174,12 @@ pub fn schema(name: &str) -> Option<serde_json::Value> {
         "attribute" => schemars::schema_for!(AttributeDoc),
         "attribute.record" => schemars::schema_for!(AttributionLine),
         "sweep" => schemars::schema_for!(SweepDoc),
+        "serve.status" => schemars::schema_for!(crate::serve::api::Status),
+        "serve.preview" => schemars::schema_for!(crate::serve::api::PreviewResponse),
+        "serve.step" => schemars::schema_for!(crate::serve::api::StepResponse),
+        "serve.attribution" => schemars::schema_for!(crate::serve::api::AttributionResponse),
+        "serve.load" => schemars::schema_for!(crate::serve::api::LoadResponse),
+        "serve.error" => schemars::schema_for!(crate::serve::api::ErrorBody),
         _ => return None,
     };
     let mut v = serde_json::to_value(s).ok()?;

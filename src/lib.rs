@@ -5,7 +5,7 @@
 //! application core: model, driver, KV and prefix cache, constraint, session; the one step
 //! loop) over `settings` (flags + environment + session + terminal → one struct), `engine`
 //! (the only llama.cpp code), `sampling` (pure maths), `session` (the state file), `chat`
-//! (prompt templates), `driver` (one step), `record` (JSON shapes), `render` (writers and the
+//! (prompt templates), `serve` (the HTTP front-end), `driver` (one step), `record` (JSON shapes), `render` (writers and the
 //! one emitter), `batch` (batch files) and `error` (the leaf every error maps into).
 //!
 //! Public modules are the ones the binary, the integration tests and the benchmarks use; the
@@ -34,6 +34,7 @@ pub mod models;
 pub mod record;
 pub(crate) mod render;
 pub mod sampling;
+pub(crate) mod serve;
 pub mod session;
 pub mod settings;
 pub mod trace;

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod load;
 pub mod model;
 pub mod preview;
+pub mod serve;
 pub mod step;
 pub mod sweep;
 pub mod tui;

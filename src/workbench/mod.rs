@@ -887,6 +887,88 @@ impl<'m> Workbench<'m> {
         Ok(())
     }
 
+    /// The seed flags and stop sequences of the next steps (as `--seed`, `--reset-rng` and
+    /// `--stop` of a call).
+    pub fn set_stepping(&mut self, seed: SeedChoice, stops: Vec<String>) {
+        self.settings.seed = seed;
+        self.settings.stops = stops;
+    }
+
+    /// Make the active branch's context `prompt` ++ `completion` under `constraint`, for a
+    /// client that holds the state itself (the HTTP server's requests). What already matches
+    /// is kept: the recorded completion up to the first id that differs (its records, the KV
+    /// state, the random stream there); a completion cut shorter rewinds the stream as `undo`
+    /// does. Ids beyond the recorded ones are appended as forced tokens (decoded once, with
+    /// their records). Out-of-range ids, a context longer than the context size and ids the
+    /// constraint rejects are input errors.
+    pub fn set_context(
+        &mut self,
+        prompt: PromptSpec,
+        constraint: Option<crate::constraint::ConstraintSpec>,
+        completion: &[i64],
+    ) -> Result<()> {
+        let ids = completion
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                i32::try_from(id)
+                    .ok()
+                    .filter(|&t| self.model.in_range(t))
+                    .ok_or_else(|| {
+                        input_err(
+                            format!(
+                                "completion id {id} (position {i}) is outside the vocabulary (0..{})",
+                                self.model.n_vocab()
+                            ),
+                            "completion ids are token ids of this model",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        if self.prompt != prompt {
+            self.set_prompt(prompt)?;
+        }
+        let room = (self.settings.context.n_ctx as usize)
+            .min(self.model.info().n_ctx_train.max(1) as usize);
+        let len = self.prompt_ids.len() + ids.len();
+        if len > room {
+            return Err(input_err(
+                format!(
+                    "the context is {len} tokens ({} prompt + {} completion) but the context size is {room}",
+                    self.prompt_ids.len(),
+                    ids.len()
+                ),
+                "send a shorter prompt or completion, or start the server with a larger -c/--ctx-size",
+            ));
+        }
+        let have = &self.store.session.active().completion_ids;
+        let common = have.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        if common < have.len() {
+            self.store.session.truncate_active(common)?;
+            self.resync()?;
+        }
+        if constraint != self.settings.constraint {
+            self.set_constraint(constraint)?;
+        }
+        if ids.len() > common {
+            let plan = Plan::Force(ids[common..].to_vec(), ForcedBy::Token);
+            self.step(&plan, None, false, &mut |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Start over on the same model and context: the branches, their records and random
+    /// streams are dropped (a new session's single empty branch), the KV state is kept for
+    /// whatever prefix the next context shares. The HTTP server hands a workbench over to
+    /// another client's branch this way instead of making a new llama.cpp context.
+    pub fn restart(&mut self) -> Result<()> {
+        let fresh = Session::new();
+        let s = &mut self.store.session;
+        s.branches = fresh.branches;
+        s.active_branch = fresh.active_branch;
+        self.resync()
+    }
+
     /// Point the driver at the active branch (the KV cache keeps the common prefix).
     fn resync(&mut self) -> Result<()> {
         let ids = self.store.session.active().completion_ids.clone();

@@ -71,7 +71,8 @@ pub struct StopRule {
 pub enum Plan {
     /// `n` tokens chosen by `choice` (greedy or sampled); `None`: until a stop.
     Choose { choice: Choice, n: Option<usize> },
-    /// These tokens, forced; text is appended whole even past a stop condition.
+    /// These tokens, forced, appended whole even past a stop condition (the ids of `--text`,
+    /// or a completion a client hands over; `--token` is one id).
     Force(Vec<i32>, ForcedBy),
 }
 
@@ -84,7 +85,7 @@ impl Plan {
     }
 
     fn appends_whole(&self) -> bool {
-        matches!(self, Plan::Force(_, ForcedBy::Text))
+        matches!(self, Plan::Force(..))
     }
 }
 
@@ -241,6 +242,6 @@ mod tests {
             Some(Choice::Force(6, ForcedBy::Text))
         ));
         assert!(p.choice_at(2).is_none() && p.appends_whole());
-        assert!(!Plan::Force(vec![5], ForcedBy::Token).appends_whole());
+        assert!(Plan::Force(vec![5, 6], ForcedBy::Token).appends_whole());
     }
 }

@@ -50,7 +50,7 @@ fn close(schema: &mut Value) {
 }
 
 #[track_caller]
-fn validate(name: &str, instance: &Value) {
+pub fn validate(name: &str, instance: &Value) {
     let mut schema = ntv::docs::schema(name).expect("schema exists");
     close(&mut schema);
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");

@@ -24,6 +24,8 @@ mod preview;
 mod readme;
 mod regress;
 mod second_arch;
+mod serve;
+mod serve_browser;
 mod session_file;
 mod step;
 mod sweep;
