@@ -28,7 +28,15 @@ instructions and 64 MiB of text produced per rendering, lists of at most 1000000
 100 deep; the prompt text tokenised is at most the model's training context times its longest
 token in bytes. Over a limit: exit 2 (pass --no-chat-template).
 
-Exit status: 0 success, 1 runtime failure, 2 bad usage or input.")]
+Limits of other inputs (over one: exit 2): prompt text, a batch line or a grammar, schema,
+choices or messages file 4 MiB; a batch file 256 MiB; -n the context; --steps 1 to 1000;
+--display-k the vocabulary; 1000 choices; -t the cores (more is clamped, with a warning).
+
+Ctrl-C or SIGTERM during generate or step -n stops at the next token and saves the completion
+(stop reason interrupted, exit 130); long runs write the session every NTV_CHECKPOINT_TOKENS
+tokens (default 64) or 5 seconds.
+
+Exit status: 0 success, 1 runtime failure, 2 bad usage or input, 130 interrupted.")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
