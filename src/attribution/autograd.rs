@@ -736,7 +736,7 @@ pub fn attribute(
     target_fn: TargetFn,
     agg: Agg,
 ) -> Result<GradAttribution, AttributionError> {
-    attribute_inner(
+    attribute_watched(
         model,
         context,
         target,
@@ -751,18 +751,6 @@ pub fn attribute(
 /// node, counted as each batch of nodes finishes; the other methods: one unit) and stopping
 /// between batches once it is cancelled. The units are added to the watch's total here.
 pub fn attribute_watched(
-    model: &AutogradModel,
-    context: &[u32],
-    target: u32,
-    method: GradMethod,
-    target_fn: TargetFn,
-    agg: Agg,
-    watch: &Watch,
-) -> Result<GradAttribution, AttributionError> {
-    attribute_inner(model, context, target, method, target_fn, agg, watch)
-}
-
-fn attribute_inner(
     model: &AutogradModel,
     context: &[u32],
     target: u32,
