@@ -286,7 +286,7 @@ pub fn draw(f: &mut Frame<'_>, app: &App<'_>) {
 fn facts(app: &App<'_>) -> String {
     let mut parts = Vec::new();
     if let Some(r) = app.rate {
-        parts.push(format!("{r:.1} tok/s"));
+        parts.push(format!("{r:>6.1} tok/s")); // fixed width: the line does not shift
     }
     if let Some(r) = &app.wb.session().active().stop_reason {
         parts.push(format!("stop: {r}"));

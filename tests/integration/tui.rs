@@ -94,10 +94,11 @@ fn screen(app: &App<'_>, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| ntv::tui::view::draw(f, app)).unwrap();
     let text = format!("{}", t.backend());
-    let rate = regex::Regex::new(r"\b\d+\.\d tok/s").unwrap();
+    // The figure is right-aligned in a fixed width; its padding goes with it.
+    let rate = regex::Regex::new(r" *\d+\.\d tok/s").unwrap();
     rate.replace_all(&text, |c: &regex::Captures| {
         let n = c[0].chars().count();
-        format!("{:<n$}", "[r] tok/s")
+        format!("{:>n$}", "[r] tok/s")
     })
     .into_owned()
 }
