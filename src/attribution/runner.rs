@@ -154,7 +154,7 @@ impl Default for Options {
 /// `"steps"`): at least 1, at most [`crate::limits::MAX_IG_STEPS`], refused before any work.
 pub fn check_steps(n: usize, field: &str) -> crate::error::Result<usize> {
     const HINT: &str =
-        "50 nodes (Inseq's default) give a completeness error of ~1e-3; more lower it";
+        "50 nodes is Inseq's default; more lower the completeness error each record reports";
     if n == 0 {
         return Err(crate::error::input_err(
             format!("{field} 0: integrated gradients needs at least one node"),

@@ -28,7 +28,7 @@ pub fn glyph(level: f64) -> char {
 }
 
 /// Largest |score| (0 when all are 0 or there are none).
-fn max_abs(scores: &[ScoredToken]) -> f64 {
+pub(crate) fn max_abs(scores: &[ScoredToken]) -> f64 {
     scores
         .iter()
         .map(|s| s.score.abs())

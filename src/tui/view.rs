@@ -63,18 +63,12 @@ fn params_line(app: &App<'_>) -> Line<'static> {
 
 /// The heatmap style of context token `index` under the attribution shown: its background
 /// shaded by |score| as `ntv attribute` shades it (warm positive, cold negative); tokens after
-/// the target's context dimmed. `None` without an attribution.
-fn heat(app: &App<'_>, index: usize) -> Option<Style> {
+/// the target's context dimmed; `max` is the largest |score|. `None` without an attribution.
+fn heat(app: &App<'_>, max: f64, index: usize) -> Option<Style> {
     let r = app.attribution.as_ref()?;
     let Some(s) = r.scores.get(index) else {
         return Some(Style::new().add_modifier(Modifier::DIM));
     };
-    let max = r
-        .scores
-        .iter()
-        .map(|t| t.score.abs())
-        .filter(|x| x.is_finite())
-        .fold(0.0, f64::max);
     let level = if max > 0.0 { s.score.abs() / max } else { 0.0 };
     let (bg, fg) = heat_colours(level, s.score < 0.0);
     Some(Style::new().bg(Color::Indexed(bg)).fg(Color::Indexed(fg)))
@@ -84,9 +78,14 @@ fn context(app: &App<'_>) -> Paragraph<'static> {
     let model = app.wb.model();
     let mut spans = Vec::new();
     let n_prompt = app.wb.prompt_ids().len();
+    // The largest |score| once per frame, not once per token.
+    let max = app
+        .attribution
+        .as_ref()
+        .map_or(0.0, |r| crate::render::heatmap::max_abs(&r.scores));
     for (i, &id) in app.wb.prompt_ids().iter().enumerate() {
         let text = display(&model.piece(id));
-        let style = heat(app, i).unwrap_or_else(|| {
+        let style = heat(app, max, i).unwrap_or_else(|| {
             if model.is_special(id) {
                 Style::new().fg(Color::Magenta)
             } else {
@@ -103,7 +102,7 @@ fn context(app: &App<'_>) -> Paragraph<'static> {
             .get(i)
             .map_or(1.0, |m| m.selected.p_final);
         let mut style =
-            heat(app, n_prompt + i).unwrap_or_else(|| Style::new().fg(prob_colour(p_final)));
+            heat(app, max, n_prompt + i).unwrap_or_else(|| Style::new().fg(prob_colour(p_final)));
         let target = app.attribution.as_ref().and_then(|r| r.target.index) == Some(i);
         if target {
             style = style.add_modifier(Modifier::BOLD | Modifier::UNDERLINED);
