@@ -19,12 +19,7 @@ pub const MAX_TABLE_ROWS: usize = 50;
 const BAR: usize = 10;
 
 fn cut_name(c: CutStage) -> &'static str {
-    match c {
-        CutStage::Constraint => "constraint",
-        CutStage::TopK => "top_k",
-        CutStage::TopP => "top_p",
-        CutStage::MinP => "min_p",
-    }
+    c.name()
 }
 
 /// A token as a pill: `[text]`, special tokens styled.
