@@ -166,7 +166,11 @@ impl Stage {
 
     /// `penalties;dry;…` (llama.cpp's `--samplers` form).
     pub fn format_list(stages: &[Stage]) -> String {
-        stages.iter().map(|s| s.name()).collect::<Vec<_>>().join(";")
+        stages
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(";")
     }
 }
 
@@ -554,7 +558,12 @@ impl ChainWs {
     /// Mirostat's next `mu` once `id` is chosen: `mu - eta * (surprise - tau)`, the surprise
     /// `-log2 p` of `id` among the kept tokens (llama.cpp's f32 probability); a token outside
     /// them (forced) counts with `fallback_p`.
-    pub(crate) fn mirostat_next(&self, p: &SamplingParams, id: u32, fallback_p: f64) -> Option<f64> {
+    pub(crate) fn mirostat_next(
+        &self,
+        p: &SamplingParams,
+        id: u32,
+        fallback_p: f64,
+    ) -> Option<f64> {
         let mu = self.mirostat_mu?;
         let prob = match self.order.iter().find(|t| t.id == id) {
             Some(t) => t.p,
@@ -980,11 +989,12 @@ impl Workspace {
         // The array: logits plus bias; the constraint's invalid tokens are -inf entries
         // (llama.cpp's grammar sampler masks them the same way).
         c.arr.clear();
-        c.arr.extend(logits.iter().enumerate().map(|(id, &logit)| Td {
-            id: id as u32,
-            logit,
-            p: 0.0,
-        }));
+        c.arr
+            .extend(logits.iter().enumerate().map(|(id, &logit)| Td {
+                id: id as u32,
+                logit,
+                p: 0.0,
+            }));
         c.sorted = false;
         let mut bias_of: Vec<(u32, f32)> = params
             .logit_bias
@@ -1034,8 +1044,12 @@ impl Workspace {
                 let mut z = logits[i];
                 let mut a = Adjust::default();
                 if let Ok(j) = bias_of.binary_search_by_key(&id, |&(b, _)| b) {
-                    a.logit_bias = bias_of[j].1;
-                    z += a.logit_bias;
+                    // A ban (-inf) is a cut (`cut_by: logit_bias`), not an adjustment: the
+                    // token keeps its place among the shown candidates.
+                    if bias_of[j].1 != f32::NEG_INFINITY {
+                        a.logit_bias = bias_of[j].1;
+                        z += a.logit_bias;
+                    }
                 }
                 let pen = |z: f32| penalise(z, c.counts[i], params);
                 let dry = c.dryv[i];
@@ -1158,14 +1172,20 @@ impl Workspace {
         // of the array are these numbers rounded), else from the array's logits.
         c.order.clear();
         let fate = &c.fate;
-        c.order
-            .extend(c.arr.iter().filter(|t| fate[t.id as usize] == ALIVE).copied());
+        c.order.extend(
+            c.arr
+                .iter()
+                .filter(|t| fate[t.id as usize] == ALIVE)
+                .copied(),
+        );
         let pos = |s: Stage| c.stages.iter().position(|&x| x == s);
         let exact = mirostat
             || match pos(Stage::Temperature) {
                 None => !pen_on && c.dry.is_empty(),
-                Some(t) => pos(Stage::Penalties).is_none_or(|p| p < t)
-                    && pos(Stage::Dry).is_none_or(|d| d < t),
+                Some(t) => {
+                    pos(Stage::Penalties).is_none_or(|p| p < t)
+                        && pos(Stage::Dry).is_none_or(|d| d < t)
+                }
             };
         let t_used = c.temp_used;
         let zp = &self.zp;

@@ -1,6 +1,7 @@
 //! The next-token distribution of one step and token selection (sampling.md): pure maths, no model.
 
 pub mod chain;
+pub mod import;
 pub mod knob;
 pub mod params;
 mod penalties;
@@ -667,7 +668,11 @@ impl Distribution<'_> {
 
     /// What XTC did (absent when it did not draw).
     pub fn xtc(&self) -> Option<XtcOutcome> {
-        if self.ws.chained { self.ws.chain.xtc } else { None }
+        if self.ws.chained {
+            self.ws.chain.xtc
+        } else {
+            None
+        }
     }
 
     /// Mirostat's `mu` at this step (absent without Mirostat).

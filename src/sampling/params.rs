@@ -328,8 +328,16 @@ impl SamplingParams {
                 Err(bad(name, v, allowed))
             }
         };
-        finite_ge0("dry_multiplier", self.dry_multiplier, "a finite number >= 0 (0 = off)")?;
-        finite_ge0("dry_base", self.dry_base, "a finite number >= 0 (below 1 = off)")?;
+        finite_ge0(
+            "dry_multiplier",
+            self.dry_multiplier,
+            "a finite number >= 0 (0 = off)",
+        )?;
+        finite_ge0(
+            "dry_base",
+            self.dry_base,
+            "a finite number >= 0 (below 1 = off)",
+        )?;
         if self.dry_allowed_length > 1_000_000 {
             return Err(bad(
                 "dry_allowed_length",
@@ -354,7 +362,11 @@ impl SamplingParams {
             ));
         }
         if !self.top_n_sigma.is_finite() {
-            return Err(bad("top_n_sigma", self.top_n_sigma, "a finite number (<= 0 = off)"));
+            return Err(bad(
+                "top_n_sigma",
+                self.top_n_sigma,
+                "a finite number (<= 0 = off)",
+            ));
         }
         if !(self.typical_p >= 0.0 && self.typical_p <= 1.0) {
             return Err(bad("typical_p", self.typical_p, "in [0, 1] (1 = off)"));
@@ -373,7 +385,11 @@ impl SamplingParams {
                 "in [0, 1] (above 0.5 = off)",
             ));
         }
-        finite_ge0("dynatemp_range", self.dynatemp_range, "a finite number >= 0 (0 = off)")?;
+        finite_ge0(
+            "dynatemp_range",
+            self.dynatemp_range,
+            "a finite number >= 0 (0 = off)",
+        )?;
         if !self.dynatemp_exponent.is_finite() {
             return Err(bad(
                 "dynatemp_exponent",
