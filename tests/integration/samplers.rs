@@ -508,3 +508,372 @@ fn mirostat_follows_llama_cpp_step_by_step() {
         assert!(cut_seen, "mirostat v{version} cut nothing");
     }
 }
+
+// ---- From the command line -------------------------------------------------------------------
+
+use crate::util::{Sandbox, f, ids};
+use serde_json::Value;
+
+const PROMPT: &str = "The capital of France is";
+
+fn candidates(doc: &Value) -> &Vec<Value> {
+    doc["dist"]["tokens"]
+        .as_array()
+        .or_else(|| doc["tokens"].as_array())
+        .unwrap_or_else(|| panic!("no candidates in {doc}"))
+}
+
+#[test]
+fn preview_names_the_stage_that_cut_and_the_adjustments() {
+    let sb = Sandbox::new();
+    // Token 504 ("The") leads here; ban it, raise 15319 ("La"), let XTC remove the top.
+    let doc = sb.json(&[
+        "preview",
+        "--no-session",
+        "-t",
+        "1",
+        "-p",
+        PROMPT,
+        "--top-k",
+        "40",
+        "--logit-bias",
+        "504-inf",
+        "--logit-bias",
+        "15319+1.5",
+        "--dry-multiplier",
+        "0.8",
+        "--xtc-probability",
+        "1",
+        "--xtc-threshold",
+        "0.05",
+        "--display-k",
+        "12",
+        "--json",
+    ]);
+    let toks = candidates(&doc);
+    let by_id = |id: i64| {
+        toks.iter()
+            .find(|c| c["id"].as_i64() == Some(id))
+            .unwrap_or_else(|| panic!("{id} not shown: {doc}"))
+    };
+    let banned = by_id(504);
+    assert_eq!(banned["cut_by"], "logit_bias", "{banned}");
+    assert_eq!(f(&banned["p_final"]), 0.0);
+    let raised = by_id(15319);
+    assert!(
+        raised["logit_adjust"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["stage"] == "logit_bias" && f(&a["amount"]) == 1.5),
+        "{raised}"
+    );
+    assert!(
+        toks.iter().any(|c| c["cut_by"] == "xtc"),
+        "XTC with probability 1 cut nothing: {doc}"
+    );
+    // The demo's (hf) order: temperature right after the logit adjustments.
+    let chain = &doc["dist"]["chain"];
+    assert_eq!(
+        chain["stages"],
+        serde_json::json!([
+            "penalties",
+            "dry",
+            "temperature",
+            "top_n_sigma",
+            "top_k",
+            "typ_p",
+            "top_p",
+            "min_p",
+            "xtc"
+        ]),
+        "{doc}"
+    );
+    assert!(chain["xtc"]["removed"].as_u64().unwrap() >= 1, "{chain}");
+    // The prompt's "The" is penalised (repetition 1.05) and shows it.
+    assert!(
+        toks.iter()
+            .flat_map(|c| c["logit_adjust"].as_array().into_iter().flatten())
+            .any(|a| a["stage"] == "penalties"),
+        "{doc}"
+    );
+    // People see it too.
+    let table = sb.run(&[
+        "preview",
+        "--no-session",
+        "-t",
+        "1",
+        "-p",
+        PROMPT,
+        "--logit-bias",
+        "504-inf",
+        "--samplers",
+        "kt",
+        "--top-k",
+        "5",
+        "--color",
+        "never",
+    ]);
+    let out = String::from_utf8_lossy(&table.stdout);
+    assert!(out.contains("cut: logit_bias"), "{out}");
+    assert!(out.contains("samplers kt"), "{out}");
+}
+
+#[test]
+fn bad_sampler_flags_exit_2_with_a_hint() {
+    let sb = Sandbox::new();
+    for args in [
+        &["--samplers", "top_k;warp"][..],
+        &["--samplers", "kqz"][..],
+        &["--logit-bias", "abc"][..],
+        &["--logit-bias", "5+inf"][..],
+        &["--mirostat", "3"][..],
+        &["--xtc-probability", "1.5"][..],
+        &["--typical", "2"][..],
+    ] {
+        let mut a = vec!["preview", "--no-session", "-p", PROMPT];
+        a.extend_from_slice(args);
+        let err = sb.fails(&a, 2);
+        assert!(
+            err.contains("error:") && err.contains("hint:"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn params_files_from_llama_server_and_openai_requests() {
+    let sb = Sandbox::new();
+    let server = sb.path().join("completion.json");
+    std::fs::write(
+        &server,
+        serde_json::to_vec(&serde_json::json!({
+            "prompt": PROMPT,
+            "n_predict": 8,
+            "temperature": 0.8,
+            "top_k": 40,
+            "top_p": 0.95,
+            "min_p": 0.05,
+            "repeat_penalty": 1.1,
+            "repeat_last_n": 64,
+            "dry_multiplier": 0.8,
+            "dry_base": 1.75,
+            "dry_allowed_length": 2,
+            "dry_penalty_last_n": -1,
+            "xtc_probability": 0.5,
+            "xtc_threshold": 0.1,
+            "seed": 1234,
+            "n_probs": 4,
+            "samplers": ["penalties", "dry", "top_k", "top_p", "min_p", "xtc", "temperature"],
+            "cache_prompt": true,
+            "my_extension": 3
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = sb.run(&[
+        "step",
+        "--no-session",
+        "-t",
+        "1",
+        "-p",
+        PROMPT,
+        "--params",
+        server.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown fields, ignored: my_extension"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cache_prompt") && err.contains("n_predict"),
+        "{err}"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &doc["steps"][0]["appended_meta"]["dist"]["params"];
+    assert_eq!(f(&p["temperature"]), 0.8, "{p}");
+    assert_eq!(p["top_k"], 40);
+    assert_eq!(f(&p["dry_multiplier"]), 0.8);
+    assert_eq!(p["sampler_order"], "llama");
+    assert_eq!(
+        p["samplers"],
+        serde_json::json!([
+            "penalties",
+            "dry",
+            "top_k",
+            "top_p",
+            "min_p",
+            "xtc",
+            "temperature"
+        ])
+    );
+    assert_eq!(doc["seed"].as_u64(), Some(1234), "{doc}");
+    assert_eq!(
+        doc["steps"][0]["appended_meta"]["dist"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // A flag overrides the file.
+    let doc = sb.json(&[
+        "preview",
+        "--no-session",
+        "-t",
+        "1",
+        "-p",
+        PROMPT,
+        "--params",
+        server.to_str().unwrap(),
+        "--top-k",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(doc["params"]["top_k"], 5, "{doc}");
+
+    let openai = sb.path().join("chat.json");
+    std::fs::write(
+        &openai,
+        serde_json::to_vec(&serde_json::json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "temperature": 1.1,
+            "top_p": 0.9,
+            "presence_penalty": 0.4,
+            "frequency_penalty": 0.2,
+            "logit_bias": {"504": -100, "60": 2},
+            "max_tokens": 5,
+            "top_logprobs": 3
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let doc = sb.json(&[
+        "preview",
+        "--no-session",
+        "-t",
+        "1",
+        "-p",
+        PROMPT,
+        "--params",
+        openai.to_str().unwrap(),
+        "--json",
+    ]);
+    let p = &doc["params"];
+    assert_eq!(f(&p["temperature"]), 1.1, "{p}");
+    assert_eq!(f(&p["presence_penalty"]), 0.4);
+    assert_eq!(p["logit_bias"].as_array().unwrap().len(), 2, "{p}");
+    let toks = candidates(&doc);
+    assert_eq!(toks.len(), 3, "top_logprobs sets the shown candidates");
+    assert!(
+        !toks.iter().any(|c| c["id"] == 504),
+        "a bias of -100 pushes 504 out of the top: {doc}"
+    );
+    // Not JSON, not an object, a bad field: exit 2.
+    let bad = sb.path().join("bad.json");
+    std::fs::write(&bad, "{\"temperature\": \"warm\"}").unwrap();
+    let err = sb.fails(
+        &[
+            "preview",
+            "--no-session",
+            "-p",
+            PROMPT,
+            "--params",
+            bad.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert!(err.contains("temperature"), "{err}");
+}
+
+/// XTC's coin and Mirostat's mu come from the branch: N separate `ntv step` calls give exactly
+/// the tokens (and numbers) of one `ntv generate -n N`, and a recorded trace re-runs.
+#[test]
+fn stepping_replays_generate_with_xtc_and_mirostat() {
+    for chain in [
+        &[
+            "--xtc-probability",
+            "0.5",
+            "--xtc-threshold",
+            "0.05",
+            "--dry-multiplier",
+            "0.8",
+        ][..],
+        &["--mirostat", "2", "--mirostat-ent", "3"][..],
+    ] {
+        let gen_sb = Sandbox::new();
+        let mut a = vec![
+            "generate", "-t", "1", "-p", PROMPT, "-n", "8", "--seed", "11", "--temp", "1",
+            "--format", "jsonl",
+        ];
+        a.extend_from_slice(chain);
+        let lines = gen_sb.jsonl(&a);
+        let summary = lines.last().unwrap();
+        let gen_ids = ids(&summary["completion_ids"]);
+        assert_eq!(gen_ids.len(), 8);
+        let p_gen: Vec<f64> = lines[..8]
+            .iter()
+            .map(|l| f(&l["selected"]["p_final"]))
+            .collect();
+
+        let sb = Sandbox::new();
+        let mut got = Vec::new();
+        let mut p_step = Vec::new();
+        for i in 0..8 {
+            let mut a = vec!["step", "-t", "1", "--seed", "11", "--temp", "1", "--json"];
+            if i == 0 {
+                a.extend_from_slice(&["-p", PROMPT]);
+            }
+            a.extend_from_slice(chain);
+            let doc = sb.json(&a);
+            got.extend(ids(&doc["new_completion_ids"]));
+            p_step.push(f(&doc["steps"][0]["selected"]["p_final"]));
+            if chain.contains(&"--mirostat") {
+                assert!(
+                    doc["steps"][0]["appended_meta"]["dist"]["chain"]["mirostat_mu"].is_number(),
+                    "{doc}"
+                );
+            }
+        }
+        assert_eq!(got, gen_ids, "{chain:?}: steps vs generate");
+        assert_eq!(p_step, p_gen, "{chain:?}");
+
+        // Record and check.
+        let trace = gen_sb.path().join("trace.json");
+        let mut a = vec![
+            "generate",
+            "--no-session",
+            "-t",
+            "1",
+            "-p",
+            PROMPT,
+            "-n",
+            "8",
+            "--seed",
+            "11",
+            "--temp",
+            "1",
+            "--record",
+            trace.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ];
+        a.extend_from_slice(chain);
+        gen_sb.jsonl(&a);
+        let out = gen_sb.run(&["check", trace.to_str().unwrap(), "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{chain:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
