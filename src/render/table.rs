@@ -245,7 +245,28 @@ fn dist_summary(
         dist.kept_token_count,
         dist.entropy_base,
         dist.entropy_final
-    )
+    )?;
+    if let Some(c) = &dist.chain {
+        let mut parts = Vec::new();
+        if !c.stages.is_empty() {
+            parts.push(crate::sampling::Stage::format_list(&c.stages).replace(';', " → "));
+        } else if c.mirostat_mu.is_some() {
+            parts.push("temperature → mirostat".to_string());
+        }
+        parts.push(format!("T used {:.3}", c.temperature_used));
+        if let Some(x) = c.xtc {
+            parts.push(if x.removed > 0 {
+                format!("xtc coin {:.3}: removed {}", x.coin, x.removed)
+            } else {
+                format!("xtc coin {:.3}: removed nothing", x.coin)
+            });
+        }
+        if let Some(mu) = c.mirostat_mu {
+            parts.push(format!("mirostat μ {mu:.3}"));
+        }
+        writeln!(w, "{} {}", pal.heading("chain:"), parts.join(" · "))?;
+    }
+    Ok(())
 }
 
 /// The header line naming the active constraint.
