@@ -620,7 +620,9 @@ async fn js(c: &Client, script: &str) -> Res<Value> {
 
 async fn shoot(c: &Client, dir: &Path, name: &str) -> Res<()> {
     let png = c.screenshot().await?;
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    if !png.starts_with(b"\x89PNG") {
+        return Err("the screenshot is not a PNG".into());
+    }
     std::fs::write(dir.join(format!("{name}.png")), png)?;
     Ok(())
 }
@@ -644,12 +646,36 @@ async fn panel(c: &Client, i: usize) -> Res<Value> {
     .await
 }
 
-#[track_caller]
-fn assert_panel(p: &Value, i: usize) {
-    assert_eq!(p["title"], format!(" step {i}"), "{p}");
-    assert_eq!(p["rows"], p["want_rows"], "{p}");
-    assert_eq!(p["sel"], p["want_sel"], "{p}");
-    assert_eq!(p["sel"], p["token"], "{p}");
+/// A failed expectation in the browser, as an error (a panic would leave Chromium running).
+fn expect(ok: bool, what: &str, seen: &Value) -> Res<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what}: {seen}").into())
+    }
+}
+
+fn check_panel(p: &Value, i: usize) -> Res<()> {
+    expect(
+        p["title"] == format!(" step {i}").as_str(),
+        &format!("the panel shows step {i}"),
+        p,
+    )?;
+    expect(
+        p["rows"] == p["want_rows"],
+        "one row per recorded candidate",
+        p,
+    )?;
+    expect(
+        p["sel"] == p["want_sel"],
+        "the selected row is the step's token",
+        p,
+    )?;
+    expect(
+        p["sel"] == p["token"],
+        "the selected row is the pointed token",
+        p,
+    )
 }
 
 async fn browse(c: &Client, pages: &[(&str, PathBuf)], shots: &Path) -> Res<()> {
@@ -659,32 +685,35 @@ async fn browse(c: &Client, pages: &[(&str, PathBuf)], shots: &Path) -> Res<()> 
             "generate" | "step" => {
                 // Hovering a token shows its step; a click pins it against later hovers.
                 hover(c, ".tok.gen[data-step=\"1\"]").await?;
-                assert_panel(&panel(c, 1).await?, 1);
+                check_panel(&panel(c, 1).await?, 1)?;
                 c.find(Locator::Css(".tok.gen[data-step=\"3\"]"))
                     .await?
                     .click()
                     .await?;
                 hover(c, ".tok.gen[data-step=\"0\"]").await?;
-                assert_panel(&panel(c, 3).await?, 3);
-                assert_eq!(
-                    js(
-                        c,
-                        "return document.querySelectorAll('.tok.gen.pinned').length"
-                    )
-                    .await?,
-                    json!(1)
-                );
+                check_panel(&panel(c, 3).await?, 3)?;
+                let pinned = js(
+                    c,
+                    "return document.querySelectorAll('.tok.gen.pinned').length",
+                )
+                .await?;
+                expect(pinned == json!(1), "one token pinned", &pinned)?;
             }
             "preview" => {
                 hover(c, ".tok.next").await?;
-                assert_eq!(
-                    js(c, "return document.getElementById('dist-step').textContent").await?,
-                    json!(" next token")
-                );
-                assert_eq!(
-                    js(c, "return document.querySelectorAll('#dist-body tbody tr').length === JSON.parse(document.getElementById('ntv-data').textContent).next.c.length").await?,
-                    json!(true)
-                );
+                let title =
+                    js(c, "return document.getElementById('dist-step').textContent").await?;
+                expect(
+                    title == json!(" next token"),
+                    "the panel shows the next token",
+                    &title,
+                )?;
+                let rows = js(c, "return document.querySelectorAll('#dist-body tbody tr').length === JSON.parse(document.getElementById('ntv-data').textContent).next.c.length").await?;
+                expect(
+                    rows == json!(true),
+                    "one row per next-token candidate",
+                    &rows,
+                )?;
             }
             "attribute" => {
                 // Hovering target 2 colours the context by its scores.
@@ -701,10 +730,18 @@ async fn browse(c: &Client, pages: &[(&str, PathBuf)], shots: &Path) -> Res<()> 
                              row: sec.querySelector('table.heat tr.active').dataset.row};",
                 )
                 .await?;
-                assert_eq!(seen["selected"], "2", "{seen}");
-                assert_eq!(seen["scores"], seen["want"], "{seen}");
-                assert_eq!(seen["active"], "2", "{seen}");
-                assert_eq!(seen["row"], "2", "{seen}");
+                expect(seen["selected"] == "2", "target 2 selected", &seen)?;
+                expect(
+                    seen["scores"] == seen["want"],
+                    "the context shows target 2's scores",
+                    &seen,
+                )?;
+                expect(seen["active"] == "2", "target 2 marked", &seen)?;
+                expect(
+                    seen["row"] == "2",
+                    "the matrix row of target 2 marked",
+                    &seen,
+                )?;
             }
             _ => {}
         }
