@@ -910,3 +910,54 @@ fn html_pages_run_in_chromium() {
         );
     }
 }
+
+#[test]
+fn a_constrained_generation_shows_validity() {
+    let sb = Sandbox::new();
+    let html = page(
+        &sb,
+        &[
+            "--no-session",
+            "generate",
+            "-m",
+            m(),
+            "-p",
+            "Is Paris in France?",
+            "--choice",
+            "Yes",
+            "--choice",
+            "No",
+            "--seed",
+            "2",
+            "-t",
+            "1",
+            "--format",
+            "html",
+        ],
+    );
+    let doc = parse(&html);
+    let d = data(&doc);
+    let steps = d["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    let first = &steps[0];
+    assert!(first["con"].is_string(), "{first}");
+    assert!(first["valid"].as_u64().is_some(), "{first}");
+    let invalid = |s: &Value| {
+        s["c"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c[4] == false)
+            .count()
+    };
+    assert!(
+        invalid(first) > 0,
+        "the constraint forbids some shown candidates: {first}"
+    );
+    // Drawn without the script: the last step's forbidden candidates are marked.
+    let last = steps.last().unwrap();
+    assert_eq!(
+        doc.select(&sel("#dist-body tr.invalid")).count(),
+        invalid(last)
+    );
+}
