@@ -177,7 +177,7 @@ pub fn diff_page(s: &DiffSummary) -> Markup {
         @for (ci, steps, first, worst) in &cases {
             section.case id=(format!("case-{ci}")) {
                 h2 { "case " (ci) }
-                div.divergence {
+                div.divergence.none[first.is_none()] {
                     @match first {
                         Some(f) => { strong { "First top-1 divergence: step " (f) } }
                         None => { "same top-1 token at every step" }
