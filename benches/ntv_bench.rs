@@ -144,6 +144,89 @@ fn main() {
             let record_us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
             println!("| {name} | {compute_us:.0} | {record_us:.0} |");
         }
+
+        // llama.cpp's chain, side by side with the basic pipeline on the same logits, over a
+        // repetitive context (the prompt twice) so that DRY and the penalties have work.
+        let ctx: Vec<i32> = ids.iter().chain(ids.iter()).copied().collect();
+        let breakers = model.dry_breakers(&ntv::sampling::params::dry_sequence_breakers());
+        let llama = |p: SamplingParams| SamplingParams {
+            sampler_order: ntv::sampling::SamplerOrder::Llama,
+            ..p
+        };
+        let chain_cases = [
+            (
+                "basic (defaults, hf order): baseline",
+                SamplingParams::default(),
+                None,
+            ),
+            (
+                "llama-server defaults (top-k 40, top-p 0.95, min-p 0.05, T 0.8)",
+                llama(SamplingParams {
+                    temperature: 0.8,
+                    top_k: 40,
+                    top_p: 0.95,
+                    min_p: 0.05,
+                    repetition_penalty: 1.0,
+                    ..SamplingParams::default()
+                }),
+                None,
+            ),
+            (
+                "full chain: DRY 0.8 + top-n-sigma 1 + typical 0.9 + min-p 0.05 + XTC (acts)",
+                llama(SamplingParams {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    dry_multiplier: 0.8,
+                    top_n_sigma: 1.0,
+                    typical_p: 0.9,
+                    min_p: 0.05,
+                    xtc_probability: 0.5,
+                    xtc_threshold: 0.1,
+                    ..SamplingParams::default()
+                }),
+                Some(0.25),
+            ),
+            (
+                "full chain without top-n-sigma (typical sorts the vocabulary)",
+                llama(SamplingParams {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    dry_multiplier: 0.8,
+                    typical_p: 0.9,
+                    min_p: 0.05,
+                    xtc_probability: 0.5,
+                    xtc_threshold: 0.1,
+                    ..SamplingParams::default()
+                }),
+                Some(0.25),
+            ),
+        ];
+        println!(
+            "\n## 1b. llama.cpp's sampler chain per step ({} logits, {}-token context)",
+            logits.len(),
+            ctx.len()
+        );
+        println!("| case | compute µs | × baseline |");
+        println!("|---|---:|---:|");
+        let mut baseline = None;
+        for (name, params, coin) in &chain_cases {
+            let inputs = ntv::sampling::ChainInputs {
+                dry_breakers: Some(&breakers),
+                xtc_coin: *coin,
+                mirostat_mu: None,
+            };
+            let iters = 300;
+            let t = Instant::now();
+            for _ in 0..iters {
+                let d = ws
+                    .compute_with(&logits, &ctx, params, None, &inputs)
+                    .expect("maths");
+                black_box(d.greedy());
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            let base = *baseline.get_or_insert(us);
+            println!("| {name} | {us:.0} | {:.2} |", us / base);
+        }
         drop(dec);
     }
 

@@ -524,6 +524,12 @@ pub(crate) struct ChainWs {
     pub stages: Vec<Stage>,
 }
 
+/// The bits of a (non-NaN) f32 as an unsigned integer in the same order.
+fn ordered(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+}
+
 /// Descending logit, ties by lower id; -inf last.
 fn desc(a: &Td, b: &Td) -> std::cmp::Ordering {
     b.logit
@@ -582,15 +588,26 @@ impl ChainWs {
         if self.sorted {
             return;
         }
-        let mut finite = 0;
-        for i in 0..self.arr.len() {
-            if self.arr[i].logit != f32::NEG_INFINITY {
-                self.arr.swap(i, finite);
-                finite += 1;
-            }
+        // A stable partition: the -inf entries keep their order at the end (their order is
+        // llama.cpp's unspecified tie order, and sorting 49,152 of them would cost most of a
+        // step), the finite ones are sorted.
+        let finite = self
+            .arr
+            .iter()
+            .filter(|t| t.logit != f32::NEG_INFINITY)
+            .count();
+        if finite < self.arr.len() {
+            self.scratch.clear();
+            self.scratch
+                .extend(self.arr.iter().filter(|t| t.logit != f32::NEG_INFINITY));
+            self.scratch
+                .extend(self.arr.iter().filter(|t| t.logit == f32::NEG_INFINITY));
+            std::mem::swap(&mut self.arr, &mut self.scratch);
         }
-        self.arr[..finite].sort_unstable_by(desc);
-        self.arr[finite..].sort_unstable_by_key(|t| t.id);
+        // Descending logit, ties by lower id, as one integer key (the f32 bits made
+        // order-preserving): cheaper than comparing floats.
+        self.arr[..finite]
+            .sort_unstable_by_key(|t| (u64::from(!ordered(t.logit)) << 32) | u64::from(t.id));
         self.sorted = true;
     }
 
@@ -599,11 +616,12 @@ impl ChainWs {
         if self.sorted {
             return;
         }
+        let key = |t: &Td| (u64::from(!ordered(t.logit)) << 32) | u64::from(t.id);
         if k < self.arr.len() {
-            self.arr.select_nth_unstable_by(k - 1, desc);
+            self.arr.select_nth_unstable_by_key(k - 1, key);
         }
         let k = k.min(self.arr.len());
-        self.arr[..k].sort_unstable_by(desc);
+        self.arr[..k].sort_unstable_by_key(key);
     }
 
     /// llama.cpp `llama_sampler_softmax_impl`: optionally sort, then p = expf(logit - max) /
@@ -704,18 +722,32 @@ impl ChainWs {
                 entropy += -t.p * t.p.ln();
             }
         }
+        // Entries with p = 0 score +inf: they come last, in array order, so only the others
+        // are sorted.
         self.scores.clear();
-        self.scores
-            .extend(self.arr.iter().map(|t| (-t.p.ln() - entropy).abs()));
+        self.scores.extend(self.arr.iter().map(|t| {
+            if t.p > 0.0 {
+                (-t.p.ln() - entropy).abs()
+            } else {
+                f32::INFINITY
+            }
+        }));
         self.idx.clear();
-        self.idx.extend(0..self.arr.len() as u32);
+        self.idx.extend(
+            (0..self.arr.len() as u32).filter(|&j| self.scores[j as usize] != f32::INFINITY),
+        );
         let scores = &self.scores;
         // llama.cpp's std::sort leaves equal scores in any order; ntv keeps the array order.
-        self.idx.sort_by(|&a, &b| {
-            scores[a as usize]
-                .partial_cmp(&scores[b as usize])
-                .unwrap_or(std::cmp::Ordering::Equal)
+        self.idx.sort_unstable_by_key(|&j| {
+            (u64::from(ordered(scores[j as usize])) << 32) | u64::from(j)
         });
+        let zero = self.arr.len() - self.idx.len();
+        if zero > 0 {
+            let scores = &self.scores;
+            self.idx.extend(
+                (0..self.arr.len() as u32).filter(|&j| scores[j as usize] == f32::INFINITY),
+            );
+        }
         let mut cum = 0.0f32;
         let mut last = self.idx.len();
         for (i, &j) in self.idx.iter().enumerate() {
