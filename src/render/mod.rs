@@ -4,6 +4,7 @@
 pub mod document;
 pub mod heatmap;
 pub mod json;
+pub mod lens;
 pub mod palette;
 pub mod table;
 pub mod text;
