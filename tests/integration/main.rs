@@ -18,6 +18,7 @@ mod generate;
 mod golden;
 mod hostile;
 mod kvcache;
+mod lens;
 mod oneshot;
 mod prefix_cache;
 mod preview;
