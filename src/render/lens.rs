@@ -69,7 +69,7 @@ fn tracked_line(p: &LensPosition, pal: &Palette) -> String {
         LensTracked::Token => "--token",
     };
     let first = match p.first_top1_layer {
-        Some(l) => format!("top-1 from layer {l} on (▶)"),
+        Some(l) => format!("first top-1 at layer {l} (▶)"),
         None => "never top-1".into(),
     };
     format!(
