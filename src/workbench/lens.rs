@@ -167,19 +167,37 @@ pub fn lens(
     let n_pos = res.positions.len();
     let n_layers = res.n_block + 1;
     let input = head.prepare(&res.data);
-    // The last layer first: its top-1 is what each position follows by default.
-    let last = (n_layers - 1) * n_pos;
-    let final_rows = head_rows(&head, &input, last..last + n_pos, req.top, &|_| {
-        req.token.map(|t| t as u32)
-    })?;
-    let tracked: Vec<u32> = match req.token {
-        Some(t) => vec![t as u32; n_pos],
-        None => final_rows.iter().map(|s| s.top[0].0).collect(),
+    // `-t` bounds the head's workers too (rayon's global pool has one per core).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = (threads >= 1 && (threads as usize) < cores)
+        .then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads as usize)
+                .thread_name(|i| format!("ntv-lens-{i}"))
+                .build()
+                .ok()
+        })
+        .flatten();
+    let evaluate = || -> Result<(Vec<RowStats>, Vec<u32>)> {
+        // The last layer first: its top-1 is what each position follows by default.
+        let last = (n_layers - 1) * n_pos;
+        let final_rows = head_rows(&head, &input, last..last + n_pos, req.top, &|_| {
+            req.token.map(|t| t as u32)
+        })?;
+        let tracked: Vec<u32> = match req.token {
+            Some(t) => vec![t as u32; n_pos],
+            None => final_rows.iter().map(|s| s.top[0].0).collect(),
+        };
+        let mut rows = head_rows(&head, &input, 0..last, req.top, &|r| {
+            Some(tracked[r % n_pos])
+        })?;
+        rows.extend(final_rows);
+        Ok((rows, tracked))
     };
-    let mut rows = head_rows(&head, &input, 0..last, req.top, &|r| {
-        Some(tracked[r % n_pos])
-    })?;
-    rows.extend(final_rows);
+    let (rows, tracked) = match &pool {
+        Some(p) => p.install(evaluate)?,
+        None => evaluate()?,
+    };
     let head_ms = super::ms(t);
 
     let out = res
