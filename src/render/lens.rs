@@ -215,3 +215,89 @@ fn grid(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tok(id: i32, text: &str) -> serde_json::Value {
+        json!({"id": id, "text": text, "bytes": text.as_bytes(), "display": text, "special": false})
+    }
+
+    /// Two positions × three layers; the tracked token becomes top-1 at layer 1 at position 0
+    /// and only at the last layer at position 1.
+    fn doc(positions: usize) -> LensDoc {
+        let layer = |l: usize, p: f64, rank: u32| {
+            let mut top = tok(
+                if rank == 1 { 7 } else { 8 },
+                if rank == 1 { "Paris" } else { "the" },
+            );
+            top["p"] = json!(p.max(0.5));
+            json!({"layer": l, "top": [top], "p": p, "rank": rank, "entropy_bits": 1.5})
+        };
+        let pos = |k: usize, ps: [(f64, u32); 3]| {
+            json!({
+                "position": k, "input": tok(k as i32, "is"), "next": null,
+                "completion_index": null, "tracked": tok(7, "Paris"), "tracked_is": "final_top1",
+                "first_top1_layer": ps.iter().position(|x| x.1 == 1),
+                "layers": ps.iter().enumerate().map(|(l, &(p, r))| layer(l, p, r)).collect::<Vec<_>>(),
+            })
+        };
+        let all = [
+            pos(0, [(0.001, 900), (0.6, 1), (0.9, 1)]),
+            pos(1, [(0.001, 900), (0.2, 2), (0.7, 1)]),
+        ];
+        serde_json::from_value(json!({
+            "schema": "ntv.lens/1",
+            "model": {"model_id": "m", "path": "m.gguf", "architecture": "llama", "n_params": 1,
+                "dtype": "Q4_1", "file_size": 1, "vocab_size": 10, "vocab_type": "gpt2",
+                "n_ctx_train": 8, "n_layer": 2, "n_head": 1, "n_head_kv": 1, "n_embd": 4,
+                "has_chat_template": false, "bos_token_id": null, "eos_token_id": null,
+                "eog_token_ids": [], "add_bos": false, "device": "CPU", "gpu_layers_offloaded": 0},
+            "prompt_text": "is is", "context_tokens": [tok(0, "is"), tok(1, "is")],
+            "n_layers": 3, "norm_eps": 1e-5, "softcap": null,
+            "positions": all[all.len() - positions..],
+            "timings": {"load_ms": 0.0, "capture_ms": 0.0, "head_ms": 0.0},
+        }))
+        .expect("a lens document")
+    }
+
+    fn render(d: &LensDoc) -> String {
+        let mut out = Vec::new();
+        let ctx = TableCtx {
+            palette: Palette::new(false),
+            width: 100,
+        };
+        d.table(&mut out, &ctx).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn one_position_marks_the_first_top1_layer_and_the_output_layer() {
+        let s = render(&doc(1));
+        let rows: Vec<&str> = s.lines().skip(3).collect();
+        assert_eq!(rows.len(), 3, "{s}");
+        assert!(
+            rows[2].starts_with(" ▶") && rows[2].contains("2 out"),
+            "{s}"
+        );
+        assert!(!rows[1].contains('▶'), "{s}");
+        assert!(s.contains("first top-1 at layer 2"), "{s}");
+    }
+
+    #[test]
+    fn the_grid_has_a_cell_per_layer_shaped_by_probability() {
+        let s = render(&doc(2));
+        let rows: Vec<&str> = s.lines().skip(3).collect();
+        assert_eq!(rows.len(), 2, "{s}");
+        // Position 0: below 1% (·), top-1 from layer 1 (▶), then 0.9 (above 7/8: █).
+        assert!(rows[0].contains("·▶█"), "{s}");
+        // Position 1: ·, 0.2 (▂), then the first top-1 at the last layer.
+        assert!(rows[1].contains("·▂▶"), "{s}");
+        assert!(
+            rows[1].contains("70.0%") && rows[1].ends_with("→ Paris"),
+            "{s}"
+        );
+    }
+}
