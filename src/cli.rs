@@ -213,7 +213,7 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
   ntv lens \"The capital of France is\" --no-chat-template
   ntv lens --index 0                    the position predicting completion token 0
   ntv lens --all --format json | jq '.positions[].first_top1_layer'
-  ntv lens -p \"2+2=\" --token 19 --top 3")]
+  ntv lens -p \"2+2=\" --no-chat-template --token 36 --top 3    follow \"4\" (id 36) at every layer")]
     Lens(LensArgs),
     /// Re-run every case of a trace and compare: exit 0 when the behaviour is unchanged within
     /// --atol, 1 on a regression, 2 on bad input.

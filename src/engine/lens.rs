@@ -48,7 +48,7 @@ struct ArchHead {
 /// `output_norm.weight`, then `output.weight` or tied embeddings.
 const ARCHITECTURES: &[ArchHead] = &[
     ArchHead::plain("llama"),
-    ArchHead::plain("mistral"),
+    ArchHead::plain("mistral3"),
     ArchHead::plain("qwen2"),
     ArchHead::plain("qwen3"),
     ArchHead::plain("qwen2moe"),
