@@ -16,7 +16,9 @@
 //! 9. the explorer's costs in process;
 //! 10. `ntv serve` through HTTP: preview and step latency on a 27- and a 372-token context
 //!     (model warm; a new branch each time, and a branch whose KV state holds the context),
-//!     next to the original demo server's figures, and requests per second with 8 clients.
+//!     next to the original demo server's figures, and requests per second with 8 clients;
+//! 11. `ntv lens --all` (the logit lens at every position and layer) on a 32- and a 300-token
+//!     context: wall time, its capture/head split, and the process's own peak RSS.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -517,6 +519,10 @@ fn main() {
     // 10. The HTTP server.
     if want(10) {
         serve_latency(exe, &path, &model, threads, rounds);
+    }
+    // 11. The logit lens.
+    if want(11) {
+        lens_all(exe, &path, &model, threads, rounds.min(5));
     }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
@@ -1292,4 +1298,105 @@ fn serve_latency(exe: &str, path: &std::path::Path, model: &Model, threads: i32,
         kb("VmRSS:") / 1e3,
         kb("VmHWM:") / 1e3
     );
+}
+
+/// Run `ntv ARGS` in `dir` and wait for it alone: (wall ms, its own peak RSS in KB, stdout).
+// The child is reaped by `wait4` (which also returns its own rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_with_rusage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, i64, Vec<u8>) {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = Command::new(exe)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ntv");
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut out)
+        .expect("read stdout");
+    let mut status = 0;
+    // SAFETY: wait4 on our own child's pid (not yet reaped: std never waited for it) writes
+    // its exit status and resource usage into the locals passed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "ntv {args:?} failed"
+    );
+    (t.elapsed().as_secs_f64() * 1e3, usage.ru_maxrss, out)
+}
+
+/// Section 11: `ntv lens --all` on a short and a long chat context (every position × every
+/// layer through the model's own head), next to the one-position lens on the same context.
+fn lens_all(exe: &str, path: &std::path::Path, model: &Model, threads: i32, rounds: usize) {
+    let m = path.to_str().expect("utf-8 path");
+    let t = threads.to_string();
+    let n_layers = model.info().n_layer as usize + 1;
+    println!("\n## 11. `ntv lens --all` (the logit lens at every position and layer)");
+    println!(
+        "| context | lens rows (positions × {n_layers} layers) | wall ms | capture ms | head ms | peak RSS MB | one position: wall ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for target in [32, 300] {
+        // Plain text (no chat template) of `target` tokens: words of the log sentence.
+        let words: Vec<&str> =
+            "The lighthouse keeper watched the sea and wrote in his log every night."
+                .split(' ')
+                .collect();
+        let mut user = String::new();
+        let mut k = 0;
+        while model.tokenize(&user, model.info().add_bos, false).len() < target {
+            if !user.is_empty() {
+                user.push(' ');
+            }
+            user.push_str(words[k % words.len()]);
+            k += 1;
+        }
+        let n = model.tokenize(&user, model.info().add_bos, false).len();
+        let args = |all: bool| {
+            let mut a = vec![
+                "lens",
+                "--no-session",
+                "--no-chat-template",
+                "-m",
+                m,
+                "-p",
+                &user,
+                "-t",
+                &t,
+                "--json",
+            ];
+            if all {
+                a.push("--all");
+            }
+            a
+        };
+        let (mut wall, mut cap, mut head, mut rss, mut one) = (vec![], vec![], vec![], 0, vec![]);
+        for _ in 0..rounds {
+            let (w, kb, out) = run_with_rusage(exe, &args(true), dir.path());
+            let doc: serde_json::Value = serde_json::from_slice(&out).expect("lens JSON");
+            assert_eq!(doc["positions"].as_array().map(Vec::len), Some(n));
+            wall.push(w);
+            cap.push(doc["timings"]["capture_ms"].as_f64().unwrap());
+            head.push(doc["timings"]["head_ms"].as_f64().unwrap());
+            rss = rss.max(kb);
+            one.push(run_with_rusage(exe, &args(false), dir.path()).0);
+        }
+        println!(
+            "| {n} tokens | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            n * n_layers,
+            median(wall),
+            median(cap),
+            median(head),
+            rss as f64 / 1e3,
+            median(one)
+        );
+    }
 }

@@ -39,6 +39,7 @@ pub fn run() -> ExitCode {
         Command::Tui(args) => commands::tui::run(&ctx, args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Attribute(args) => commands::attribute::run(&ctx, args),
+        Command::Lens(args) => commands::lens::run(&ctx, args),
         Command::Model(args) => commands::model::run(args),
         Command::Check(args) => commands::check::run(&ctx, args),
         Command::Diff(args) => commands::diff::run(&ctx, args),

@@ -203,6 +203,21 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
 \"index\" | \"token\" | \"all\", \"method\", \"agg\", \"target_fn\", \"steps\",
 \"baseline\"}; missing fields take the command-line values. Output is JSONL in input order.")]
     Attribute(AttributeArgs),
+    /// What each layer would predict (the logit lens): the model's own final norm and output
+    /// head applied to the residual stream after every layer. Reads the session; changes
+    /// nothing.
+    ///
+    /// Layer 0 is the input embedding, layer L the output of block L-1 (llama.cpp's l_out);
+    /// the last layer is the model's own distribution. The norm is recomputed on each layer's
+    /// own residual. Per layer: the top tokens, the probability and rank of the token the model
+    /// finally predicts (or of --token) and the entropy; the table marks the first layer where
+    /// that token is top-1. --all gives the grid of positions × layers.
+    #[command(after_help = "Examples:
+  ntv lens \"The capital of France is\" --no-chat-template
+  ntv lens --index 0                    the position predicting completion token 0
+  ntv lens --all --format json | jq '.positions[].first_top1_layer'
+  ntv lens -p \"2+2=\" --no-chat-template --token 36 --top 3    follow \"4\" (id 36) at every layer")]
+    Lens(LensArgs),
     /// Re-run every case of a trace and compare: exit 0 when the behaviour is unchanged within
     /// --atol, 1 on a regression, 2 on bad input.
     #[command(after_help = "Examples:
@@ -231,7 +246,7 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
     Schema {
         /// Output name: load, preview, step, generate, generate.step, generate.batch, sweep,
         /// branch.list, branch.show,
-        /// branch.diff, check, diff, trace, session, attribute, attribute.record, and the HTTP
+        /// branch.diff, check, diff, trace, session, attribute, attribute.record, lens, and the HTTP
         /// responses of ntv serve: serve.status, serve.preview, serve.step, serve.attribution,
         /// serve.load, serve.error.
         name: Option<String>,
@@ -792,6 +807,39 @@ pub struct AttributeArgs {
     /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
     #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
     pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LensArgs {
+    /// The user prompt (same as -p).
+    #[arg(value_name = "PROMPT", conflicts_with_all = ["prompt", "prompt_file"])]
+    pub positional_prompt: Option<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Go on with a session whose model file changed since it was recorded.
+    #[arg(long)]
+    pub force: bool,
+    /// Read the position predicting completion token I of the active branch (negative counts
+    /// from the end); default: the next token after the context.
+    #[arg(
+        long,
+        value_name = "I",
+        allow_negative_numbers = true,
+        help_heading = "Positions",
+        conflicts_with = "all"
+    )]
+    pub index: Option<i64>,
+    /// Read every context position (the grid of positions × layers).
+    #[arg(long, help_heading = "Positions")]
+    pub all: bool,
+    /// Follow this token id at every layer instead of the model's final prediction.
+    #[arg(long, value_name = "ID")]
+    pub token: Option<i32>,
+    /// Tokens listed per layer (1 to 100).
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]

@@ -86,7 +86,7 @@ fn render_page(cmd: clap::Command, name: &str) -> std::io::Result<Vec<u8>> {
     }
     roff.control("SH", ["SEE ALSO"]);
     roff.text([roman(
-        "ntv(1), ntv-load(1), ntv-preview(1), ntv-sweep(1), ntv-step(1), ntv-generate(1), ntv-tui(1), ntv-branch(1), ntv-attribute(1), ntv-check(1), ntv-diff(1), ntv-serve(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
+        "ntv(1), ntv-load(1), ntv-preview(1), ntv-sweep(1), ntv-step(1), ntv-generate(1), ntv-tui(1), ntv-branch(1), ntv-attribute(1), ntv-lens(1), ntv-check(1), ntv-diff(1), ntv-serve(1), ntv-model(1), ntv-schema(1), ntv-completions(1)",
     )]);
     roff.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
@@ -144,6 +144,7 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "session",
     "attribute",
     "attribute.record",
+    "lens",
     "sweep",
     "serve.status",
     "serve.preview",
@@ -173,6 +174,7 @@ pub fn schema(name: &str) -> Option<serde_json::Value> {
         "session" => schemars::schema_for!(crate::session::Session),
         "attribute" => schemars::schema_for!(AttributeDoc),
         "attribute.record" => schemars::schema_for!(AttributionLine),
+        "lens" => schemars::schema_for!(LensDoc),
         "sweep" => schemars::schema_for!(SweepDoc),
         "serve.status" => schemars::schema_for!(crate::serve::api::Status),
         "serve.preview" => schemars::schema_for!(crate::serve::api::PreviewResponse),

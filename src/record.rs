@@ -788,3 +788,88 @@ pub struct SweepDoc {
     pub decode_ms: f64,
     pub maths_ms: f64,
 }
+
+/// A token of a lens layer's top list, with its lens probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LensToken {
+    #[serde(flatten)]
+    pub token: TokenPill,
+    /// Probability under this layer's lens (softmax of the model's final norm and head applied
+    /// to this layer's residual).
+    pub p: f64,
+}
+
+/// One layer of the lens at one position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LensLayer {
+    /// 0 = the input embedding; `l` = the residual after block `l - 1` (llama.cpp's
+    /// `l_out-<l-1>`); the last layer is the model's own output.
+    pub layer: usize,
+    /// The most probable tokens under this layer's lens, descending (ties by lower id).
+    pub top: Vec<LensToken>,
+    /// Lens probability of the tracked token.
+    pub p: f64,
+    /// 1-based rank of the tracked token under this layer's lens (ties by lower id).
+    pub rank: u32,
+    /// Entropy of this layer's lens distribution, in bits.
+    pub entropy_bits: f64,
+}
+
+/// Which token a lens position follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LensTracked {
+    /// The model's own prediction: the last layer's top-1.
+    FinalTop1,
+    /// The token given with `--token`.
+    Token,
+}
+
+/// The lens at one context position (its residual predicts the token after it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LensPosition {
+    /// 0-based position in the context (prompt then completion).
+    pub position: usize,
+    /// The token at this position.
+    pub input: TokenPill,
+    /// The token that follows in the context (None at the end of the context).
+    pub next: Option<TokenPill>,
+    /// Index of `next` in the completion, when it is a completion token.
+    pub completion_index: Option<usize>,
+    /// The token whose probability and rank every layer reports.
+    pub tracked: TokenPill,
+    pub tracked_is: LensTracked,
+    /// The first layer where the tracked token is the top-1 (None: at no layer).
+    pub first_top1_layer: Option<usize>,
+    /// Layers 0 (embedding) to the last block's output, in order.
+    pub layers: Vec<LensLayer>,
+}
+
+/// Timings of `ntv lens`, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LensTimings {
+    pub load_ms: f64,
+    /// The decode that records the residual stream.
+    pub capture_ms: f64,
+    /// The final norm and head on every (layer, position) and the statistics.
+    pub head_ms: f64,
+}
+
+/// `ntv lens` output (`ntv.lens/1`): what each layer would predict (the logit lens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LensDoc {
+    pub schema: String,
+    pub model: ModelFacts,
+    /// The exact prompt text the model sees (template rendered).
+    pub prompt_text: String,
+    pub context_tokens: Vec<TokenPill>,
+    /// Layers per position: the embedding plus one per block.
+    pub n_layers: usize,
+    /// RMSNorm eps of the final norm, from the GGUF.
+    pub norm_eps: f64,
+    /// Final logit soft-capping applied after the head, if the architecture has it.
+    pub softcap: Option<f64>,
+    /// One entry per position asked for, ascending.
+    pub positions: Vec<LensPosition>,
+    pub timings: LensTimings,
+}

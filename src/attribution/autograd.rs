@@ -598,6 +598,16 @@ impl AutogradModel {
 
     fn forward_last(&self, x: &Tensor) -> CResult<Tensor> {
         let (b, n, d) = x.dims3()?;
+        let x = self.blocks(x, |_| Ok(()))?;
+        let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
+        let last = rms_norm(&last, &self.output_norm, self.eps)?;
+        linear(&last, &self.output, None)
+    }
+
+    /// The residual stream through every block: `each` sees the output of each block in
+    /// order; returns the last one.
+    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
+        let (b, n, _) = x.dims3()?;
         let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
         let (cos, sin) = self.rope_tables(n)?;
         let mask: Vec<f32> = (0..n * n)
@@ -652,10 +662,35 @@ impl AutogradModel {
             let g = linear(&hn, &l.w_gate, None)?.silu()?;
             let u = linear(&hn, &l.w_up, None)?;
             x = (x + linear(&(g * u)?, &l.w_down, None)?)?;
+            each(&x)?;
         }
-        let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
-        let last = rms_norm(&last, &self.output_norm, self.eps)?;
-        linear(&last, &self.output, None)
+        Ok(x)
+    }
+
+    /// The residual stream of `ids` after the embedding (layer 0) and after every block
+    /// (layers 1..=n_layer), each `n × n_embd` values row-major: what the logit lens reads
+    /// (for parity checks of `ntv lens` against this f32 forward).
+    pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, AttributionError> {
+        if ids.is_empty() {
+            return Err(AttributionError::BadInput("the context is empty".into()));
+        }
+        let e = self.embed(ids)?;
+        let mut out = vec![e.flatten_all()?.to_vec1::<f32>()?];
+        self.blocks(&e, |x| {
+            out.push(x.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// This engine's final norm and output head on one residual row (`n_embd` values): the
+    /// lens logits of that row in f32.
+    pub fn lens_logits(&self, residual: &[f32]) -> Result<Vec<f32>, AttributionError> {
+        let x = Tensor::from_slice(residual, (1, residual.len()), &self.device)?;
+        let x = rms_norm(&x, &self.output_norm, self.eps)?;
+        Ok(linear(&x, &self.output, None)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 
     /// Logits at the last position of each sequence: `embeddings` `[b, n, n_embd]` →

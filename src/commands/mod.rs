@@ -8,6 +8,7 @@ pub mod check;
 pub mod diff;
 pub mod docs;
 pub mod generate;
+pub mod lens;
 pub mod load;
 pub mod model;
 pub mod preview;

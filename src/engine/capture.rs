@@ -25,7 +25,7 @@ const SOFTMAX_PREFIX: &[u8] = b"kq_soft_max-";
 /// # Safety
 /// The pointer is only valid while `model` is alive; the caller must not use it after `model` is
 /// dropped and must not free it.
-unsafe fn raw_model_ptr(model: &LlamaModel) -> *mut sys::llama_model {
+pub(super) unsafe fn raw_model_ptr(model: &LlamaModel) -> *mut sys::llama_model {
     // The layout this relies on is checked at compile time: a `LlamaModel` is exactly one pointer.
     const _: () =
         assert!(std::mem::size_of::<LlamaModel>() == std::mem::size_of::<*mut sys::llama_model>());

@@ -17,6 +17,8 @@ pub enum EngineError {
         arch: String,
         detail: String,
     },
+    #[error("the logit lens does not know architecture '{arch}' (it knows {supported})")]
+    LensArchitecture { arch: String, supported: String },
     #[error("could not read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -55,6 +57,9 @@ impl EngineError {
             Self::UnsupportedArchitecture { .. } => {
                 "this llama.cpp build does not know the architecture; use a model llama.cpp supports or a newer ntv".into()
             }
+            Self::LensArchitecture { .. } => {
+                "the lens recomputes the model's final norm and output head from the GGUF, so it needs an architecture whose head ntv knows; preview, generate and attribute still work on this model".into()
+            }
             Self::ContextFull {
                 needed, trained, ..
             } if needed <= trained => format!(
@@ -81,6 +86,7 @@ impl EngineError {
                 | Self::NotGguf { .. }
                 | Self::Corrupt { .. }
                 | Self::UnsupportedArchitecture { .. }
+                | Self::LensArchitecture { .. }
                 | Self::ContextFull { .. }
                 | Self::TokenOutOfRange { .. }
                 | Self::EmptyContext

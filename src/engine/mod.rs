@@ -1,11 +1,13 @@
 //! The only code that talks to llama.cpp (`llama_cpp_2` / `llama_cpp_sys_2`): backend start-up,
-//! model loading and facts, tokens, decoding with KV-cache reuse and logits. Everything that
+//! model loading and facts, tokens, decoding with KV-cache reuse and logits, and the residual
+//! stream with the model's own output head (the logit lens). Everything that
 //! leaves this module is plain data (`i32` ids, `f32` logits, `String`s).
 
 mod capture;
 mod decoder;
 mod error;
 mod grammar;
+mod lens;
 mod log;
 mod model;
 mod occlude;
@@ -16,6 +18,7 @@ mod state;
 pub use capture::{AttentionCapture, AttentionRows, attention_rows};
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
+pub use lens::{HeadInput, LensHead, ResidualCapture, Residuals, lens_architectures};
 pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
 pub use occlude::{LeaveOneOut, Occluder};

@@ -5,6 +5,7 @@ pub mod document;
 pub mod heatmap;
 pub mod html;
 pub mod json;
+pub mod lens;
 pub mod palette;
 pub mod table;
 pub mod text;

@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod explain;
+pub mod lens;
 pub mod stepper;
 pub mod store;
 pub mod sweep;
@@ -1012,6 +1013,19 @@ impl<'m> Workbench<'m> {
             sel,
             opts,
         }
+    }
+
+    /// The logit lens over the active branch's context: what each layer would predict at the
+    /// positions `req` selects.
+    pub fn lens(&self, req: &lens::LensRequest) -> Result<crate::record::LensDoc> {
+        lens::lens(
+            self.model,
+            &self.prompt_text,
+            &self.prompt_ids,
+            self.completion(),
+            req,
+            self.settings.context.n_threads,
+        )
     }
 
     /// Keep the KV state for the next process and write the session; a session replaced by a

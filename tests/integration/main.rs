@@ -19,6 +19,7 @@ mod golden;
 mod hostile;
 mod html;
 mod kvcache;
+mod lens;
 mod oneshot;
 mod prefix_cache;
 mod preview;

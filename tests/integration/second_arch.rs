@@ -17,13 +17,13 @@ use ntv::engine::{AttentionCapture, LoadOptions, Model};
 use crate::util::{KNOWN_IDS, PROMPT, Sandbox};
 
 /// The qwen2 copy of the test model, written once per test process.
-fn qwen2_gguf() -> &'static Path {
+pub fn qwen2_gguf() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| rewrite_as("qwen2"))
 }
 
 /// The qwen3 copy of the test model, written once per test process.
-fn qwen3_gguf() -> &'static Path {
+pub fn qwen3_gguf() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| rewrite_as("qwen3"))
 }
