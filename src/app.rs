@@ -11,9 +11,31 @@ use crate::commands;
 use crate::error::Exit;
 use crate::settings::Terminal;
 
+/// llama.cpp's two-letter flags, which clap cannot spell: `-hf`/`-hfr` are `--hf-repo`, `-hff`
+/// is `--hf-file` (up to a `--`, after which every argument is a value).
+fn llama_cpp_spellings(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> impl Iterator<Item = std::ffi::OsString> {
+    let mut values_only = false;
+    args.map(move |a| {
+        if values_only {
+            return a;
+        }
+        match a.to_str() {
+            Some("--") => {
+                values_only = true;
+                a
+            }
+            Some("-hf" | "-hfr") => "--hf-repo".into(),
+            Some("-hff") => "--hf-file".into(),
+            _ => a,
+        }
+    })
+}
+
 /// Run the program: 0 ok, 1 runtime failure, 2 bad usage or input.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(llama_cpp_spellings(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -36,7 +58,7 @@ pub fn run() -> ExitCode {
         Command::Tui(args) => commands::tui::run(&ctx, args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Attribute(args) => commands::attribute::run(&ctx, args),
-        Command::Model(args) => commands::model::run(args),
+        Command::Model(args) => commands::model::run(&ctx, args),
         Command::Check(args) => commands::check::run(&ctx, args),
         Command::Diff(args) => commands::diff::run(&ctx, args),
         Command::Schema { name } => commands::docs::schema(name.as_deref()),

@@ -232,3 +232,9 @@ impl Document for Checked<'_> {
         table::check(w, self.report, self.build_notes, self.piece, &ctx.palette)
     }
 }
+
+impl Document for crate::record::ModelListDoc {
+    fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
+        table::model_list(w, self, &ctx.palette)
+    }
+}

@@ -227,6 +227,7 @@ mod tests {
                 sha256_head_tail: "00".into(),
             },
             facts: None,
+            hub: None,
         }
     }
 
