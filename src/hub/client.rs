@@ -249,6 +249,7 @@ impl<'a> Client<'a> {
                 have = 0;
             }
             if have > 0 && meta.size == Some(have) {
+                last = None;
                 break;
             }
             let mut req = self.auth(self.agent.get(&url));
@@ -289,27 +290,27 @@ impl<'a> Client<'a> {
                 bar.set_length(t);
             }
             bar.set_position(have);
-            match copy(resp.into_body().into_reader(), &mut out, bar) {
-                Ok(()) => {
-                    let got = out.metadata().map_err(io("stat"))?.len();
-                    if total.is_none_or(|t| got == t) {
-                        last = None;
-                        break;
-                    }
-                    last = Some(HubError::Interrupted {
-                        file: file.into(),
-                        got,
-                        size: total.unwrap_or(got),
-                        message: "the connection closed early".into(),
-                    });
+            let copied = copy(resp.into_body().into_reader(), &mut out, bar);
+            let got = out.metadata().map_err(io("stat"))?.len();
+            match copied {
+                Ok(()) if total.is_none_or(|t| got == t) => {
+                    last = None;
+                    break;
                 }
-                Err(e) => {
-                    let got = out.metadata().map_err(io("stat"))?.len();
+                // Every byte arrived even though the connection then broke.
+                Err(_) if total == Some(got) => {
+                    last = None;
+                    break;
+                }
+                result => {
                     last = Some(HubError::Interrupted {
                         file: file.into(),
                         got,
                         size: total.unwrap_or(got),
-                        message: e.to_string(),
+                        message: match result {
+                            Err(e) => e.to_string(),
+                            Ok(()) => "the connection closed early".into(),
+                        },
                     });
                 }
             }

@@ -145,7 +145,18 @@ fn listing(r: &HubRef, cfg: &HubConfig) -> Result<(PathBuf, String, Vec<String>,
 /// The local file of a reference: found in a cache, or downloaded into it.
 pub fn resolve(r: &HubRef, cfg: &HubConfig) -> Result<Resolved, HubError> {
     let (listed_root, commit, files, online) = listing(r, cfg)?;
-    let choice = choose::choose(&r.repo, &files, &r.pick)?;
+    let choice = match choose::choose(&r.repo, &files, &r.pick) {
+        // The cache lists what it holds, not the repository: what is not there is missing.
+        Err(HubError::NoMatch { .. } | HubError::NoGguf { .. } | HubError::MissingPart { .. })
+            if !online =>
+        {
+            return Err(HubError::NotCached {
+                what: r.to_string(),
+                root: listed_root,
+            });
+        }
+        c => c?,
+    };
     // A split model's parts must sit side by side: a cache that holds them all, else the
     // download cache (or, offline, the cache the listing came from).
     let have_all = |root: &PathBuf| {
