@@ -880,6 +880,77 @@ fn an_unreachable_hub_is_a_runtime_failure_with_a_hint() {
     drop(closed);
     let e = b.fails(&["model", "fetch", "hf:fake/quants:Q8_0"], &[], 1);
     assert!(e.contains("cannot reach") && e.contains("--offline"), "{e}");
+    // What the cache holds is still used, and said so.
+    b.endpoint = hub.url.clone();
+    let p = b.fetch("hf:fake/quants:Q8_0");
+    b.endpoint = format!("http://{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    });
+    let (out, err) = b.ok(&["model", "fetch", "hf:fake/quants:Q8_0"], &[]);
+    assert_eq!(out.trim(), p.display().to_string());
+    assert!(
+        err.contains("cannot reach") && err.contains("using the cached hf:fake/quants:Q8_0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diff_compares_hub_models_and_the_server_loads_them_by_name() {
+    let hub = hub();
+    let b = HubBox::new(&hub);
+    let (out, _) = b.ok(
+        &[
+            "diff",
+            "--model-a",
+            "hf:fake/smol:Q4_1",
+            "--model-b",
+            crate::util::m(),
+            "-p",
+            PROMPT,
+            "-n",
+            "3",
+            "-t",
+            "1",
+            "--json",
+        ],
+        &[],
+    );
+    let d: Value = serde_json::from_str(&out).unwrap();
+    // The same file on both sides.
+    assert_eq!(
+        (d["same_top1_pct"].as_f64(), d["kl_max"].as_f64()),
+        (Some(100.0), Some(0.0)),
+        "{d}"
+    );
+    assert_eq!(d["n_steps"], 3);
+    assert_eq!(hub.downloads().len(), 1);
+
+    let env: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("HF_ENDPOINT", hub.url.as_ref()),
+        ("HF_HOME", b.home.path().as_os_str()),
+    ];
+    let s = crate::serve::Server::start_with_env(&[], &env).ready();
+    let r = s.ok("/api/model/load", &json!({"model_id": "hf:fake/smol:Q4_1"}));
+    assert_eq!(r["model_id"], "hf:fake/smol:Q4_1");
+    let s = s.ready();
+    assert_eq!(s.get("/api/model/status").1["model_id"], SMOL);
+    assert_eq!(hub.downloads().len(), 1, "the cache answered");
+    // The demo's bare OWNER/REPO names a repository; one without GGUF fails to load, said in
+    // the status.
+    s.ok("/api/model/load", &json!({"model_id": "fake/nogguf"}));
+    let t = std::time::Instant::now();
+    let err = loop {
+        let st = s.get("/api/model/status").1;
+        if let Some(e) = st["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(t.elapsed().as_secs() < 60, "{st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(err.contains("fake/nogguf has no GGUF file"), "{err}");
+    let (code, v) = s.post("/api/model/load", &json!({"model_id": "hf:bad name/x"}));
+    assert_eq!(code, 400, "{v}");
 }
 
 /// The layout huggingface_hub writes, made by hand.
