@@ -86,3 +86,30 @@ pub fn run() -> ExitCode {
     }
     ExitCode::from(code)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn llama_cpp_two_letter_flags_become_long_flags_until_a_double_dash() {
+        let args = [
+            "ntv", "preview", "-hf", "o/r:Q4_0", "-hff", "f.gguf", "-hfr", "--", "-hf",
+        ];
+        let out: Vec<String> = super::llama_cpp_spellings(args.iter().map(Into::into))
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "ntv",
+                "preview",
+                "--hf-repo",
+                "o/r:Q4_0",
+                "--hf-file",
+                "f.gguf",
+                "--hf-repo",
+                "--",
+                "-hf"
+            ]
+        );
+    }
+}

@@ -808,6 +808,73 @@ mod tests {
     }
 
     #[test]
+    fn hub_references_and_llama_cpp_flags_choose_a_hub_model() {
+        let hub = |reference: &str| {
+            let reference = HubRef::parse(reference).unwrap().unwrap();
+            ModelChoice::Hub {
+                label: reference.to_string(),
+                reference,
+                offline: false,
+            }
+        };
+        let mut f = Flags::new();
+        f.runtime.engine.model = Some(PathBuf::from("hf.co/o/r:Q8_0"));
+        assert_eq!(f.resolve(None, None).unwrap().model, hub("hf:o/r:Q8_0"));
+        f.runtime.engine.model = None;
+        f.runtime.engine.hub.hf_repo = Some("o/r".into());
+        f.runtime.engine.hub.hf_file = Some("x.gguf".into());
+        assert_eq!(f.resolve(None, None).unwrap().model, hub("hf:o/r/x.gguf"));
+        // A file that exists is a file, whatever its name looks like.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("o")).unwrap();
+        let file = dir.path().join("o").join("r:Q8_0");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(
+            ModelChoice::from_arg(&file, false).unwrap(),
+            ModelChoice::Path(file.clone())
+        );
+        // A malformed hf: reference is an input error, before any model work.
+        f.runtime.engine.hub = HubArgs::default();
+        f.runtime.engine.model = Some(PathBuf::from("hf:nope"));
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+    }
+
+    #[test]
+    fn a_session_model_that_is_gone_is_fetched_again_at_its_commit() {
+        let mut s = stored();
+        let source = crate::session::HubSource {
+            reference: "hf:o/r:Q4_1".into(),
+            repo: "o/r".into(),
+            file: "m-Q4_1.gguf".into(),
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+        };
+        s.model.as_mut().unwrap().hub = Some(source.clone());
+        let r = Flags::new().resolve(None, Some(&s)).unwrap();
+        assert_eq!(
+            r.model,
+            ModelChoice::Hub {
+                reference: HubRef {
+                    repo: "o/r".into(),
+                    pick: crate::hub::Pick::File("m-Q4_1.gguf".into()),
+                    revision: Some(source.revision.clone()),
+                },
+                label: "hf:o/r:Q4_1".into(),
+                offline: false,
+            }
+        );
+        assert_eq!(r.model.label(), Some("hf:o/r:Q4_1"));
+        // While the file is there, it is the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.gguf");
+        std::fs::write(&file, b"").unwrap();
+        s.model.as_mut().unwrap().path = file.display().to_string();
+        assert_eq!(
+            Flags::new().resolve(None, Some(&s)).unwrap().model,
+            ModelChoice::Path(file)
+        );
+    }
+
+    #[test]
     fn a_preset_resets_the_base_and_no_constraint_drops_the_sessions() {
         let s = stored();
         let mut f = Flags::new();
