@@ -443,9 +443,7 @@ impl<'m> Workbench<'m> {
                 s.active().completion_ids.clone()
             }
             Mode::ReadOnly => match store.existing() {
-                Some(s)
-                    if store::same_prompt(s, &prompt) && store::same_model(s, &model_ref.path) =>
-                {
+                Some(s) if store::same_prompt(s, &prompt) && store::same_model(s, &model_ref) => {
                     s.active().completion_ids.clone()
                 }
                 _ => Vec::new(),

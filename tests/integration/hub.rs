@@ -731,6 +731,28 @@ fn the_reference_given_is_what_the_session_records() {
     let s = b.sb.session_json();
     assert_eq!(s["model"]["hub"]["reference"], "hf:fake/smol:Q4_1");
     assert_eq!(s["model"]["hub"]["revision"], commit('a'));
+    // On a machine without the file (another cache), the session fetches the same commit and
+    // goes on with its completion.
+    let other = tempfile::tempdir().unwrap();
+    let cache = other.path().join("hub");
+    let env = [("HF_HUB_CACHE", cache.to_str().unwrap())];
+    std::fs::remove_dir_all(b.cache()).unwrap();
+    let (_, err) = b.ok(&["step", "--greedy", "-t", "1"], &env);
+    assert!(err.contains("downloading"), "{err}");
+    let s = b.sb.session_json();
+    assert_eq!(
+        s["branches"][0]["completion_ids"].as_array().unwrap().len(),
+        2,
+        "{s}"
+    );
+    assert!(!b.sb.path().join("ntv-session.1.json").exists());
+    assert!(
+        s["model"]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(cache.to_str().unwrap())
+    );
+    assert_eq!(s["model"]["hub"]["reference"], "hf:fake/smol:Q4_1");
 }
 
 #[test]
