@@ -369,6 +369,144 @@ pub struct SamplingArgs {
     /// in tables).
     #[arg(long = "display-k", value_name = "N")]
     pub display_k: Option<usize>,
+    /// llama.cpp's stages in this order: names separated by `;`
+    /// (`penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature`) or one letter
+    /// each (`edskypmxt`). Runs llama.cpp's chain.
+    #[arg(
+        long = "samplers",
+        alias = "sampling-seq",
+        value_name = "LIST",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub samplers: Option<String>,
+    /// The sampling fields of a llama-server `/completion` or `/v1/chat/completions` request
+    /// body (JSON); flags given too override them. Fields it cannot use are listed on stderr.
+    #[arg(
+        long = "params",
+        value_name = "FILE.json",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub params_file: Option<PathBuf>,
+    /// Add BIAS to token ID's logit: `ID+BIAS`, `ID-BIAS`, `ID-inf` bans it (repeatable).
+    #[arg(
+        long = "logit-bias",
+        short = 'l',
+        value_name = "ID(+|-)BIAS",
+        allow_hyphen_values = true,
+        help_heading = "llama.cpp samplers"
+    )]
+    pub logit_bias: Vec<String>,
+    /// DRY multiplier (0 = off).
+    #[arg(
+        long = "dry-multiplier",
+        value_name = "X",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dry_multiplier: Option<f64>,
+    /// DRY base (default 1.75).
+    #[arg(
+        long = "dry-base",
+        value_name = "X",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dry_base: Option<f64>,
+    /// DRY: repetitions up to N tokens go unpenalised (default 2).
+    #[arg(
+        long = "dry-allowed-length",
+        value_name = "N",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dry_allowed_length: Option<u32>,
+    /// DRY window: last N tokens (-1 = whole context, 0 = off; default -1).
+    #[arg(
+        long = "dry-penalty-last-n",
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dry_penalty_last_n: Option<i32>,
+    /// A DRY sequence breaker, replacing the defaults (`\n`, `:`, `"`, `*`); `none` for no
+    /// breakers (repeatable).
+    #[arg(
+        long = "dry-sequence-breaker",
+        value_name = "TEXT",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dry_sequence_breaker: Vec<String>,
+    /// Top-n-sigma: keep logits within N standard deviations of the largest (<= 0 = off).
+    #[arg(
+        long = "top-nsigma",
+        alias = "top-n-sigma",
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "llama.cpp samplers"
+    )]
+    pub top_n_sigma: Option<f64>,
+    /// Locally typical sampling threshold (1 = off).
+    #[arg(
+        long = "typical",
+        alias = "typical-p",
+        value_name = "P",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub typical_p: Option<f64>,
+    /// XTC: chance per step of removing the top choices (0 = off).
+    #[arg(
+        long = "xtc-probability",
+        value_name = "P",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub xtc_probability: Option<f64>,
+    /// XTC: tokens with at least this probability are removed, all but the least probable
+    /// (> 0.5 = off; default 0.1).
+    #[arg(
+        long = "xtc-threshold",
+        value_name = "P",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub xtc_threshold: Option<f64>,
+    /// Dynamic temperature: T moves within temp ± RANGE with the entropy (0 = off).
+    #[arg(
+        long = "dynatemp-range",
+        value_name = "RANGE",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dynatemp_range: Option<f64>,
+    /// Dynamic temperature exponent (default 1).
+    #[arg(
+        long = "dynatemp-exp",
+        value_name = "X",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub dynatemp_exp: Option<f64>,
+    /// Mirostat: 0 = off, 1, or 2 (Mirostat 2.0); replaces the other stages, as in llama.cpp.
+    #[arg(
+        long = "mirostat",
+        value_name = "N",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub mirostat: Option<u8>,
+    /// Mirostat learning rate, eta (default 0.1).
+    #[arg(
+        long = "mirostat-lr",
+        value_name = "ETA",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub mirostat_lr: Option<f64>,
+    /// Mirostat target entropy, tau (default 5).
+    #[arg(
+        long = "mirostat-ent",
+        value_name = "TAU",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub mirostat_ent: Option<f64>,
+    /// Stages keep at least N tokens (llama.cpp's min_keep; 0 = no minimum).
+    #[arg(
+        long = "min-keep",
+        value_name = "N",
+        help_heading = "llama.cpp samplers"
+    )]
+    pub min_keep: Option<u32>,
 }
 
 /// Constrained decoding (constraints.md): the completion must match. A constraint given here is

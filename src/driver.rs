@@ -3,8 +3,13 @@
 
 use crate::constraint::{Constraint, ConstraintError, Mask};
 use crate::engine::{ContextOptions, Decoder, EngineError, Model};
-use crate::record::{AppendedMeta, Candidate, Dist, ForcedBy, SelectedBy, TokenPill};
-use crate::sampling::{Distribution, SamplingError, SamplingParams, StreamRng, Workspace};
+use crate::record::{
+    AdjustStage, AppendedMeta, Candidate, ChainInfo, Dist, ForcedBy, LogitAdjust, SelectedBy,
+    TokenPill,
+};
+use crate::sampling::{
+    ChainInputs, Distribution, DryBreakers, SamplingError, SamplingParams, StreamRng, Workspace,
+};
 
 /// Failure of a step.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +92,24 @@ fn candidate(model: &Model, d: &Distribution<'_>, id: u32, rank: u32) -> Candida
         valid: d.valid(i),
         cut_by: d.cut_by(i),
         rank,
+        logit_adjust: logit_adjust(d, i),
     }
+}
+
+fn logit_adjust(d: &Distribution<'_>, i: usize) -> Vec<LogitAdjust> {
+    let a = d.adjustments(i);
+    [
+        (AdjustStage::LogitBias, a.logit_bias),
+        (AdjustStage::Penalties, a.penalties),
+        (AdjustStage::Dry, a.dry),
+    ]
+    .into_iter()
+    .filter(|&(_, x)| x != 0.0 && x.is_finite())
+    .map(|(stage, x)| LogitAdjust {
+        stage,
+        amount: f64::from(x),
+    })
+    .collect()
 }
 
 fn finite(x: f64) -> f64 {
@@ -122,7 +144,34 @@ pub fn dist_record(
         entropy_final: finite(d.entropy_final_bits()),
         params: params.clone(),
         tokens,
+        chain: d.chained().then(|| ChainInfo {
+            stages: d.stages().to_vec(),
+            temperature_used: d.temperature_used(),
+            xtc: d.xtc(),
+            mirostat_mu: d.mirostat_mu(),
+        }),
     }
+}
+
+/// DRY's breakers for `params`, processed once per breaker list and model.
+fn breakers<'c>(
+    cache: &'c mut Option<(Vec<String>, DryBreakers)>,
+    model: &Model,
+    params: &SamplingParams,
+) -> Option<&'c DryBreakers> {
+    if !crate::sampling::chain::dry_on(params) {
+        return None;
+    }
+    if cache
+        .as_ref()
+        .is_none_or(|(key, _)| key != &params.dry_sequence_breakers)
+    {
+        *cache = Some((
+            params.dry_sequence_breakers.clone(),
+            model.dry_breakers(&params.dry_sequence_breakers),
+        ));
+    }
+    cache.as_ref().map(|(_, b)| b)
 }
 
 /// A model context over `prompt ++ completion` with a reusable sampling workspace.
@@ -135,6 +184,8 @@ pub struct Driver<'m> {
     n_prompt: usize,
     /// The active constraint, positioned after the current completion.
     constraint: Option<Constraint>,
+    /// DRY's processed sequence breakers, by breaker list.
+    dry: Option<(Vec<String>, DryBreakers)>,
 }
 
 impl<'m> Driver<'m> {
@@ -151,6 +202,7 @@ impl<'m> Driver<'m> {
             ids: prompt_ids.to_vec(),
             n_prompt: prompt_ids.len(),
             constraint: None,
+            dry: None,
         })
     }
 
@@ -246,14 +298,35 @@ impl<'m> Driver<'m> {
         params: &SamplingParams,
         f: impl FnOnce(&Distribution<'_>) -> R,
     ) -> Result<R, StepError> {
+        self.inspect_with(params, None, f)
+    }
+
+    /// [`Driver::inspect`] with the branch's stream, peeked (not advanced): XTC's coin is the
+    /// one the next step would draw, Mirostat's `mu` the branch's. Without a stream, XTC does
+    /// not act and Mirostat starts from `2 * tau`.
+    pub fn inspect_with<R>(
+        &mut self,
+        params: &SamplingParams,
+        stream: Option<&StreamRng>,
+        f: impl FnOnce(&Distribution<'_>) -> R,
+    ) -> Result<R, StepError> {
         let mask = self.mask()?;
         let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
-        let d = self.ws.compute(
+        let xtc_coin = stream
+            .filter(|_| params.draws_xtc_coin())
+            .map(|s| s.clone().next_uniform());
+        let inputs = ChainInputs {
+            dry_breakers: breakers(&mut self.dry, self.model, params),
+            xtc_coin,
+            mirostat_mu: stream.and_then(|s| s.mirostat_mu),
+        };
+        let d = self.ws.compute_with(
             logits,
             &self.ids,
             params,
             allowed.as_ref().map(|f| f as &dyn Fn(usize) -> bool),
+            &inputs,
         )?;
         Ok(f(&d))
     }
@@ -274,11 +347,34 @@ impl<'m> Driver<'m> {
         let allowed = allowed
             .as_ref()
             .map(|f| f as &(dyn Fn(usize) -> bool + Sync));
+        // DRY's breakers for every breaker list among the sets (usually one).
+        let mut lists: Vec<(Vec<String>, DryBreakers)> = Vec::new();
+        for p in params {
+            if crate::sampling::chain::dry_on(p)
+                && !lists.iter().any(|(k, _)| k == &p.dry_sequence_breakers)
+            {
+                lists.push((
+                    p.dry_sequence_breakers.clone(),
+                    self.model.dry_breakers(&p.dry_sequence_breakers),
+                ));
+            }
+        }
+        let lists = &lists;
         params
             .par_iter()
             .map_init(Workspace::new, |ws, p| {
                 let mask = allowed.map(|a| a as &dyn Fn(usize) -> bool);
-                ws.compute(logits, ids, p, mask).map(|d| f(&d))
+                let inputs = ChainInputs {
+                    dry_breakers: lists
+                        .iter()
+                        .find(|(k, _)| {
+                            crate::sampling::chain::dry_on(p) && k == &p.dry_sequence_breakers
+                        })
+                        .map(|(_, b)| b),
+                    ..ChainInputs::default()
+                };
+                ws.compute_with(logits, ids, p, mask, &inputs)
+                    .map(|d| f(&d))
             })
             .collect::<Result<Vec<R>, SamplingError>>()
             .map_err(StepError::from)
@@ -290,9 +386,20 @@ impl<'m> Driver<'m> {
         params: &SamplingParams,
         display_k: usize,
     ) -> Result<Dist, StepError> {
+        self.preview_with(params, display_k, None)
+    }
+
+    /// [`Driver::preview`] with the branch's stream peeked (see [`Driver::inspect_with`]).
+    pub fn preview_with(
+        &mut self,
+        params: &SamplingParams,
+        display_k: usize,
+        stream: Option<&StreamRng>,
+    ) -> Result<Dist, StepError> {
         let kind = self.constraint.as_ref().map(|c| c.kind());
         let model = self.model;
-        let mut dist = self.inspect(params, |d| dist_record(model, d, display_k, params))?;
+        let mut dist =
+            self.inspect_with(params, stream, |d| dist_record(model, d, display_k, params))?;
         dist.constraint_type = kind;
         Ok(dist)
     }
@@ -335,11 +442,19 @@ impl<'m> Driver<'m> {
         let kind = self.constraint.as_ref().map(|c| c.kind());
         let allowed = mask.as_ref().map(|m| move |id: usize| m.is_allowed(id));
         let logits = self.dec.eval(&self.ids)?;
-        let d = self.ws.compute(
+        // XTC's coin comes first from the branch's stream, then the final draw.
+        let xtc_coin = params.draws_xtc_coin().then(|| rng.next_uniform());
+        let inputs = ChainInputs {
+            dry_breakers: breakers(&mut self.dry, self.model, params),
+            xtc_coin,
+            mirostat_mu: rng.mirostat_mu,
+        };
+        let d = self.ws.compute_with(
             logits,
             &self.ids,
             params,
             allowed.as_ref().map(|f| f as &dyn Fn(usize) -> bool),
+            &inputs,
         )?;
         let greedy = d.is_greedy_params();
         let (id, selected_by, forced_by, draw) = match choice {
@@ -353,6 +468,10 @@ impl<'m> Driver<'m> {
         };
         let mut dist = dist_record(self.model, &d, display_k, params);
         dist.constraint_type = kind;
+        let mirostat_mu_after = d.mirostat_next_mu(params, id);
+        if mirostat_mu_after.is_some() {
+            rng.mirostat_mu = mirostat_mu_after;
+        }
         if let Some(c) = &mut self.constraint {
             c.consume(id)?;
         }
@@ -373,6 +492,7 @@ impl<'m> Driver<'m> {
             forced_by,
             draw,
             rng_after: Some(rng.state()),
+            mirostat_mu_after,
         })
     }
 }

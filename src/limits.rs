@@ -18,6 +18,9 @@ pub const MAX_IG_STEPS: usize = 1000;
 /// Options of a `--choice`/`--choices` constraint (llguidance refuses grammars with rows over
 /// 2,000 items).
 pub const MAX_CHOICES: usize = 1000;
+
+/// The most logit biases one parameter set may carry (`--logit-bias`, `--params`).
+pub const MAX_LOGIT_BIASES: usize = 100_000;
 /// Tokens any context may hold (completion lengths and fork positions in a session): 16 Mi,
 /// far beyond every model's context; a session claiming more is corrupt.
 pub const MAX_CONTEXT_TOKENS: usize = 1 << 24;

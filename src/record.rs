@@ -53,6 +53,45 @@ pub struct Candidate {
     pub cut_by: Option<CutStage>,
     /// 1-based rank in p_base (ties by lower id).
     pub rank: u32,
+    /// How the stages before truncation moved this token's logit (logit bias, penalties,
+    /// DRY), each with its amount; absent when nothing did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_adjust: Vec<LogitAdjust>,
+}
+
+/// One stage's change to a candidate's logit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogitAdjust {
+    /// `logit_bias`, `penalties` or `dry`.
+    pub stage: AdjustStage,
+    /// Added to the logit (negative: pushed down; `-inf` bans are shown through `cut_by`).
+    pub amount: f64,
+}
+
+/// A stage that reshapes logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustStage {
+    LogitBias,
+    Penalties,
+    Dry,
+}
+
+/// What llama.cpp's sampler chain did at one step (present when the chain ran: the llama
+/// order, `--samplers`, or any of its own stages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChainInfo {
+    /// The stages in the order they ran (llama.cpp's names); empty under Mirostat, which
+    /// replaces them with temperature and Mirostat.
+    pub stages: Vec<crate::sampling::Stage>,
+    /// The temperature applied (the dynamic one when `dynatemp_range > 0`; 1 when greedy).
+    pub temperature_used: f64,
+    /// XTC's coin and what it removed (absent when XTC did not draw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xtc: Option<crate::sampling::XtcOutcome>,
+    /// Mirostat's `mu` at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirostat_mu: Option<f64>,
 }
 
 /// The distribution for one next-token position.
@@ -79,6 +118,9 @@ pub struct Dist {
     pub entropy_final: f64,
     /// The parameters these numbers were computed with.
     pub params: SamplingParams,
+    /// What llama.cpp's chain did (absent for the prefix pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainInfo>,
 }
 
 /// How a token was forced into the completion.
@@ -117,6 +159,9 @@ pub struct AppendedMeta {
     /// The branch's RNG state right after this step (so a rewind can resume the stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng_after: Option<RngState>,
+    /// Mirostat's `mu` after this step (the branch's Mirostat state; a rewind resumes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirostat_mu_after: Option<f64>,
 }
 
 /// What `ntv load` reports about a model (session.md, `ntv load`).

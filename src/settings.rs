@@ -22,7 +22,7 @@ use crate::error::{Result, input_err};
 use crate::hub::HubRef;
 use crate::limits;
 use crate::render::Palette;
-use crate::sampling::{Preset, SamplingParams};
+use crate::sampling::{Bias, LogitBias, Preset, SamplerOrder, SamplingParams, import};
 use crate::session::{DEFAULT_DISPLAY_K, Session};
 
 /// Default session file name (in the working directory).
@@ -280,17 +280,78 @@ pub fn no_prompt() -> crate::error::Error {
 }
 
 /// Sampling parameters: a preset given now resets the base; otherwise the session's values
-/// (or the defaults) are the base; then every flag given overrides its field. Validated.
+/// (or the defaults) are the base; then `--params FILE` (a llama-server request body), then
+/// every flag given overrides its field. Validated.
 pub fn params(
     base: Option<&SamplingParams>,
     base_preset: Option<Preset>,
     args: &SamplingArgs,
 ) -> Result<(SamplingParams, Option<Preset>)> {
+    let body = params_file(args)?;
+    let (p, preset, _) = params_with(base, base_preset, args, body.as_ref())?;
+    Ok((p, preset))
+}
+
+/// The JSON of `--params FILE` (bounded read), if given.
+pub fn params_file(args: &SamplingArgs) -> Result<Option<serde_json::Value>> {
+    let Some(path) = &args.params_file else {
+        return Ok(None);
+    };
+    let text = limits::read_file(
+        path,
+        limits::MAX_TEXT_BYTES,
+        &format!("--params {}", path.display()),
+        "give the JSON body of one request",
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        input_err(
+            format!("--params {}: not JSON: {e}", path.display()),
+            "give the JSON body of a llama-server /completion or /v1/chat/completions request",
+        )
+    })?;
+    Ok(Some(v))
+}
+
+/// [`params`] with the `--params` body already read; also the import's report (seed,
+/// `n_probs`, what it could not use — listed on stderr here).
+pub fn params_with(
+    base: Option<&SamplingParams>,
+    base_preset: Option<Preset>,
+    args: &SamplingArgs,
+    body: Option<&serde_json::Value>,
+) -> Result<(SamplingParams, Option<Preset>, Option<import::Report>)> {
     let (mut p, mut preset) = match args.preset {
         Some(preset) => (preset.params(), Some(preset)),
         None => (base.cloned().unwrap_or_default(), base_preset),
     };
     let mut touched = false;
+    let mut report = None;
+    if let Some(body) = body {
+        let r = import::apply(body, &mut p).map_err(|e| {
+            input_err(
+                format!("--params: {e}"),
+                "give the sampling fields by llama-server's names and types (see ntv(1), --params)",
+            )
+        })?;
+        let mut lines = Vec::new();
+        if !r.unknown.is_empty() {
+            lines.push(format!("unknown fields, ignored: {}", r.unknown.join(", ")));
+        }
+        if !r.not_sampling.is_empty() {
+            lines.push(format!(
+                "not sampling fields, ignored: {}",
+                r.not_sampling.join(", ")
+            ));
+        }
+        for u in &r.unsupported {
+            lines.push(format!("not supported, ignored: {u}"));
+        }
+        for l in lines {
+            eprintln!("warning: --params: {l}");
+        }
+        touched |= r.touched;
+        report = Some(r);
+    }
     macro_rules! set {
         ($field:ident, $value:expr) => {
             if let Some(v) = $value {
@@ -308,11 +369,93 @@ pub fn params(
     set!(frequency_penalty, args.frequency_penalty);
     set!(penalty_last_n, args.penalty_last_n);
     set!(sampler_order, args.sampler_order);
+    set!(dry_multiplier, args.dry_multiplier);
+    set!(dry_base, args.dry_base);
+    set!(dry_allowed_length, args.dry_allowed_length);
+    set!(dry_penalty_last_n, args.dry_penalty_last_n);
+    set!(top_n_sigma, args.top_n_sigma);
+    set!(typical_p, args.typical_p);
+    set!(xtc_probability, args.xtc_probability);
+    set!(xtc_threshold, args.xtc_threshold);
+    set!(dynatemp_range, args.dynatemp_range);
+    set!(dynatemp_exponent, args.dynatemp_exp);
+    set!(mirostat, args.mirostat);
+    set!(mirostat_lr, args.mirostat_lr);
+    set!(mirostat_ent, args.mirostat_ent);
+    set!(min_keep, args.min_keep);
+    if !args.dry_sequence_breaker.is_empty() {
+        // llama.cpp: the first breaker given clears the defaults; `none` means no breakers.
+        p.dry_sequence_breakers = args
+            .dry_sequence_breaker
+            .iter()
+            .filter(|b| b.as_str() != "none")
+            .cloned()
+            .collect();
+        touched = true;
+    }
+    if !args.logit_bias.is_empty() {
+        p.logit_bias = args
+            .logit_bias
+            .iter()
+            .map(|s| parse_logit_bias(s))
+            .collect::<Result<_>>()?;
+        touched = true;
+    }
+    if let Some(list) = &args.samplers {
+        let stages = crate::sampling::Stage::parse_list(list).map_err(|e| {
+            input_err(
+                format!("--samplers {list:?}: {e}"),
+                format!(
+                    "name stages separated by ';' ({}) or give one letter each (edskypmxt)",
+                    crate::sampling::chain::STAGE_NAMES
+                ),
+            )
+        })?;
+        p.samplers = Some(stages);
+        p.sampler_order = SamplerOrder::Llama;
+        touched = true;
+    } else if args.sampler_order.is_some() {
+        // An order named now replaces a stage list from the session.
+        p.samplers = None;
+    }
     if touched && preset.is_some_and(|pr| pr.params() != p) {
         preset = Some(Preset::Custom);
     }
     p.validate()?;
-    Ok((p, preset))
+    Ok((p, preset, report))
+}
+
+/// llama.cpp's `--logit-bias` syntax: `ID+BIAS`, `ID-BIAS`, `ID-inf` (a ban); also `ID=BIAS`.
+pub fn parse_logit_bias(s: &str) -> Result<LogitBias> {
+    let bad = || {
+        input_err(
+            format!("--logit-bias {s:?}: not ID(+|-)BIAS"),
+            "e.g. --logit-bias 15043+1 (raise token 15043), 15043-1.5 (lower it), 15043-inf (ban it)",
+        )
+    };
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    if digits == 0 {
+        return Err(bad());
+    }
+    let id: u32 = t[..digits].parse().map_err(|_| bad())?;
+    let rest = &t[digits..];
+    let value = match rest.strip_prefix('=') {
+        Some(v) => v,
+        None => rest,
+    };
+    let x: f64 = match value.to_ascii_lowercase().as_str() {
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        "+inf" | "inf" => return Err(bad()),
+        v => v.parse().map_err(|_| bad())?,
+    };
+    if !(x.is_finite() || x == f64::NEG_INFINITY) {
+        return Err(bad());
+    }
+    Ok(LogitBias {
+        id,
+        bias: Bias::from_value(x),
+    })
 }
 
 /// How many candidates to show: the flag, else the session's, else 10; at most the
@@ -635,11 +778,16 @@ pub struct RunFlags<'a> {
 /// Resolve every setting of a call from its flags and the session found on disk (if any).
 /// Validation that needs no model happens here, so bad input fails before the model loads.
 pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSettings> {
-    let (params, preset) = params(
+    let body = params_file(flags.sampling)?;
+    let (params, preset, report) = params_with(
         session.map(|s| &s.params),
         session.and_then(|s| s.preset),
         flags.sampling,
+        body.as_ref(),
     )?;
+    // The request's seed and n_probs, unless flags give them.
+    let file_seed = report.as_ref().and_then(|r| r.seed);
+    let file_k = report.as_ref().and_then(|r| r.n_probs);
     Ok(RunSettings {
         prompt: prompt(
             flags.given_prompt.map(str::to_string),
@@ -650,7 +798,7 @@ pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSett
         params,
         preset,
         greedy: flags.seed.greedy,
-        display_k: display_k(flags.sampling, session.map(|s| s.display_k))?,
+        display_k: display_k(flags.sampling, file_k.or(session.map(|s| s.display_k)))?,
         context: context_options(&flags.runtime.engine)?,
         gpu_layers: flags.runtime.engine.gpu_layers,
         constraint: constraint(
@@ -660,7 +808,7 @@ pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSett
         model: ModelChoice::resolve(&flags.runtime.engine, session)?,
         cache: CacheSetting::from_flags(flags.runtime),
         seed: SeedChoice {
-            seed: flags.seed.seed,
+            seed: flags.seed.seed.or(file_seed),
             reset_rng: flags.seed.reset_rng,
         },
         stops: if flags.stops.is_empty() {

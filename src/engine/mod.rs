@@ -10,6 +10,7 @@ mod log;
 mod model;
 mod occlude;
 mod quantize;
+mod samplers;
 mod state;
 
 pub use capture::{AttentionCapture, AttentionRows, attention_rows};
@@ -19,6 +20,7 @@ pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
 pub use occlude::{LeaveOneOut, Occluder};
 pub use quantize::{QUANT_TYPES, quantize};
+pub use samplers::{LlamaChain, LlamaChainResult};
 
 use std::sync::OnceLock;
 

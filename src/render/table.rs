@@ -19,12 +19,7 @@ pub const MAX_TABLE_ROWS: usize = 50;
 const BAR: usize = 10;
 
 fn cut_name(c: CutStage) -> &'static str {
-    match c {
-        CutStage::Constraint => "constraint",
-        CutStage::TopK => "top_k",
-        CutStage::TopP => "top_p",
-        CutStage::MinP => "min_p",
-    }
+    c.name()
 }
 
 /// A token as a pill: `[text]`, special tokens styled.
@@ -47,6 +42,67 @@ fn pills(tokens: &[TokenPill], pal: &Palette) -> String {
 
 /// One line describing the parameters.
 pub fn params_line(p: &SamplingParams) -> String {
+    let mut line = base_params_line(p);
+    for part in chain_params(p) {
+        line.push_str(" · ");
+        line.push_str(&part);
+    }
+    line
+}
+
+/// The llama.cpp stages beyond the basic ones, as they are set (nothing when off).
+fn chain_params(p: &SamplingParams) -> Vec<String> {
+    use crate::sampling::chain;
+    let mut out = Vec::new();
+    if let Some(list) = &p.samplers {
+        out.push(format!(
+            "samplers {}",
+            list.iter().map(|s| s.letter()).collect::<String>()
+        ));
+    }
+    if !p.logit_bias.is_empty() {
+        out.push(format!("logit-bias {}", p.logit_bias.len()));
+    }
+    if chain::dry_on(p) {
+        out.push(format!(
+            "dry ×{} base {} allowed {} last-n {}",
+            p.dry_multiplier,
+            p.dry_base,
+            p.dry_allowed_length,
+            match p.dry_penalty_last_n {
+                -1 => "all".to_string(),
+                n => n.to_string(),
+            }
+        ));
+    }
+    if p.top_n_sigma > 0.0 {
+        out.push(format!("top-nσ {}", p.top_n_sigma));
+    }
+    if p.typical_p < 1.0 {
+        out.push(format!("typical {}", p.typical_p));
+    }
+    if chain::xtc_on(p) {
+        out.push(format!("xtc {} ≥{}", p.xtc_probability, p.xtc_threshold));
+    }
+    if p.dynatemp_range > 0.0 {
+        out.push(format!(
+            "dynatemp ±{} exp {}",
+            p.dynatemp_range, p.dynatemp_exponent
+        ));
+    }
+    if p.mirostat != 0 {
+        out.push(format!(
+            "mirostat {} τ {} η {}",
+            p.mirostat, p.mirostat_ent, p.mirostat_lr
+        ));
+    }
+    if p.min_keep > 0 {
+        out.push(format!("min-keep {}", p.min_keep));
+    }
+    out
+}
+
+fn base_params_line(p: &SamplingParams) -> String {
     let off = |v: f64, none: f64| {
         if v == none {
             "off".to_string()
@@ -83,11 +139,21 @@ pub fn params_line(p: &SamplingParams) -> String {
 }
 
 fn status(c: &Candidate) -> String {
-    match (c.kept, c.cut_by) {
-        (true, _) => "kept".into(),
+    let mut s = match (c.kept, c.cut_by) {
+        (true, _) => "kept".to_string(),
         (false, Some(stage)) => format!("cut: {}", cut_name(stage)),
         (false, None) => "cut".into(),
+    };
+    // Why the token moved: each stage that reshaped its logit, with the amount.
+    for a in &c.logit_adjust {
+        let name = match a.stage {
+            crate::record::AdjustStage::LogitBias => "bias",
+            crate::record::AdjustStage::Penalties => "penalty",
+            crate::record::AdjustStage::Dry => "dry",
+        };
+        s.push_str(&format!(" · {name} {:+.2}", a.amount));
     }
+    s
 }
 
 /// The candidates table, with the selected token marked `▶`.
@@ -179,7 +245,28 @@ fn dist_summary(
         dist.kept_token_count,
         dist.entropy_base,
         dist.entropy_final
-    )
+    )?;
+    if let Some(c) = &dist.chain {
+        let mut parts = Vec::new();
+        if !c.stages.is_empty() {
+            parts.push(crate::sampling::Stage::format_list(&c.stages).replace(';', " → "));
+        } else if c.mirostat_mu.is_some() {
+            parts.push("temperature → mirostat".to_string());
+        }
+        parts.push(format!("T used {:.3}", c.temperature_used));
+        if let Some(x) = c.xtc {
+            parts.push(if x.removed > 0 {
+                format!("xtc coin {:.3}: removed {}", x.coin, x.removed)
+            } else {
+                format!("xtc coin {:.3}: removed nothing", x.coin)
+            });
+        }
+        if let Some(mu) = c.mirostat_mu {
+            parts.push(format!("mirostat μ {mu:.3}"));
+        }
+        writeln!(w, "{} {}", pal.heading("chain:"), parts.join(" · "))?;
+    }
+    Ok(())
 }
 
 /// The header line naming the active constraint.

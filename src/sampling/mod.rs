@@ -1,5 +1,7 @@
 //! The next-token distribution of one step and token selection (sampling.md): pure maths, no model.
 
+pub mod chain;
+pub mod import;
 pub mod knob;
 pub mod params;
 mod penalties;
@@ -10,7 +12,8 @@ mod vexp;
 #[cfg(test)]
 mod tests;
 
-pub use params::{Preset, SamplerOrder, SamplingParams};
+pub use chain::{Adjust, ChainInputs, DryBreakers, Stage, XtcOutcome};
+pub use params::{Bias, LogitBias, Preset, SamplerOrder, SamplingParams};
 pub use rng::{RngState, StreamRng};
 
 use schemars::JsonSchema;
@@ -31,6 +34,36 @@ pub enum CutStage {
     TopP,
     /// Below `min_p * p_max`.
     MinP,
+    /// Banned by a logit bias of `-inf`.
+    LogitBias,
+    /// More than n standard deviations below the largest logit (`top_n_sigma`).
+    TopNSigma,
+    /// Outside the locally typical set (`typical_p`).
+    Typical,
+    /// Removed by XTC: above its threshold, and not the least probable such token.
+    Xtc,
+    /// Above Mirostat's surprise limit (v2) or outside its estimated top-k (v1).
+    Mirostat,
+    /// A dynamic temperature of 0 keeps only the most probable token.
+    Temperature,
+}
+
+impl CutStage {
+    /// The JSON name (`top_k`, `xtc`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            CutStage::Constraint => "constraint",
+            CutStage::TopK => "top_k",
+            CutStage::TopP => "top_p",
+            CutStage::MinP => "min_p",
+            CutStage::LogitBias => "logit_bias",
+            CutStage::TopNSigma => "top_n_sigma",
+            CutStage::Typical => "typical",
+            CutStage::Xtc => "xtc",
+            CutStage::Mirostat => "mirostat",
+            CutStage::Temperature => "temperature",
+        }
+    }
 }
 
 /// Why a step's distribution could not be computed.
@@ -225,6 +258,10 @@ pub struct Workspace {
     final_sum: f64,
     entropy_final_bits: f64,
     greedy: bool,
+    /// The numbers come from llama.cpp's sampler chain ([`chain`]) rather than the prefix
+    /// pipeline above.
+    chained: bool,
+    chain: chain::ChainWs,
 }
 
 impl Workspace {
@@ -245,6 +282,20 @@ impl Workspace {
         params: &SamplingParams,
         mask: Option<&dyn Fn(usize) -> bool>,
     ) -> Result<Distribution<'a>, SamplingError> {
+        self.compute_with(logits, context, params, mask, &ChainInputs::default())
+    }
+
+    /// [`Workspace::compute`] with the chain's own inputs (DRY's breakers, XTC's coin,
+    /// Mirostat's state). Parameters that need llama.cpp's chain ([`SamplingParams::chained`])
+    /// run it; the others run the prefix pipeline of sampling.md.
+    pub fn compute_with<'a>(
+        &'a mut self,
+        logits: &[f32],
+        context: &[i32],
+        params: &SamplingParams,
+        mask: Option<&dyn Fn(usize) -> bool>,
+        inputs: &ChainInputs<'_>,
+    ) -> Result<Distribution<'a>, SamplingError> {
         params.validate()?;
         let n = logits.len();
         if u32::try_from(n).is_err() {
@@ -262,6 +313,22 @@ impl Workspace {
         self.entropy_base_bits = entropy_base_bits;
         self.raw.clear();
         self.raw.extend_from_slice(logits);
+
+        self.chained = params.chained();
+        if self.chained {
+            self.constrained = mask.is_some();
+            self.valid.clear();
+            self.valid_count = n;
+            if let Some(allowed) = mask {
+                self.valid.extend((0..n).map(allowed));
+                self.valid_count = self.valid.iter().filter(|&&ok| ok).count();
+                if self.valid_count == 0 {
+                    return Err(SamplingError::EmptyMask);
+                }
+            }
+            self.compute_chain(logits, context, params, inputs)?;
+            return Ok(Distribution { ws: self });
+        }
 
         // 2. Penalties.
         self.zp.clear();
@@ -390,6 +457,13 @@ impl Distribution<'_> {
 
     /// Final probability: renormalised over the kept tokens; 0 for cut or invalid tokens.
     pub fn p_final(&self, id: usize) -> f64 {
+        if self.ws.chained {
+            return if self.kept(id) {
+                self.ws.chain.pfin[id]
+            } else {
+                0.0
+            };
+        }
         if self.kept(id) {
             let ws = self.ws;
             ((ws.zp[id] - ws.final_max) / ws.temp_t).exp() / ws.final_sum
@@ -406,6 +480,9 @@ impl Distribution<'_> {
     /// Whether `id` survived truncation and is valid.
     pub fn kept(&self, id: usize) -> bool {
         let ws = self.ws;
+        if ws.chained {
+            return self.valid(id) && ws.chain.fate[id] == 0;
+        }
         let last = ws.cand[ws.cand.len() - 1];
         self.valid(id) && !is_after(&ws.zp, id as u32, last)
     }
@@ -419,6 +496,9 @@ impl Distribution<'_> {
             return None;
         }
         let ws = self.ws;
+        if ws.chained {
+            return chain::fate_stage(ws.chain.fate[id]);
+        }
         let id = id as u32;
         let cut = |boundary: Option<u32>| boundary.is_some_and(|b| is_after(&ws.zp, id, b));
         if cut(ws.cuts.top_k) {
@@ -543,6 +623,9 @@ impl Distribution<'_> {
     /// cumulative sum exceeds `u` (`u` in [0, 1)); if rounding leaves `u` unreached, the last
     /// kept token with a non-zero probability.
     pub fn sample(&self, u: f64) -> u32 {
+        if self.ws.chained {
+            return self.ws.chain.draw(u);
+        }
         let mut cumulative = 0.0;
         for &(id, p) in &self.ws.kept {
             cumulative += p;
@@ -561,6 +644,72 @@ impl Distribution<'_> {
     /// Whether the selection is greedy: the greedy flag is set or the temperature is 0.
     pub fn is_greedy_params(&self) -> bool {
         self.ws.greedy
+    }
+
+    /// Whether llama.cpp's chain computed these numbers.
+    pub fn chained(&self) -> bool {
+        self.ws.chained
+    }
+
+    /// The stages the chain ran, in order (empty for the prefix pipeline and for Mirostat).
+    pub fn stages(&self) -> &[Stage] {
+        if self.ws.chained {
+            &self.ws.chain.stages
+        } else {
+            &[]
+        }
+    }
+
+    /// The temperature the numbers were computed with (the dynamic one when
+    /// `dynatemp_range > 0`; 1 when greedy).
+    pub fn temperature_used(&self) -> f64 {
+        self.ws.temp_t
+    }
+
+    /// What XTC did (absent when it did not draw).
+    pub fn xtc(&self) -> Option<XtcOutcome> {
+        if self.ws.chained {
+            self.ws.chain.xtc
+        } else {
+            None
+        }
+    }
+
+    /// Mirostat's `mu` at this step (absent without Mirostat).
+    pub fn mirostat_mu(&self) -> Option<f64> {
+        if self.ws.chained {
+            self.ws.chain.mirostat_mu
+        } else {
+            None
+        }
+    }
+
+    /// Mirostat's `mu` for the next step once `id` is chosen (absent without Mirostat).
+    pub fn mirostat_next_mu(&self, params: &SamplingParams, id: u32) -> Option<f64> {
+        if !self.ws.chained {
+            return None;
+        }
+        self.ws
+            .chain
+            .mirostat_next(params, id, self.p_temp(id as usize))
+    }
+
+    /// How the stages before truncation changed `id`'s logit: the logit bias, the penalties
+    /// and DRY (zero where nothing changed).
+    pub fn adjustments(&self, id: usize) -> Adjust {
+        let ws = self.ws;
+        if ws.chained {
+            return ws
+                .chain
+                .adjust
+                .binary_search_by_key(&(id as u32), |&(i, _)| i)
+                .map_or(Adjust::default(), |j| ws.chain.adjust[j].1);
+        }
+        let d = ws.zp[id] - f64::from(ws.raw[id]);
+        Adjust {
+            penalties: d as f32,
+            ..Adjust::default()
+        }
     }
 }
 

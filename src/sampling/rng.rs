@@ -20,6 +20,8 @@ pub struct RngState {
 pub struct StreamRng {
     rng: ChaCha20Rng,
     seed: u64,
+    /// Mirostat's running `mu`, carried with the stream (the branch's adaptive state).
+    pub mirostat_mu: Option<f64>,
 }
 
 impl StreamRng {
@@ -30,6 +32,7 @@ impl StreamRng {
         Self {
             rng,
             seed: state.seed,
+            mirostat_mu: None,
         }
     }
 

@@ -18,6 +18,7 @@ fn plain() -> SamplingParams {
         frequency_penalty: 0.0,
         penalty_last_n: -1,
         sampler_order: SamplerOrder::Hf,
+        ..SamplingParams::default()
     }
 }
 
@@ -742,19 +743,37 @@ fn partial_selection_matches_full_sort_reference() {
             assert_eq!(got.len(), kept.len(), "case {c} masked {masked}");
             for (a, b) in got.iter().zip(&kept) {
                 assert_eq!(a.0, b.0, "case {c} masked {masked}");
+                // llama.cpp's penalties are single precision (the llama order runs its chain).
+                let tol = if p.sampler_order == Llama { 2e-6 } else { 1e-9 };
                 assert!(
-                    (a.1 - b.1).abs() <= 1e-9 * b.1.max(1e-300),
+                    (a.1 - b.1).abs() <= tol * b.1.max(1e-300),
                     "case {c}: {} vs {}",
                     a.1,
                     b.1
                 );
             }
             kept_sizes.push(kept.len());
+            let mut swapped = 0;
             for (id, &expect) in cut.iter().enumerate() {
                 *stages_seen.entry(expect).or_default() += 1;
-                assert_eq!(d.cut_by(id), expect, "case {c} masked {masked} id {id}");
+                let got = d.cut_by(id);
+                // The llama order runs llama.cpp's chain, whose decisions are in single
+                // precision: a token cut by a later stage in exact arithmetic may fall one
+                // stage earlier (its f32 running sum crosses top_p first). The kept set is
+                // the same (checked above); a swap between two truncation stages is allowed,
+                // a handful per case.
+                if p.sampler_order == Llama
+                    && got != expect
+                    && got.is_some_and(|g| g != CutStage::Constraint)
+                    && expect.is_some_and(|e| e != CutStage::Constraint)
+                {
+                    swapped += 1;
+                } else {
+                    assert_eq!(got, expect, "case {c} masked {masked} id {id}");
+                }
                 assert_eq!(d.kept(id), expect.is_none());
             }
+            assert!(swapped <= 3, "case {c}: {swapped} stage swaps");
             let sum: f64 = (0..n).map(|i| d.p_final(i)).sum();
             assert!((sum - 1.0).abs() < 1e-9);
             // Display order: top of p_temp, checked against a full sort (the top 30 have

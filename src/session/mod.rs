@@ -220,6 +220,15 @@ impl Branch {
         self.completion_ids.is_empty()
     }
 
+    /// Mirostat's `mu` after the last token (`None`: no Mirostat step yet, it starts at
+    /// `2 * tau`). Kept in the step snapshots, so rewinds and forks resume it.
+    pub fn mirostat_mu(&self) -> Option<f64> {
+        self.appended_meta
+            .iter()
+            .rev()
+            .find_map(|m| m.mirostat_mu_after)
+    }
+
     /// The branch's current RNG state (`None` while it has no seed).
     pub fn rng_state(&self) -> Option<RngState> {
         self.seed.map(|seed| RngState {

@@ -24,6 +24,7 @@ fn candidate(id: i32) -> Candidate {
         valid: true,
         cut_by: None,
         rank: 1,
+        logit_adjust: Vec::new(),
     }
 }
 
@@ -41,6 +42,7 @@ pub(crate) fn meta(id: i32, rng_after: Option<RngState>) -> AppendedMeta {
             entropy_base: 1.5,
             entropy_final: 0.75,
             params: SamplingParams::default(),
+            chain: None,
         },
         selected_id: id,
         selected: candidate(id),
@@ -49,6 +51,7 @@ pub(crate) fn meta(id: i32, rng_after: Option<RngState>) -> AppendedMeta {
         forced_by: None,
         draw: Some(0.123_456_789_012_345_6),
         rng_after,
+        mirostat_mu_after: None,
     }
 }
 

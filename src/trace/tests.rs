@@ -623,6 +623,7 @@ fn candidate(id: i32, p_base: f64, p_temp: f64, p_final: f64) -> Candidate {
         valid: true,
         cut_by: None,
         rank: 0,
+        logit_adjust: Vec::new(),
     }
 }
 
@@ -647,6 +648,7 @@ fn from_meta_records_the_shown_candidates_by_p_base() {
             entropy_base: 2.5,
             entropy_final: 0.97,
             params: SamplingParams::default(),
+            chain: None,
         },
         selected_id: 7,
         selected: tokens[0].clone(),
@@ -655,6 +657,7 @@ fn from_meta_records_the_shown_candidates_by_p_base() {
         forced_by: None,
         draw: Some(0.25),
         rng_after: None,
+        mirostat_mu_after: None,
     };
     let s = TraceStep::from_meta(&meta);
     let ids: Vec<i32> = s.top.iter().map(|c| c.id).collect();

@@ -119,6 +119,7 @@ impl<'m> App<'m> {
             entropy_base: 0.0,
             entropy_final: 0.0,
             params: wb.settings().params.clone(),
+            chain: None,
         };
         Self {
             wb,

@@ -608,7 +608,15 @@ impl<'m> Workbench<'m> {
     /// The distribution of the next token under the session's parameters.
     pub fn preview(&mut self) -> Result<crate::record::Dist> {
         let (params, k) = (self.settings.params.clone(), self.settings.display_k);
-        Ok(self.primed()?.preview(&params, k)?)
+        // The branch's stream, peeked: XTC's coin is the one the next step draws (a copy of the
+        // branch, so the session is unchanged).
+        let stream = (params.draws_xtc_coin() || params.mirostat != 0).then(|| {
+            let mut branch = self.store.session.active().clone();
+            let mut rng = branch_rng(&mut branch, self.settings.seed);
+            rng.mirostat_mu = branch.mirostat_mu();
+            rng
+        });
+        Ok(self.primed()?.preview_with(&params, k, stream.as_ref())?)
     }
 
     /// Teacher-forced scores of every prompt token given its prefix.
@@ -751,6 +759,7 @@ impl<'m> Workbench<'m> {
         let branch = store.session.active_mut();
         let start = branch.completion_ids.len();
         let mut rng = branch_rng(branch, seed);
+        rng.mirostat_mu = branch.mirostat_mu();
         let mut records = Vec::new();
         let mut last_save = (Instant::now(), start);
         let outcome = stepper::run(

@@ -80,6 +80,45 @@ fn every_json_output_validates_against_its_schema() {
         "3",
     ]);
     validate("preview", &preview);
+    // llama.cpp's chain: its record (stages, XTC, adjustments) is in the schema too.
+    let chained = sb.json(&[
+        "preview",
+        "--no-session",
+        "-p",
+        PROMPT,
+        "--json",
+        "--display-k",
+        "5",
+        "--logit-bias",
+        "504-inf",
+        "--logit-bias",
+        "60+1",
+        "--dry-multiplier",
+        "0.8",
+        "--xtc-probability",
+        "1",
+        "--mirostat",
+        "0",
+        "--samplers",
+        "edkpmxt",
+    ]);
+    assert!(chained["dist"]["chain"].is_object(), "{chained}");
+    validate("preview", &chained);
+    let miro = sb.jsonl(&[
+        "generate",
+        "--no-session",
+        "-p",
+        PROMPT,
+        "-n",
+        "2",
+        "--mirostat",
+        "2",
+        "--format",
+        "jsonl",
+        "--display-k",
+        "3",
+    ]);
+    validate("generate.step", &miro[0]);
     let step = sb.json(&[
         "step",
         "-p",

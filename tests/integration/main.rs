@@ -24,6 +24,7 @@ mod prefix_cache;
 mod preview;
 mod readme;
 mod regress;
+mod samplers;
 mod second_arch;
 mod serve;
 mod serve_browser;
