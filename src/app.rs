@@ -48,7 +48,10 @@ pub fn run() -> ExitCode {
         global: &cli.global,
         term: &term,
     };
+    // `--format html` on a command without a page is refused before any work.
+    let refused = commands::html_page(&cli.global, &cli.command);
     let result = match cli.command {
+        _ if refused.is_err() => refused.map(|()| Exit::Success),
         Command::Load(args) => commands::load::run(&ctx, args),
         Command::Preview(args) => commands::preview::run(&ctx, args),
         Command::Step(args) => commands::step::run(&ctx, args),

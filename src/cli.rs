@@ -88,6 +88,9 @@ pub enum OutputFormat {
     Json,
     /// One JSON record per line (per step), then a summary record.
     Jsonl,
+    /// One self-contained HTML page (inline CSS and script, no network): preview, step,
+    /// branch show, generate, attribute (also --batch), check, diff and sweep.
+    Html,
 }
 
 #[derive(Debug, Subcommand)]

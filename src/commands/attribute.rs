@@ -99,6 +99,18 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         let mut explainer = Explainer::new(&model, &settings.context);
         let mut stdout = std::io::stdout().lock();
         let mut targets = 0usize;
+        // A page holds the whole batch; every other format streams the lines.
+        let html = out.format == crate::cli::OutputFormat::Html;
+        let kept = std::cell::RefCell::new(Vec::new());
+        let put = |w: &mut dyn Write, line: AttributionLine| -> Result<()> {
+            if html {
+                kept.borrow_mut().push(line);
+            } else {
+                crate::render::json::write(w, &line, false)?;
+                w.flush()?;
+            }
+            Ok(())
+        };
         let status = batch.run(
             &out,
             lines,
@@ -109,16 +121,17 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
                     r.id = req.id.clone();
                     r.line = Some(line);
                     targets += 1;
-                    crate::render::json::write(w, &AttributionLine::Ok(Box::new(r)), false)?;
+                    put(w, AttributionLine::Ok(Box::new(r)))?;
                 }
-                w.flush()?;
                 Ok(())
             },
-            &mut |w, f| {
-                crate::render::json::write(w, &AttributionLine::Failed(f), false)?;
-                Ok(w.flush()?)
-            },
+            &mut |w, f| put(w, AttributionLine::Failed(f)),
         )?;
+        if html {
+            let page = crate::render::html::attribute::batch_page(&kept.borrow());
+            crate::render::html::write(&mut stdout, &page)?;
+            stdout.flush()?;
+        }
         let _ = writeln!(
             std::io::stderr(),
             "attributed {} of {} requests ({targets} targets)",

@@ -3,6 +3,7 @@
 use crate::cli::{BranchAction, BranchArgs};
 use crate::error::{Exit, Result};
 use crate::record::{BranchDiffDoc, BranchListDoc, BranchRow, BranchShowDoc, DiffStep, ShownToken};
+use crate::render::document::WithPage;
 use crate::session::{Branch, Session};
 use crate::workbench::recorded_text;
 
@@ -123,7 +124,33 @@ pub fn run(ctx: &Ctx<'_>, args: BranchArgs) -> Result<Exit> {
                     .collect(),
                 completion_text: recorded_text(b),
             };
-            emit(&out, &doc)?;
+            let page = |w: &mut dyn std::io::Write| {
+                use crate::render::html::{self, tokens};
+                let mut facts = vec![
+                    ("branch", b.name.clone()),
+                    ("completion tokens", b.completion_ids.len().to_string()),
+                ];
+                if let Some(r) = b.stop_reason {
+                    facts.push(("stop", r.to_string()));
+                }
+                let prompt = s.prompt_text.as_deref().or(s.prompt.as_deref());
+                let t = tokens::Transcript {
+                    title: format!("ntv branch show {}", b.name),
+                    facts,
+                    prompt: tokens::Prompt::Text(prompt.unwrap_or_default()),
+                    completion: &b.appended_meta,
+                    new_from: b.appended_meta.len(),
+                    next: None,
+                };
+                html::write(w, &tokens::page(&t))
+            };
+            emit(
+                &out,
+                &WithPage {
+                    doc: &doc,
+                    html: &page,
+                },
+            )?;
             return Ok(Exit::Success);
         }
         BranchAction::Diff { a, b } => {

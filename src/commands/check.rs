@@ -88,12 +88,24 @@ pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
             (None, _) => "-".into(),
         }
     };
+    let text = |case: usize, id: i32| -> String {
+        let path = args
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&expected.cases[case].model.path));
+        models.get(&path).map(|m| m.piece(id)).unwrap_or_default()
+    };
     emit(
         &out,
         &Checked {
             report: &report,
             build_notes: &build_notes,
             piece: &piece,
+            traces: Some(crate::render::html::compare::Traces {
+                expected: &expected,
+                actual: &actual,
+                text: &text,
+            }),
         },
     )?;
     if report.passed {

@@ -4,6 +4,7 @@
 use crate::cli::{GenerateArgs, OutputFormat};
 use crate::error::{Exit, Result, input_err};
 use crate::record::{CheckpointRecord, GenerateBatchLine, GenerateBatchSummary, GenerateCase};
+use crate::render::document::WithPage;
 use crate::render::table;
 use crate::trace::{BuildInfo, Trace, TraceStep};
 use crate::workbench::cases::{self, CaseInput, CaseLine, apply_line, run_case, trace_case};
@@ -106,7 +107,18 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
     wb.save()?;
     notify(wb.take_notices());
     let interrupted = super::interrupted(&wb, &run);
-    s.finish(&mut stdout, &wb.generate_summary(run))?;
+    let doc = wb.generate_summary(run);
+    let page = |w: &mut dyn std::io::Write| {
+        let from = doc.completion_ids.len() - doc.n_tokens;
+        super::token_page(w, &wb, None, "ntv generate", from, None)
+    };
+    s.finish(
+        &mut stdout,
+        &WithPage {
+            doc: &doc,
+            html: &page,
+        },
+    )?;
     Ok(interrupted.unwrap_or(Exit::Success))
 }
 

@@ -69,6 +69,92 @@ pub fn stream(out: &OutputSettings) -> Stream {
     }
 }
 
+/// `--format html` on a command without a page is bad usage, refused before any work.
+pub fn html_page(global: &GlobalArgs, command: &crate::cli::Command) -> Result<()> {
+    use crate::cli::{BranchAction, Command as C};
+    if global.json || global.format != Some(OutputFormat::Html) {
+        return Ok(());
+    }
+    let has_page = match command {
+        C::Preview(_) | C::Attribute(_) | C::Check(_) | C::Diff(_) | C::Sweep(_) => true,
+        C::Step(a) => a.undo.is_none(),
+        C::Generate(a) => a.batch.is_none(),
+        C::Branch(a) => matches!(a.action, BranchAction::Show { .. }),
+        _ => false,
+    };
+    if has_page {
+        return Ok(());
+    }
+    Err(crate::error::input_err(
+        "--format html has no page for this command",
+        "HTML pages: preview, step (not --undo), generate (not --batch), branch show, attribute, check, diff, sweep",
+    ))
+}
+
+/// Write the token page of the active branch: the prompt's pills (made here when `prompt` is
+/// None), every completion token with the distribution recorded when it was appended (those
+/// from `new_from` on are this call's), and the next-token distribution of `preview`.
+pub fn token_page(
+    w: &mut dyn Write,
+    wb: &Workbench<'_>,
+    prompt: Option<&[crate::record::TokenPill]>,
+    title: &str,
+    new_from: usize,
+    next: Option<&crate::record::Dist>,
+) -> std::io::Result<()> {
+    use crate::render::html;
+    let made: Vec<_>;
+    let prompt = match prompt {
+        Some(p) => p,
+        None => {
+            made = wb
+                .prompt_ids()
+                .iter()
+                .map(|&id| crate::driver::pill(wb.model(), id))
+                .collect();
+            &made
+        }
+    };
+    let s = wb.settings();
+    let p = &s.params;
+    let branch = wb.session().active();
+    let mut facts = vec![
+        ("model", crate::workbench::facts(wb.model()).model_id),
+        ("branch", branch.name.clone()),
+        ("prompt tokens", prompt.len().to_string()),
+        ("completion tokens", branch.completion_ids.len().to_string()),
+    ];
+    if p.greedy {
+        facts.push(("sampling", "greedy".into()));
+    } else {
+        facts.push((
+            "sampling",
+            format!(
+                "temp {} · top-p {} · top-k {} · min-p {}",
+                p.temperature, p.top_p, p.top_k, p.min_p
+            ),
+        ));
+    }
+    if let Some(seed) = branch.seed {
+        facts.push(("seed", seed.to_string()));
+    }
+    if let Some(r) = branch.stop_reason {
+        facts.push(("stop", r.to_string()));
+    }
+    if let Some(c) = &wb.session().constraint {
+        facts.push(("constraint", html::parts::json_name(&c.kind)));
+    }
+    let t = html::tokens::Transcript {
+        title: title.to_string(),
+        facts,
+        prompt: html::tokens::Prompt::Tokens(prompt),
+        completion: &branch.appended_meta,
+        new_from,
+        next,
+    };
+    html::write(w, &html::tokens::page(&t))
+}
+
 /// Print notes and warnings on stderr.
 pub fn notify(notices: Vec<String>) {
     let mut err = std::io::stderr().lock();

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::cli::PreviewArgs;
 use crate::error::{Exit, Result};
 use crate::record::Timings;
+use crate::render::document::WithPage;
 use crate::workbench::{Mode, Workbench, ms};
 
 use super::{Ctx, Flags, emit, model_of, notify, prepare};
@@ -46,6 +47,24 @@ pub fn run(ctx: &Ctx<'_>, args: PreviewArgs) -> Result<Exit> {
         prefill_ms,
         maths_ms,
     };
-    emit(&out, &wb.preview_doc(dist, logprobs, timings))?;
+    let doc = wb.preview_doc(dist, logprobs, timings);
+    let page = |w: &mut dyn std::io::Write| {
+        let done = wb.completion().len();
+        super::token_page(
+            w,
+            &wb,
+            Some(&doc.prompt_tokens),
+            "ntv preview",
+            done,
+            Some(&doc.dist),
+        )
+    };
+    emit(
+        &out,
+        &WithPage {
+            doc: &doc,
+            html: &page,
+        },
+    )?;
     Ok(Exit::Success)
 }

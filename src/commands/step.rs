@@ -3,6 +3,7 @@
 use crate::cli::StepArgs;
 use crate::error::{Exit, Result, input_err};
 use crate::record::StepAction;
+use crate::render::document::WithPage;
 use crate::workbench::{self, Mode, Workbench};
 
 use super::{Ctx, Flags, emit, model_of, notify, prepare};
@@ -50,9 +51,17 @@ pub fn run(ctx: &Ctx<'_>, args: StepArgs) -> Result<Exit> {
     } else {
         StepAction::Append
     };
+    let doc = wb.step_doc(action, created_branch, Some(run), Vec::new());
+    let page = |w: &mut dyn std::io::Write| {
+        let from = doc.completion_ids.len() - doc.new_completion_ids.len();
+        super::token_page(w, &wb, None, "ntv step", from, None)
+    };
     emit(
         &out,
-        &wb.step_doc(action, created_branch, Some(run), Vec::new()),
+        &WithPage {
+            doc: &doc,
+            html: &page,
+        },
     )?;
     Ok(interrupted.unwrap_or(Exit::Success))
 }

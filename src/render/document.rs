@@ -1,12 +1,13 @@
 //! One emitter for every output document: a [`Document`] knows its table form (and, where it
-//! differs from one compact line, its JSONL form); [`emit`] picks the form once. A new output
-//! type is one `impl Document`, not another `match` on the format.
+//! differs from one compact line, its JSONL form, and its HTML page where it has one); [`emit`]
+//! picks the form once. A new output type is one `impl Document`, not another `match` on the
+//! format.
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Palette, heatmap, json, table};
+use super::{Palette, heatmap, html, json, table};
 use crate::cli::OutputFormat;
 use crate::record::CheckpointRecord;
 use crate::record::{
@@ -30,6 +31,40 @@ pub trait Document: Serialize + Sized {
     fn jsonl(&self, w: &mut dyn Write) -> io::Result<()> {
         json::write(w, self, false)
     }
+    /// One self-contained HTML page. Commands without a page refuse `--format html` before
+    /// they start ([`crate::commands::html_page`]); this default is the backstop.
+    fn html(&self, _w: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this output has no HTML page",
+        ))
+    }
+}
+
+/// A document whose HTML page needs more than the document holds (the context's token pills,
+/// the recorded distributions of the branch): the page is drawn by `html`, only when asked
+/// for; every other form is the document's own.
+pub struct WithPage<'a, D> {
+    pub doc: &'a D,
+    pub html: &'a dyn Fn(&mut dyn Write) -> io::Result<()>,
+}
+
+impl<D: Serialize> Serialize for WithPage<'_, D> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.doc.serialize(s)
+    }
+}
+
+impl<D: Document> Document for WithPage<'_, D> {
+    fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
+        self.doc.table(w, ctx)
+    }
+    fn jsonl(&self, w: &mut dyn Write) -> io::Result<()> {
+        self.doc.jsonl(w)
+    }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        (self.html)(w)
+    }
 }
 
 /// Write `doc` in `format`, then flush.
@@ -43,6 +78,7 @@ pub fn emit<D: Document>(
         OutputFormat::Table => doc.table(w, ctx)?,
         OutputFormat::Json => json::write(w, doc, true)?,
         OutputFormat::Jsonl => doc.jsonl(w)?,
+        OutputFormat::Html => doc.html(w)?,
     }
     w.flush()
 }
@@ -61,9 +97,9 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Whether records go out as they come (JSON keeps them for the closing document).
+    /// Whether records go out as they come (JSON and HTML keep them for the closing document).
     pub fn streams(&self) -> bool {
-        self.format != OutputFormat::Json
+        !matches!(self.format, OutputFormat::Json | OutputFormat::Html)
     }
 
     /// Text before the first record, in tables only.
@@ -83,7 +119,7 @@ impl Stream {
         match self.format {
             OutputFormat::Table => item.table_item(w, &self.ctx)?,
             OutputFormat::Jsonl => json::write(w, item, false)?,
-            OutputFormat::Json => return Ok(()),
+            OutputFormat::Json | OutputFormat::Html => return Ok(()),
         }
         w.flush()
     }
@@ -161,6 +197,9 @@ impl Document for crate::record::SweepDoc {
     fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
         table::sweep(w, self, &ctx.palette)
     }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        html::write(w, &html::sweep::page(self))
+    }
 }
 
 impl Document for BranchListDoc {
@@ -184,6 +223,9 @@ impl Document for BranchDiffDoc {
 impl Document for crate::trace::DiffSummary {
     fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
         table::diff(w, self, &ctx.palette)
+    }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        html::write(w, &html::compare::diff_page(self))
     }
 }
 
@@ -210,6 +252,9 @@ impl Document for Attributed<'_> {
         }
         Ok(())
     }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        html::write(w, &html::attribute::page(self.doc))
+    }
 }
 
 /// `ntv check`'s report with what its table needs besides the report.
@@ -219,6 +264,8 @@ pub struct Checked<'a> {
     pub build_notes: &'a [String],
     /// A token's text for the table, by case index and id.
     pub piece: &'a dyn Fn(usize, Option<i32>) -> String,
+    /// The recording, the re-run and token texts, for the HTML page's strips and plots.
+    pub traces: Option<html::compare::Traces<'a>>,
 }
 
 impl Serialize for Checked<'_> {
@@ -230,6 +277,9 @@ impl Serialize for Checked<'_> {
 impl Document for Checked<'_> {
     fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
         table::check(w, self.report, self.build_notes, self.piece, &ctx.palette)
+    }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        html::write(w, &html::compare::check_page(self))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod document;
 pub mod heatmap;
+pub mod html;
 pub mod json;
 pub mod palette;
 pub mod table;

@@ -17,6 +17,7 @@ mod errors;
 mod generate;
 mod golden;
 mod hostile;
+mod html;
 mod hub;
 mod kvcache;
 mod oneshot;

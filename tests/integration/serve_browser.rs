@@ -27,7 +27,7 @@ fn seed_dir() -> PathBuf {
     dir.canonicalize().unwrap()
 }
 
-fn which(name: &str) -> PathBuf {
+pub(crate) fn which(name: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -39,13 +39,13 @@ fn which(name: &str) -> PathBuf {
 }
 
 /// chromedriver on a free port, killed when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Driver {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -79,10 +79,10 @@ impl Drop for Driver {
     }
 }
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Poll `f` until it returns Some (or fail after `secs`).
-async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> Res<T>
+pub(crate) async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> Res<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Res<Option<T>>>,
