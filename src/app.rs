@@ -11,9 +11,31 @@ use crate::commands;
 use crate::error::Exit;
 use crate::settings::Terminal;
 
+/// llama.cpp's two-letter flags, which clap cannot spell: `-hf`/`-hfr` are `--hf-repo`, `-hff`
+/// is `--hf-file` (up to a `--`, after which every argument is a value).
+fn llama_cpp_spellings(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> impl Iterator<Item = std::ffi::OsString> {
+    let mut values_only = false;
+    args.map(move |a| {
+        if values_only {
+            return a;
+        }
+        match a.to_str() {
+            Some("--") => {
+                values_only = true;
+                a
+            }
+            Some("-hf" | "-hfr") => "--hf-repo".into(),
+            Some("-hff") => "--hf-file".into(),
+            _ => a,
+        }
+    })
+}
+
 /// Run the program: 0 ok, 1 runtime failure, 2 bad usage or input.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(llama_cpp_spellings(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -40,7 +62,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Attribute(args) => commands::attribute::run(&ctx, args),
         Command::Lens(args) => commands::lens::run(&ctx, args),
-        Command::Model(args) => commands::model::run(args),
+        Command::Model(args) => commands::model::run(&ctx, args),
         Command::Check(args) => commands::check::run(&ctx, args),
         Command::Diff(args) => commands::diff::run(&ctx, args),
         Command::Schema { name } => commands::docs::schema(name.as_deref()),
@@ -67,4 +89,31 @@ pub fn run() -> ExitCode {
         let _ = writeln!(stderr, "hint: {h}");
     }
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn llama_cpp_two_letter_flags_become_long_flags_until_a_double_dash() {
+        let args = [
+            "ntv", "preview", "-hf", "o/r:Q4_0", "-hff", "f.gguf", "-hfr", "--", "-hf",
+        ];
+        let out: Vec<String> = super::llama_cpp_spellings(args.iter().map(Into::into))
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "ntv",
+                "preview",
+                "--hf-repo",
+                "o/r:Q4_0",
+                "--hf-file",
+                "f.gguf",
+                "--hf-repo",
+                "--",
+                "-hf"
+            ]
+        );
+    }
 }

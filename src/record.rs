@@ -873,3 +873,36 @@ pub struct LensDoc {
     pub positions: Vec<LensPosition>,
     pub timings: LensTimings,
 }
+
+/// `ntv model list` output (`ntv.model.list/1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelListDoc {
+    pub schema: String,
+    /// The Hugging Face cache downloads go to.
+    pub hub_cache: String,
+    pub models: Vec<CachedModelRow>,
+}
+
+/// One cached GGUF model (a split model by its first part).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CachedModelRow {
+    /// A reference that names it (`-m REFERENCE`); the path for ntv's default model.
+    pub reference: String,
+    /// The quantisation tag of its file name, e.g. `"Q4_K_M"`.
+    pub quant: Option<String>,
+    /// Bytes (every part of a split model).
+    pub size: u64,
+    /// Files it is made of (more than one for a split model).
+    pub parts: usize,
+    /// The file llama.cpp opens.
+    pub path: String,
+    /// `hub` (the Hugging Face cache), `llama-cache` (LLAMA_CACHE) or `default` (ntv's default
+    /// model, from the Python package index).
+    pub source: String,
+    /// `OWNER/REPO` on the hub.
+    pub repo: Option<String>,
+    /// The commit of its snapshot.
+    pub revision: Option<String>,
+    /// The branches and tags pointing at that commit.
+    pub refs: Vec<String>,
+}

@@ -4,8 +4,8 @@
 //! (a preset given now resets the sampling base first). The terminal and the variables that
 //! shape output (`NO_COLOR`, `CLICOLOR_FORCE`, `COLUMNS`) are read by [`Terminal::detect`], once;
 //! clap reads `NTV_SESSION` and `NTV_THREADS` into the flags. (Only fetching the default model
-//! reads `NTV_CACHE_DIR` and `NTV_PYTHON`, in `models`; `main` tunes thread pools before any
-//! thread starts.) Everything below [`Terminal::detect`] and the prompt/grammar file reads is
+//! reads `NTV_CACHE_DIR` and `NTV_PYTHON`, in `models`, and only resolving a hub model the
+//! hub's variables, in `hub::HubConfig`; `main` tunes thread pools before any thread starts.) Everything below [`Terminal::detect`] and the prompt/grammar file reads is
 //! pure, so the precedence rules are unit-tested here.
 
 use std::io::IsTerminal;
@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 
 use crate::chat;
 use crate::cli::{
-    ColorChoice, ConstraintArgs, EngineArgs, GlobalArgs, OutputFormat, PromptArgs, RuntimeArgs,
-    SamplingArgs, SeedArgs,
+    ColorChoice, ConstraintArgs, EngineArgs, GlobalArgs, HubArgs, OutputFormat, PromptArgs,
+    RuntimeArgs, SamplingArgs, SeedArgs,
 };
 use crate::constraint::{self, ConstraintKind, ConstraintSpec};
 use crate::engine::ContextOptions;
 use crate::error::{Result, input_err};
+use crate::hub::HubRef;
 use crate::limits;
 use crate::render::Palette;
 use crate::sampling::{Bias, LogitBias, Preset, SamplerOrder, SamplingParams, import};
@@ -539,24 +540,97 @@ pub fn context_options(rt: &EngineArgs) -> Result<ContextOptions> {
 pub enum ModelChoice {
     /// A file named by the flag or the session.
     Path(PathBuf),
+    /// A Hugging Face model, fetched into the Hugging Face cache unless it is there.
+    Hub {
+        reference: HubRef,
+        /// What the session and traces record as its reference.
+        label: String,
+        /// Only the cache (`--offline`; `HF_HUB_OFFLINE` is read when the file is resolved).
+        offline: bool,
+    },
     /// The default model (fetched on first use through pip).
     Default,
 }
 
 impl ModelChoice {
-    /// The flag, else the session's, else the default model.
-    pub fn resolve(cli: Option<&Path>, session: Option<&Session>) -> Self {
-        match (cli, session.and_then(|s| s.model.as_ref())) {
-            (Some(p), _) => Self::Path(p.to_path_buf()),
-            (None, Some(m)) => Self::Path(PathBuf::from(&m.path)),
-            (None, None) => Self::Default,
+    /// A model argument (`-m`, `load MODEL`, `--model-a`): an existing file, else a hub
+    /// reference (`hf:`, `hf.co/`, `OWNER/REPO:QUANT`), else a path.
+    pub fn from_arg(arg: &Path, offline: bool) -> Result<Self> {
+        if !arg.is_file()
+            && let Some(text) = arg.to_str()
+            && let Some(reference) = HubRef::parse(text)
+        {
+            let reference = reference?;
+            return Ok(Self::Hub {
+                label: reference.to_string(),
+                reference,
+                offline,
+            });
+        }
+        Ok(Self::Path(arg.to_path_buf()))
+    }
+
+    /// `-m MODEL` or llama.cpp's `--hf-repo`/`--hf-file`; `None` when neither is given.
+    pub fn from_flags(model: Option<&Path>, hub: &HubArgs) -> Result<Option<Self>> {
+        if let Some(repo) = &hub.hf_repo {
+            let reference = HubRef::from_flags(repo, hub.hf_file.as_deref())?;
+            return Ok(Some(Self::Hub {
+                label: reference.to_string(),
+                reference,
+                offline: hub.offline,
+            }));
+        }
+        model.map(|m| Self::from_arg(m, hub.offline)).transpose()
+    }
+
+    /// The flag, else the session's (fetched again from the hub at its recorded commit when
+    /// the file is gone), else the default model.
+    pub fn resolve(engine: &EngineArgs, session: Option<&Session>) -> Result<Self> {
+        if let Some(c) = Self::from_flags(engine.model.as_deref(), &engine.hub)? {
+            return Ok(c);
+        }
+        Ok(match session.and_then(|s| s.model.as_ref()) {
+            Some(m) => Self::recorded(&m.path, m.hub.as_ref(), engine.hub.offline),
+            None => Self::Default,
+        })
+    }
+
+    /// A recorded model: its file, or, when the file is not on this machine and it came from
+    /// the hub, the same file at the same commit.
+    pub fn recorded(path: &str, hub: Option<&crate::session::HubSource>, offline: bool) -> Self {
+        match hub {
+            Some(h) if !Path::new(path).is_file() => Self::Hub {
+                reference: HubRef {
+                    repo: h.repo.clone(),
+                    pick: crate::hub::Pick::File(h.file.clone()),
+                    revision: Some(h.revision.clone()),
+                },
+                label: h.reference.clone(),
+                offline,
+            },
+            _ => Self::Path(PathBuf::from(path)),
         }
     }
 
-    /// The file, fetching the default model when it is not cached yet.
+    /// The reference recorded for a hub model.
+    pub fn label(&self) -> Option<&str> {
+        match self {
+            Self::Hub { label, .. } => Some(label),
+            _ => None,
+        }
+    }
+
+    /// The file: the default model fetched when it is not cached yet, a hub model found in
+    /// the Hugging Face cache or downloaded into it (reading the hub's environment then).
     pub fn path(&self) -> Result<PathBuf> {
         match self {
             Self::Path(p) => Ok(p.clone()),
+            Self::Hub {
+                reference, offline, ..
+            } => {
+                let cfg = crate::hub::HubConfig::from_env(*offline)?;
+                Ok(crate::hub::resolve(reference, &cfg)?.path)
+            }
             Self::Default => Ok(crate::models::ensure_default_model()?),
         }
     }
@@ -731,7 +805,7 @@ pub fn resolve(flags: RunFlags<'_>, session: Option<&Session>) -> Result<RunSett
             flags.constraint,
             session.and_then(|s| s.constraint.as_ref()),
         )?,
-        model: ModelChoice::resolve(flags.runtime.engine.model.as_deref(), session),
+        model: ModelChoice::resolve(&flags.runtime.engine, session)?,
         cache: CacheSetting::from_flags(flags.runtime),
         seed: SeedChoice {
             seed: flags.seed.seed.or(file_seed),
@@ -816,6 +890,7 @@ mod tests {
                 sha256_head_tail: "00".into(),
             },
             facts: None,
+            hub: None,
         });
         s
     }
@@ -878,6 +953,73 @@ mod tests {
         assert_eq!(r.constraint.unwrap().kind, ConstraintKind::Choice);
         assert_eq!(r.model, ModelChoice::Path(PathBuf::from("flag.gguf")));
         assert_eq!(r.cache, CacheSetting::Off);
+    }
+
+    #[test]
+    fn hub_references_and_llama_cpp_flags_choose_a_hub_model() {
+        let hub = |reference: &str| {
+            let reference = HubRef::parse(reference).unwrap().unwrap();
+            ModelChoice::Hub {
+                label: reference.to_string(),
+                reference,
+                offline: false,
+            }
+        };
+        let mut f = Flags::new();
+        f.runtime.engine.model = Some(PathBuf::from("hf.co/o/r:Q8_0"));
+        assert_eq!(f.resolve(None, None).unwrap().model, hub("hf:o/r:Q8_0"));
+        f.runtime.engine.model = None;
+        f.runtime.engine.hub.hf_repo = Some("o/r".into());
+        f.runtime.engine.hub.hf_file = Some("x.gguf".into());
+        assert_eq!(f.resolve(None, None).unwrap().model, hub("hf:o/r/x.gguf"));
+        // A file that exists is a file, whatever its name looks like.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("o")).unwrap();
+        let file = dir.path().join("o").join("r:Q8_0");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(
+            ModelChoice::from_arg(&file, false).unwrap(),
+            ModelChoice::Path(file.clone())
+        );
+        // A malformed hf: reference is an input error, before any model work.
+        f.runtime.engine.hub = HubArgs::default();
+        f.runtime.engine.model = Some(PathBuf::from("hf:nope"));
+        assert!(f.resolve(None, None).unwrap_err().is_input());
+    }
+
+    #[test]
+    fn a_session_model_that_is_gone_is_fetched_again_at_its_commit() {
+        let mut s = stored();
+        let source = crate::session::HubSource {
+            reference: "hf:o/r:Q4_1".into(),
+            repo: "o/r".into(),
+            file: "m-Q4_1.gguf".into(),
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+        };
+        s.model.as_mut().unwrap().hub = Some(source.clone());
+        let r = Flags::new().resolve(None, Some(&s)).unwrap();
+        assert_eq!(
+            r.model,
+            ModelChoice::Hub {
+                reference: HubRef {
+                    repo: "o/r".into(),
+                    pick: crate::hub::Pick::File("m-Q4_1.gguf".into()),
+                    revision: Some(source.revision.clone()),
+                },
+                label: "hf:o/r:Q4_1".into(),
+                offline: false,
+            }
+        );
+        assert_eq!(r.model.label(), Some("hf:o/r:Q4_1"));
+        // While the file is there, it is the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.gguf");
+        std::fs::write(&file, b"").unwrap();
+        s.model.as_mut().unwrap().path = file.display().to_string();
+        assert_eq!(
+            Flags::new().resolve(None, Some(&s)).unwrap().model,
+            ModelChoice::Path(file)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::cli::CheckArgs;
 use crate::engine::Model;
 use crate::error::{Exit, Result};
 use crate::render::document::Checked;
+use crate::settings::ModelChoice;
 use crate::trace::{self, CheckOptions, Trace, check_trace};
 use crate::workbench::cases::{CaseInput, run_case};
 
@@ -21,11 +22,23 @@ pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
     let mut models: HashMap<PathBuf, Model> = HashMap::new();
     let mut actual = Trace::new(expected.build.clone());
     let mut stderr = std::io::stderr();
+    let given = args
+        .model
+        .as_deref()
+        .map(|m| ModelChoice::from_arg(m, args.offline)?.path())
+        .transpose()?;
+    // The file of each case: -m, else the recorded file, fetched from the hub at its recorded
+    // commit when it is not on this machine.
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for case in &expected.cases {
+        paths.push(match &given {
+            Some(p) => p.clone(),
+            None => ModelChoice::recorded(&case.model.path, case.model.hub.as_ref(), args.offline)
+                .path()?,
+        });
+    }
     for (i, case) in expected.cases.iter().enumerate() {
-        let path = args
-            .model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&case.model.path));
+        let path = paths[i].clone();
         if !models.contains_key(&path) {
             models.insert(path.clone(), load_model(&path, None)?);
         }
@@ -69,11 +82,7 @@ pub fn run(ctx: &Ctx<'_>, args: CheckArgs) -> Result<Exit> {
     let report = check_trace(&expected, &actual, &opts);
     let build_notes = expected.build.differences(&actual.build);
     let piece = |case: usize, id: Option<i32>| -> String {
-        let path = args
-            .model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&expected.cases[case].model.path));
-        match (id, models.get(&path)) {
+        match (id, models.get(&paths[case])) {
             (Some(id), Some(m)) => format!("{id} {:?}", m.piece(id)),
             (Some(id), None) => id.to_string(),
             (None, _) => "-".into(),

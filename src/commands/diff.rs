@@ -6,7 +6,7 @@ use crate::driver::{Choice, Driver};
 use crate::engine::{ContextOptions, Decoder};
 use crate::error::{Exit, Result, input_err};
 use crate::sampling::{RngState, StreamRng};
-use crate::settings;
+use crate::settings::{self, ModelChoice};
 use crate::trace::{DiffStep, diff_traces, summarize};
 use crate::workbench::cases::{CaseInput, CaseLine, apply_line};
 use crate::workbench::prompt_ids;
@@ -80,8 +80,8 @@ fn models(
     a: &std::path::Path,
     b: &std::path::Path,
 ) -> Result<crate::trace::DiffSummary> {
-    let model_a = load_model(a, None)?;
-    let model_b = load_model(b, None)?;
+    let model_a = load_model(&ModelChoice::from_arg(a, args.offline)?.path()?, None)?;
+    let model_b = load_model(&ModelChoice::from_arg(b, args.offline)?.path()?, None)?;
     if model_a.n_vocab() != model_b.n_vocab() {
         return Err(input_err(
             format!(

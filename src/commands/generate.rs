@@ -87,7 +87,14 @@ pub fn run(ctx: &Ctx<'_>, args: GenerateArgs) -> Result<Exit> {
         let mut trace = Trace::new(BuildInfo::current(&model.info().device));
         trace.cases.push(trace_case(
             &wb.case_input(),
-            cases::trace_model(&model)?,
+            cases::trace_model(
+                &model,
+                wb.session()
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.hub.as_ref())
+                    .map(|h| h.reference.as_str()),
+            )?,
             wb.prompt_text().to_string(),
             wb.prompt_ids().to_vec(),
             trace_steps,

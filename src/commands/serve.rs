@@ -63,6 +63,7 @@ pub fn run(args: ServeArgs) -> Result<Exit> {
         static_dir: args.static_dir,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         models_dirs,
+        offline: args.engine.hub.offline,
         json_logs: args.json_logs,
         worker: WorkerConfig {
             model: base.model.clone(),

@@ -282,3 +282,9 @@ impl Document for Checked<'_> {
         html::write(w, &html::compare::check_page(self))
     }
 }
+
+impl Document for crate::record::ModelListDoc {
+    fn table(&self, w: &mut dyn Write, ctx: &TableCtx) -> io::Result<()> {
+        table::model_list(w, self, &ctx.palette)
+    }
+}

@@ -842,3 +842,49 @@ pub fn sweep(w: &mut dyn Write, doc: &crate::record::SweepDoc, pal: &Palette) ->
     }
     Ok(())
 }
+
+/// `ntv model list`.
+pub fn model_list(
+    w: &mut dyn Write,
+    doc: &crate::record::ModelListDoc,
+    pal: &Palette,
+) -> io::Result<()> {
+    if doc.models.is_empty() {
+        return writeln!(
+            w,
+            "no cached models (Hugging Face cache: {})",
+            doc.hub_cache
+        );
+    }
+    let mut b = Builder::default();
+    b.push_record(["reference", "quant", "size", "source", "path"]);
+    for m in &doc.models {
+        let source = match (&m.repo, &m.revision) {
+            (Some(repo), Some(rev)) => {
+                let short: String = rev.chars().take(12).collect();
+                let refs = if m.refs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", m.refs.join(", "))
+                };
+                format!("{} {repo}@{short}{refs}", m.source)
+            }
+            _ => m.source.clone(),
+        };
+        let parts = if m.parts > 1 {
+            format!(" in {} parts", m.parts)
+        } else {
+            String::new()
+        };
+        b.push_record([
+            pal.heading(&m.reference),
+            m.quant.clone().unwrap_or_else(|| "-".into()),
+            format!("{}{parts}", indicatif::HumanBytes(m.size)),
+            source,
+            m.path.clone(),
+        ]);
+    }
+    let mut t = b.build();
+    t.with(Style::blank());
+    writeln!(w, "{t}")
+}

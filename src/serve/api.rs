@@ -249,7 +249,8 @@ fn default_method() -> String {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadRequest {
-    /// A GGUF file: a path under an allowed folder, or a file name found in one.
+    /// A GGUF file (a path under an allowed folder, or a file name found in one), or a
+    /// Hugging Face model (`hf:OWNER/REPO[:QUANT]`, `OWNER/REPO:QUANT`, `OWNER/REPO`).
     pub model_id: String,
 }
 

@@ -21,6 +21,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use super::api::{LoadRequest, LoadResponse, Status};
 use super::error::ApiError;
 use super::worker::{Envelope, Job, SharedStatus};
+use crate::hub::HubRef;
+use crate::settings::ModelChoice;
 
 /// What every handler shares.
 pub struct AppState {
@@ -31,6 +33,8 @@ pub struct AppState {
     pub static_dir: Option<PathBuf>,
     /// Folders `POST /api/model/load` may load from.
     pub models_dirs: Vec<PathBuf>,
+    /// `--offline`: a hub model `POST /api/model/load` names must be in the cache already.
+    pub offline: bool,
 }
 
 /// The largest request body (1 MiB: a 4096-token prompt is about 20 kB).
@@ -271,7 +275,21 @@ async fn load(State(s): State<Arc<AppState>>, body: Body) -> Result<Json<LoadRes
     if id.is_empty() {
         return Err(ApiError::new(400, "model_id is required"));
     }
-    let path = allowed_model(id, &s.models_dirs)?;
+    let choice = match allowed_model(id, &s.models_dirs) {
+        Ok(path) => ModelChoice::Path(path),
+        Err(e) if e.status == 404 => match hub_model(id, s.offline) {
+            Some(c) => c.map_err(ApiError::from)?,
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    let model_id = match &choice {
+        ModelChoice::Path(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| id.to_string()),
+        other => other.label().unwrap_or(id).to_string(),
+    };
     {
         let mut st = s.status.lock().unwrap_or_else(|p| p.into_inner());
         if st.loading {
@@ -283,18 +301,35 @@ async fn load(State(s): State<Arc<AppState>>, body: Body) -> Result<Json<LoadRes
     }
     s.jobs
         .send(Envelope {
-            job: Job::Load(path.clone()),
+            job: Job::Load(choice),
             reply: None,
         })
         .await
         .map_err(|_| ApiError::unavailable("the server is stopping"))?;
-    Ok(Json(LoadResponse {
-        ok: true,
-        model_id: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| id.to_string()),
-    }))
+    Ok(Json(LoadResponse { ok: true, model_id }))
+}
+
+/// A `model_id` that names a Hugging Face model: the forms `-m` takes, and the demo's bare
+/// `OWNER/REPO` (its GGUF chosen as llama.cpp does).
+fn hub_model(id: &str, offline: bool) -> Option<crate::error::Result<ModelChoice>> {
+    let reference = match HubRef::parse(id) {
+        Some(r) => r,
+        None if crate::hub::reference::valid_repo(id)
+            && !id.to_ascii_lowercase().ends_with(".gguf") =>
+        {
+            HubRef::from_flags(id, None)
+        }
+        None => return None,
+    };
+    Some(
+        reference
+            .map_err(Into::into)
+            .map(|reference| ModelChoice::Hub {
+                label: reference.to_string(),
+                reference,
+                offline,
+            }),
+    )
 }
 
 /// The page shown at `/` without `--static`.
@@ -425,6 +460,7 @@ mod tests {
             api_key: None,
             static_dir: None,
             models_dirs: Vec::new(),
+            offline: true,
         });
         let app = router(state, false);
         let listener = rt

@@ -29,6 +29,8 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     pub api_key: Option<String>,
     pub models_dirs: Vec<PathBuf>,
+    /// `--offline`: hub models only from the cache.
+    pub offline: bool,
     pub json_logs: bool,
     pub worker: WorkerConfig,
 }
@@ -83,6 +85,7 @@ async fn serve(cfg: Config) -> Result<()> {
         api_key: cfg.api_key,
         static_dir: cfg.static_dir,
         models_dirs: cfg.models_dirs,
+        offline: cfg.offline,
     });
     let app = http::router(state, cfg.json_logs);
     eprintln!("ntv serve: listening on http://{addr}");

@@ -8,7 +8,6 @@
 //! on serving.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -32,8 +31,9 @@ pub enum Job {
     Preview(PreviewRequest),
     Step(StepRequest),
     Attribution(AttributionRequest),
-    /// Replace the model (the handler has answered already).
-    Load(PathBuf),
+    /// Replace the model (the handler has answered already): a file, or a hub model the
+    /// worker fetches first.
+    Load(ModelChoice),
 }
 
 /// A job and where its answer goes.
@@ -106,7 +106,7 @@ pub fn run(mut rx: mpsc::Receiver<Envelope>, status: SharedStatus, cfg: WorkerCo
 fn idle(rx: &mut mpsc::Receiver<Envelope>) -> Option<ModelChoice> {
     while let Some(env) = rx.blocking_recv() {
         match env.job {
-            Job::Load(path) => return Some(ModelChoice::Path(path)),
+            Job::Load(choice) => return Some(choice),
             _ => {
                 if let Some(r) = env.reply {
                     let _ = r.send(Err(ApiError::unavailable("no model is loaded")));
@@ -140,8 +140,8 @@ fn serve(
         explainer: Explainer::new(model, &cfg.base.context),
     };
     while let Some(env) = rx.blocking_recv() {
-        if let Job::Load(path) = env.job {
-            return Some(ModelChoice::Path(path));
+        if let Job::Load(choice) = env.job {
+            return Some(choice);
         }
         let (answer, panicked) = guarded(|| st.handle(env.job, cfg));
         if panicked {

@@ -88,6 +88,24 @@ pub struct ModelRef {
     pub fingerprint: Fingerprint,
     /// What `ntv load` reported about the model.
     pub facts: Option<ModelFacts>,
+    /// Where the file came from, when it came from the Hugging Face hub (absent for local
+    /// files and in files of earlier ntv versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubSource>,
+}
+
+/// A model file's place on the Hugging Face hub: enough to fetch the same bytes elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HubSource {
+    /// The reference as given, e.g. `hf:OWNER/REPO:Q4_K_M` (or `hf:OWNER/REPO/FILE` when the
+    /// file was named by its path in the cache).
+    pub reference: String,
+    /// `OWNER/REPO`.
+    pub repo: String,
+    /// The file in the repository (the first part of a split model).
+    pub file: String,
+    /// The commit the file was fetched at.
+    pub revision: String,
 }
 
 /// A cheap model-file fingerprint: the size plus a hash of the first and last MiB.

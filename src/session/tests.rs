@@ -71,6 +71,7 @@ fn sample() -> Session {
             sha256_head_tail: "ab".repeat(32),
         },
         facts: None,
+        hub: None,
     });
     s.stop = vec!["\n\n".into()];
     s.constraint = Some(ConstraintSpec {
@@ -131,6 +132,30 @@ fn round_trip_save_load() {
     // Saving what was loaded reproduces the file byte for byte.
     save(&path, &loaded).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
+
+#[test]
+fn the_hub_source_of_a_model_round_trips_and_older_files_have_none() {
+    let dir = tmp();
+    let path = session_path(&dir);
+    let mut s = sample();
+    // A file of an earlier ntv: no `hub` field in the model.
+    save(&path, &s).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("\"hub\""));
+    assert_eq!(load(&path).unwrap().unwrap().model.unwrap().hub, None);
+    let source = crate::session::HubSource {
+        reference: "hf:o/r:Q4_1".into(),
+        repo: "o/r".into(),
+        file: "m-Q4_1.gguf".into(),
+        revision: "0123456789abcdef0123456789abcdef01234567".into(),
+    };
+    s.model.as_mut().unwrap().hub = Some(source.clone());
+    save(&path, &s).unwrap();
+    assert_eq!(
+        load(&path).unwrap().unwrap().model.unwrap().hub,
+        Some(source)
+    );
 }
 
 #[test]

@@ -173,6 +173,10 @@ pub struct TraceModel {
     pub architecture: String,
     /// GGUF file type, e.g. `"Q4_1"`.
     pub dtype: String,
+    /// Where the file came from on the Hugging Face hub (reference and commit), so that a
+    /// check elsewhere can fetch the same file; absent for local files and older traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<crate::session::HubSource>,
 }
 
 /// One recorded generation: every input needed to run it again, and what each step produced.

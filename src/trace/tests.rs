@@ -50,6 +50,7 @@ fn case(steps: Vec<TraceStep>) -> TraceCase {
             },
             architecture: "llama".into(),
             dtype: "Q4_1".into(),
+            hub: None,
         },
         prompt: "Hi".into(),
         system: String::new(),

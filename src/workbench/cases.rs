@@ -65,14 +65,15 @@ impl CaseInput {
     }
 }
 
-/// The model part of a trace case.
-pub fn trace_model(model: &Model) -> Result<TraceModel> {
+/// The model part of a trace case (`label`: the hub reference the model was given by).
+pub fn trace_model(model: &Model, label: Option<&str>) -> Result<TraceModel> {
     let i = model.info();
     Ok(TraceModel {
         path: i.path.display().to_string(),
         fingerprint: crate::session::fingerprint(&i.path)?,
         architecture: i.architecture.clone(),
         dtype: i.file_type.clone(),
+        hub: super::hub_source(&i.path, label, None),
     })
 }
 
@@ -151,7 +152,7 @@ pub fn run_case(model: &Model, input: &CaseInput) -> Result<CaseRun> {
         completion_text: text_of(model, &completion_ids),
         case: trace_case(
             input,
-            trace_model(model)?,
+            trace_model(model, None)?,
             text,
             ids,
             steps,

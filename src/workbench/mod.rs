@@ -61,10 +61,57 @@ pub fn facts(model: &Model) -> ModelFacts {
     }
 }
 
-/// A model reference for the session (path made absolute, fingerprint, facts).
-pub fn model_ref(model: &Model) -> Result<ModelRef> {
+/// A model's path made absolute. A file of a Hugging Face cache snapshot keeps its snapshot
+/// path (its link is not followed into `blobs/`, where the file has lost its name and the
+/// other parts of a split model).
+pub fn absolute_model_path(path: &std::path::Path) -> std::path::PathBuf {
+    if crate::hub::origin_of(path).is_some()
+        && let (Some(dir), Some(name)) = (path.parent(), path.file_name())
+        && let Ok(dir) = std::fs::canonicalize(dir)
+    {
+        return dir.join(name);
+    }
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Where a model file came from on the hub, read off its path in the Hugging Face cache: the
+/// reference is `label` (as given now), else the one recorded for the same file, else the
+/// file's own `hf:OWNER/REPO/FILE`.
+pub fn hub_source(
+    path: &std::path::Path,
+    label: Option<&str>,
+    recorded: Option<&crate::session::HubSource>,
+) -> Option<crate::session::HubSource> {
+    let o = crate::hub::origin_of(path)?;
+    let reference = match (label, recorded) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(r)) if r.repo == o.repo && r.file == o.file && r.revision == o.commit => {
+            r.reference.clone()
+        }
+        _ => crate::hub::HubRef {
+            repo: o.repo.clone(),
+            pick: crate::hub::Pick::File(o.file.clone()),
+            revision: None,
+        }
+        .to_string(),
+    };
+    Some(crate::session::HubSource {
+        reference,
+        repo: o.repo,
+        file: o.file,
+        revision: o.commit,
+    })
+}
+
+/// A model reference for the session (path made absolute, fingerprint, facts, where it came
+/// from on the hub: `label` is the reference given now, `recorded` the session's model).
+pub fn model_ref(
+    model: &Model,
+    label: Option<&str>,
+    recorded: Option<&ModelRef>,
+) -> Result<ModelRef> {
     let path = &model.info().path;
-    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let abs = absolute_model_path(path);
     let fingerprint = crate::session::fingerprint(path).map_err(|e| {
         crate::error::Error::from(e).context(format!("fingerprinting {}", path.display()))
     })?;
@@ -72,6 +119,7 @@ pub fn model_ref(model: &Model) -> Result<ModelRef> {
         path: abs.display().to_string(),
         fingerprint,
         facts: Some(facts(model)),
+        hub: hub_source(&abs, label, recorded.and_then(|m| m.hub.as_ref())),
     })
 }
 
@@ -355,7 +403,11 @@ impl<'m> Workbench<'m> {
         mode: Mode,
     ) -> Result<Self> {
         settings::check_display_k(settings.display_k, model.n_vocab())?;
-        let model_ref = model_ref(model)?;
+        let model_ref = model_ref(
+            model,
+            settings.model.label(),
+            store.existing().and_then(|s| s.model.as_ref()),
+        )?;
         let mut notices = Vec::new();
         // Extending or replaying a completion made with another file is refused (spec:
         // session.md) unless forced or reset; read-only commands warn.
@@ -392,9 +444,7 @@ impl<'m> Workbench<'m> {
                 s.active().completion_ids.clone()
             }
             Mode::ReadOnly => match store.existing() {
-                Some(s)
-                    if store::same_prompt(s, &prompt) && store::same_model(s, &model_ref.path) =>
-                {
+                Some(s) if store::same_prompt(s, &prompt) && store::same_model(s, &model_ref) => {
                     s.active().completion_ids.clone()
                 }
                 _ => Vec::new(),

@@ -97,7 +97,7 @@ impl SessionStore {
         prompt: Option<&PromptSpec>,
         reset: bool,
     ) -> Result<()> {
-        let other = !same_model(&self.session, &model.path)
+        let other = !same_model(&self.session, model)
             || prompt.is_some_and(|p| !same_prompt(&self.session, p));
         if other && has_completion(&self.session) {
             let fresh = Session::new();
@@ -209,9 +209,17 @@ pub fn same_prompt(session: &Session, spec: &PromptSpec) -> bool {
         && session.parse_special == spec.parse_special
 }
 
-/// Whether the session's model (if it has one) is the file at `path`.
-pub fn same_model(session: &Session, path: &str) -> bool {
-    session.model.as_ref().is_none_or(|m| m.path == path)
+/// Whether the session's model (if it has one) is `model`: the same file, or the same hub file
+/// at the same commit with the same fingerprint (fetched again elsewhere, e.g. on another
+/// machine).
+pub fn same_model(session: &Session, model: &ModelRef) -> bool {
+    session.model.as_ref().is_none_or(|m| {
+        m.path == model.path
+            || (m.fingerprint == model.fingerprint
+                && m.hub.is_some()
+                && m.hub.as_ref().map(|h| (&h.repo, &h.file, &h.revision))
+                    == model.hub.as_ref().map(|h| (&h.repo, &h.file, &h.revision)))
+    })
 }
 
 #[cfg(test)]
@@ -227,6 +235,7 @@ mod tests {
                 sha256_head_tail: "00".into(),
             },
             facts: None,
+            hub: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod generate;
 mod golden;
 mod hostile;
 mod html;
+mod hub;
 mod kvcache;
 mod lens;
 mod oneshot;

@@ -29,9 +29,15 @@ impl Server {
     /// `ntv serve -m MODEL -t 1 --port 0 EXTRA…` in a temp folder; waits until the model is
     /// ready.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Server::start`] with more environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = std_cmd()
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .args(["serve", "-m", m(), "-t", "1", "--port", "0"])
             .args(extra)
             .stdin(Stdio::null())

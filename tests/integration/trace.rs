@@ -70,6 +70,7 @@ fn record(m: &Model, params: &SamplingParams, seed: Option<u64>, n: u32) -> Trac
             fingerprint: ntv::session::fingerprint(&info.path).expect("fingerprint"),
             architecture: info.architecture.clone(),
             dtype: info.file_type.clone(),
+            hub: None,
         },
         prompt: "The capital of France is".into(),
         system: String::new(),
