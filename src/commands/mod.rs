@@ -77,7 +77,9 @@ pub fn html_page(global: &GlobalArgs, command: &crate::cli::Command) -> Result<(
         return Ok(());
     }
     let has_page = match command {
-        C::Preview(_) | C::Attribute(_) | C::Check(_) | C::Diff(_) | C::Sweep(_) => true,
+        C::Preview(_) | C::Attribute(_) | C::Check(_) | C::Diff(_) | C::Sweep(_) | C::Lens(_) => {
+            true
+        }
         C::Step(a) => a.undo.is_none(),
         C::Generate(a) => a.batch.is_none(),
         C::Branch(a) => matches!(a.action, BranchAction::Show { .. }),
@@ -88,7 +90,7 @@ pub fn html_page(global: &GlobalArgs, command: &crate::cli::Command) -> Result<(
     }
     Err(crate::error::input_err(
         "--format html has no page for this command",
-        "HTML pages: preview, step (not --undo), generate (not --batch), branch show, attribute, check, diff, sweep",
+        "HTML pages: preview, step (not --undo), generate (not --batch), branch show, attribute, check, diff, sweep, lens",
     ))
 }
 

@@ -42,6 +42,9 @@ impl Document for LensDoc {
             many => grid(w, self, many, pal),
         }
     }
+    fn html(&self, w: &mut dyn Write) -> io::Result<()> {
+        super::html::write(w, &super::html::lens::page(self))
+    }
 }
 
 /// A token clipped to `TOKEN_WIDTH` columns.

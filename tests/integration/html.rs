@@ -544,6 +544,55 @@ fn sweep_page_plots_each_candidate() {
 }
 
 #[test]
+fn lens_page_draws_positions_by_layers() {
+    let sb = Sandbox::new();
+    let args = |f: &'static str| {
+        vec![
+            "lens",
+            "--no-session",
+            "-m",
+            m(),
+            "-p",
+            PROMPT,
+            "--all",
+            "-t",
+            "1",
+            "--format",
+            f,
+        ]
+    };
+    let html = page(&sb, &args("html"));
+    let doc = parse(&html);
+    let json = sb.json(&args("json"));
+    let positions = json["positions"].as_array().unwrap();
+    let layers = json["n_layers"].as_u64().unwrap() as usize;
+    let grid = doc.select(&sel("figure.grid")).next().expect("the grid");
+    let rows: Vec<_> = grid.select(&sel("tbody tr")).collect();
+    assert_eq!(rows.len(), positions.len(), "one row per position");
+    for (r, p) in rows.iter().zip(positions) {
+        let cells: Vec<_> = r.select(&sel("td")).collect();
+        assert_eq!(cells.len(), layers, "one cell per layer");
+        // Each cell's title is the lens probability of the tracked token at that layer.
+        let last: f64 = cells[layers - 1]
+            .value()
+            .attr("title")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let want = p["layers"][layers - 1]["p"].as_f64().unwrap();
+        // The title shows four decimals (three significant digits below 0.001).
+        assert!(
+            (last - want).abs() <= 5e-5 + 5e-3 * want,
+            "{last} vs {want}"
+        );
+    }
+    assert_eq!(
+        doc.select(&sel("table.worst tbody tr")).count(),
+        positions.len()
+    );
+}
+
+#[test]
 fn commands_without_a_page_refuse_html_before_any_work() {
     let sb = Sandbox::new();
     let err = sb.fails(&["load", m(), "--format", "html"], 2);
@@ -804,6 +853,23 @@ fn html_pages_run_in_chromium() {
     save(
         "preview",
         &["--session", s, "preview", "-t", "1", "--format", "html"],
+        0,
+    );
+    save(
+        "lens",
+        &[
+            "lens",
+            "--no-session",
+            "-m",
+            m(),
+            "-p",
+            PROMPT,
+            "--all",
+            "-t",
+            "1",
+            "--format",
+            "html",
+        ],
         0,
     );
     save(

@@ -10,6 +10,7 @@
 
 pub mod attribute;
 pub mod compare;
+pub mod lens;
 pub mod parts;
 pub mod sweep;
 pub mod tokens;
