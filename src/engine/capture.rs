@@ -281,19 +281,9 @@ impl<'m> AttentionCapture<'m> {
         // SAFETY: `self.ctx` is a live context (freed only in Drop); clearing its memory is
         // always allowed between decodes. A fresh cache puts position j in cell j.
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true) };
-        // SAFETY: the batch was allocated with room for n_max >= n tokens and one seq id per
-        // token; every index written below is < n.
-        unsafe {
-            let b = &mut self.batch;
-            b.n_tokens = n as i32;
-            for (i, &tok) in tokens.iter().enumerate() {
-                *b.token.add(i) = tok;
-                *b.pos.add(i) = i as i32;
-                *b.n_seq_id.add(i) = 1;
-                *(*b.seq_id.add(i)).add(0) = 0;
-                *b.logits.add(i) = i8::from(rows.contains(&i));
-            }
-        }
+        // SAFETY: the batch was allocated (llama_batch_init) with room for n_max >= n tokens
+        // and one seq id per token.
+        unsafe { fill_batch(&mut self.batch, tokens, |i| rows.contains(&i)) };
         {
             // SAFETY: no decode is running (we hold &mut self), so the callback does not
             // touch the state now.
@@ -398,4 +388,29 @@ pub fn attention_rows(
     threads: i32,
 ) -> Result<AttentionRows, EngineError> {
     AttentionCapture::new(model, context.len(), threads)?.capture_last(context)
+}
+
+/// Fills `b` with `tokens` as one sequence from position 0, asking for the outputs of the
+/// positions `output` selects.
+///
+/// # Safety
+/// `b` must come from `llama_batch_init(n_max, 0, 1)` with `n_max >= tokens.len()`: every
+/// index written is below `tokens.len()`.
+pub(super) unsafe fn fill_batch(
+    b: &mut sys::llama_batch,
+    tokens: &[i32],
+    output: impl Fn(usize) -> bool,
+) {
+    b.n_tokens = tokens.len() as i32;
+    for (i, &tok) in tokens.iter().enumerate() {
+        // SAFETY: i < tokens.len() <= n_max, the arrays' length (the caller's contract), and
+        // each token has room for one seq id.
+        unsafe {
+            *b.token.add(i) = tok;
+            *b.pos.add(i) = i as i32;
+            *b.n_seq_id.add(i) = 1;
+            *(*b.seq_id.add(i)).add(0) = 0;
+            *b.logits.add(i) = i8::from(output(i));
+        }
+    }
 }

@@ -746,19 +746,11 @@ impl<'m> ResidualCapture<'m> {
         }
         // SAFETY: live context (freed only in Drop); clearing memory between decodes is allowed.
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true) };
-        // SAFETY: the batch has room for n_max >= n tokens and one seq id per token; every
-        // index written is < n.
+        // SAFETY: the batch was allocated (llama_batch_init) with room for n_max >= n tokens
+        // and one seq id per token.
         unsafe {
-            let b = &mut self.batch;
-            b.n_tokens = n as i32;
-            for (i, &tok) in tokens.iter().enumerate() {
-                *b.token.add(i) = tok;
-                *b.pos.add(i) = i as i32;
-                *b.n_seq_id.add(i) = 1;
-                *(*b.seq_id.add(i)).add(0) = 0;
-                *b.logits.add(i) = i8::from(rows.binary_search(&i).is_ok());
-            }
-        }
+            super::capture::fill_batch(&mut self.batch, tokens, |i| rows.binary_search(&i).is_ok())
+        };
         {
             // SAFETY: no decode is running (we hold &mut self).
             let st = unsafe { &mut *self.state };
