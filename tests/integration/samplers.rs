@@ -112,22 +112,23 @@ fn llama(
     let mut chain = LlamaChain::new(m, p, ctx.len(), seed, with_dist);
     chain.accept(ctx);
     let r = chain.apply(logits);
-    let max = r
-        .survivors
+    (softmax(&r.survivors), r.selected)
+}
+
+/// The survivors' probabilities: softmax of their final logits, in f64.
+fn softmax(survivors: &[(u32, f32)]) -> BTreeMap<u32, f64> {
+    let max = survivors
         .iter()
         .map(|&(_, l)| f64::from(l))
         .fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = r
-        .survivors
+    let sum: f64 = survivors
         .iter()
         .map(|&(_, l)| (f64::from(l) - max).exp())
         .sum();
-    let set = r
-        .survivors
+    survivors
         .iter()
         .map(|&(id, l)| (id, (f64::from(l) - max).exp() / sum))
-        .collect();
-    (set, r.selected)
+        .collect()
 }
 
 struct Ntv {
@@ -484,21 +485,7 @@ fn mirostat_follows_llama_cpp_step_by_step() {
             let r = chain.apply(&logits);
             let selected = r.selected.expect("mirostat selects");
             let got = ntv_chain(&mut ws, &m, &p, &ids, &logits, 42, mu, Some(selected));
-            let max = r
-                .survivors
-                .iter()
-                .map(|&(_, l)| f64::from(l))
-                .fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = r
-                .survivors
-                .iter()
-                .map(|&(_, l)| (f64::from(l) - max).exp())
-                .sum();
-            let want: BTreeMap<u32, f64> = r
-                .survivors
-                .iter()
-                .map(|&(id, l)| (id, (f64::from(l) - max).exp() / sum))
-                .collect();
+            let want = softmax(&r.survivors);
             same(&format!("mirostat v{version}"), step, &got.kept, &want);
             cut_seen |= got.cut.values().any(|&s| s == CutStage::Mirostat);
             mu = got.next_mu;
