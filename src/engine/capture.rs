@@ -79,13 +79,23 @@ struct CaptureState {
     error: Option<String>,
 }
 
+impl TensorSink for CaptureState {
+    unsafe fn on_tensor(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
+        // SAFETY: the trait's contract is the method's.
+        unsafe { self.on_node(t, ask) }
+    }
+    fn error_slot(&mut self) -> &mut Option<String> {
+        &mut self.error
+    }
+}
+
 impl CaptureState {
     /// `ask`: do we want this tensor? Otherwise copy the rows out of it.
     ///
     /// # Safety
     /// `t` must be a valid tensor handed to the eval callback by ggml's scheduler; when `ask` is
     /// false its data must be computed and allocated (the scheduler guarantees both).
-    unsafe fn on_tensor(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
+    unsafe fn on_node(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
         if !self.armed {
             return !ask;
         }
@@ -149,15 +159,32 @@ impl CaptureState {
     }
 }
 
-/// The eval callback. Never unwinds: a panic is caught and recorded, and the decode goes on.
-unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
-    let state = user.cast::<CaptureState>();
+/// What an eval callback feeds: the state of one capture context (attention rows, the lens's
+/// residual stream).
+pub(super) trait TensorSink {
+    /// Sees one graph node: with `ask`, whether to be called again once it is computed;
+    /// without, the computed node (`false` would abort the decode).
+    ///
+    /// # Safety
+    /// `t` is a node of the graph being computed, valid for the call.
+    unsafe fn on_tensor(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool;
+    /// Where a failure inside the callback is recorded.
+    fn error_slot(&mut self) -> &mut Option<String>;
+}
+
+/// The eval callback for a [`TensorSink`] of type `S`. Never unwinds: a panic is caught and
+/// recorded, and the decode goes on.
+pub(super) unsafe extern "C" fn eval_callback<S: TensorSink>(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    user: *mut c_void,
+) -> bool {
+    let state = user.cast::<S>();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `user` is the `CaptureState` allocated by `AttentionCapture::new`, freed only
-        // after `llama_free`; the callback runs on the thread inside `llama_decode`, called from
-        // `AttentionCapture::capture` under `&mut self`, so nothing else touches the state
-        // meanwhile. `t` comes from ggml's scheduler, which computes the node before the
-        // `ask = false` call.
+        // SAFETY: `user` is the `S` its context was created with, freed only after
+        // `llama_free`; the callback runs on the thread inside `llama_decode`, called under
+        // the context's `&mut self`, so nothing else touches the state meanwhile. `t` comes
+        // from ggml's scheduler, which computes the node before the `ask = false` call.
         unsafe { (*state).on_tensor(t, ask) }
     }));
     match result {
@@ -166,8 +193,8 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *m
             // SAFETY: as above; the panicking borrow has ended with the unwind.
             let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
                 (*state)
-                    .error
-                    .get_or_insert_with(|| "panic inside the attention callback".into());
+                    .error_slot()
+                    .get_or_insert_with(|| "panic inside the eval callback".into());
             }));
             // Keep computing: `false` on `ask = false` would abort the decode mid-graph.
             !ask
@@ -212,7 +239,7 @@ impl<'m> AttentionCapture<'m> {
         params.n_threads = threads.max(1);
         params.n_threads_batch = threads.max(1);
         params.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
-        params.cb_eval = Some(eval_callback);
+        params.cb_eval = Some(eval_callback::<CaptureState>);
         params.cb_eval_user_data = state.cast::<c_void>();
         log::take_errors();
         // SAFETY: the model pointer is alive for 'm, which outlives this struct (it borrows the

@@ -15,7 +15,6 @@
 
 use std::ffi::{CStr, CString, c_void};
 use std::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use llama_cpp_sys_2 as sys;
@@ -548,11 +547,21 @@ struct ResidualState {
     error: Option<String>,
 }
 
+impl super::capture::TensorSink for ResidualState {
+    unsafe fn on_tensor(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
+        // SAFETY: the trait's contract is the method's.
+        unsafe { self.on_node(t, ask) }
+    }
+    fn error_slot(&mut self) -> &mut Option<String> {
+        &mut self.error
+    }
+}
+
 impl ResidualState {
     /// # Safety
     /// `t` must be a valid tensor handed to the eval callback by ggml's scheduler; when `ask` is
     /// false its data must be computed and allocated.
-    unsafe fn on_tensor(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
+    unsafe fn on_node(&mut self, t: *mut sys::ggml_tensor, ask: bool) -> bool {
         if !self.armed {
             return !ask;
         }
@@ -616,29 +625,6 @@ impl ResidualState {
     }
 }
 
-/// The eval callback. Never unwinds (see capture.rs).
-unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
-    let state = user.cast::<ResidualState>();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `user` is the `ResidualState` of `ResidualCapture::new`, freed after
-        // `llama_free`; the callback runs inside `llama_decode` called under `&mut self`, so
-        // nothing else touches the state meanwhile.
-        unsafe { (*state).on_tensor(t, ask) }
-    }));
-    match result {
-        Ok(v) => v,
-        Err(_) => {
-            // SAFETY: as above; the panicking borrow has ended with the unwind.
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-                (*state)
-                    .error
-                    .get_or_insert_with(|| "panic inside the residual callback".into());
-            }));
-            !ask
-        }
-    }
-}
-
 /// A context that records the residual stream. Create once, then
 /// [`ResidualCapture::capture`] (the cache is cleared each time).
 pub struct ResidualCapture<'m> {
@@ -685,7 +671,7 @@ impl<'m> ResidualCapture<'m> {
         params.n_seq_max = 1;
         params.n_threads = threads.max(1);
         params.n_threads_batch = threads.max(1);
-        params.cb_eval = Some(eval_callback);
+        params.cb_eval = Some(super::capture::eval_callback::<ResidualState>);
         params.cb_eval_user_data = state.cast::<c_void>();
         log::take_errors();
         // SAFETY: the model pointer is alive for 'm, which outlives this struct; `params` is

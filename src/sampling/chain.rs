@@ -259,22 +259,6 @@ impl DryBreakers {
         Self { heads }
     }
 
-    /// From explicit token sequences (each breaker as tokens: head first), for tests.
-    pub fn from_sequences(seqs: &[Vec<u32>]) -> Self {
-        let mut heads: HashMap<u32, Vec<Vec<u32>>> = HashMap::new();
-        for s in seqs {
-            if let Some((&head, tail)) = s.split_first() {
-                let mut tail = tail.to_vec();
-                tail.truncate(DRY_MAX_SEQ_LEN);
-                let e = heads.entry(head).or_default();
-                if !e.contains(&tail) {
-                    e.push(tail);
-                }
-            }
-        }
-        Self { heads }
-    }
-
     fn tails(&self, id: u32) -> Option<&[Vec<u32>]> {
         self.heads.get(&id).map(Vec::as_slice)
     }
