@@ -1,6 +1,15 @@
 //! Gradient attribution (saliency, input×gradient, integrated gradients) through a
 //! differentiable forward pass of the llama family (llama, mistral, smollm) and qwen2/qwen3,
-//! written in candle over the GGUF's weights dequantised to f32 on the CPU.
+//! written in candle on the CPU over the GGUF's own weights.
+//!
+//! Memory: the weights stay in the file's (quantised or 16-bit) form, memory-mapped; every
+//! matmul expands its weight, tile by tile (at most [`TILE_VALUES`] values), into a buffer that
+//! lives only for that product, forward and backward alike, and the vocabulary matrix is
+//! never expanded whole (the embedding reads only the context's rows). Activations live
+//! within a budget ([`AutogradModel::set_activation_budget`], `--max-memory`): the backward
+//! pass runs block by block, keeping each block's graph when the budget allows and otherwise
+//! recomputing one block at a time from its saved input (gradient checkpointing), and
+//! integrated gradients' interpolated inputs are batched to fit it.
 //!
 //! The forward follows llama.cpp on the GGUF layout, not Hugging Face's:
 //! - llama-arch GGUFs have their Q/K weights permuted by `convert_hf_to_gguf` for llama.cpp's
@@ -25,12 +34,13 @@
 //!
 //! Threads: `main` sets `CANDLE_NUM_THREADS=1` on ≤ 2 cores and `RAYON_NUM_THREADS` (see there).
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::engine::{QMatrix, WeightFile};
 
 use super::error::AttributionError;
 use super::legendre::gauss_legendre_unit;
@@ -39,8 +49,11 @@ use super::watch::Watch;
 /// GGUF architectures the autograd forward supports.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
-/// Memory budget for one batch of integrated-gradients steps (activations kept for backward).
-const IG_MEMORY_BUDGET: usize = 2 << 30;
+/// The activation budget when none is set (`--max-memory`): activations kept for the backward
+/// pass, over every block, of one batch of inputs.
+pub const DEFAULT_ACTIVATION_BUDGET: usize = 512 << 20;
+/// Most weight values expanded to f32 at a time (one tile of a matmul's weight: 16 MiB).
+const TILE_VALUES: usize = 1 << 22;
 /// Most interpolated inputs in one batch (beyond this, batching gains nothing on a CPU).
 const IG_MAX_BATCH: usize = 25;
 
@@ -54,24 +67,32 @@ enum RopeStyle {
     Neox,
 }
 
+/// RoPE tables and causal mask of one sequence length.
+struct Tables {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    wo: Tensor,
+    wo: QMatrix,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
 }
 
-/// A model's weights in f32 on the CPU, loaded once, with a differentiable forward pass.
+/// A model's weights in place in its GGUF file (memory-mapped, expanded per matmul), with a
+/// differentiable forward pass.
 pub struct AutogradModel {
     arch: String,
     n_embd: usize,
@@ -84,13 +105,17 @@ pub struct AutogradModel {
     rope_dim: usize,
     /// Angular frequency of each rotated pair (len `rope_dim / 2`).
     inv_freq: Vec<f64>,
-    tok_embd: Tensor,
-    output: Tensor,
+    tok_embd: QMatrix,
+    output: QMatrix,
     output_norm: Tensor,
     layers: Vec<Layer>,
     unk_id: u32,
     eos_id: Option<u32>,
     device: Device,
+    /// Bytes of activations one batch may keep (see [`AutogradModel::set_activation_budget`]).
+    budget: usize,
+    /// Parameters of the model (every weight's values).
+    n_params: usize,
 }
 
 /// What is differentiated.
@@ -180,10 +205,70 @@ pub struct GradAttribution {
     pub completeness_error: Option<f64>,
 }
 
-/// `x @ wᵀ` for a constant weight `w` ([out, in]); the backward pass returns only the input's
-/// gradient (`grad @ w`), so no weight gradient is computed.
+/// Rows `rows` of `w` expanded to f32 (in parallel on the current rayon pool) into a buffer
+/// of their own.
+fn expand(w: &QMatrix, rows: Range<usize>) -> Vec<f32> {
+    let cols = w.cols().max(1);
+    let mut out = vec![0f32; rows.len() * cols];
+    // About 64 K values per task: big enough to amortise the task, small enough to balance.
+    let per_task = ((1 << 16) / cols).max(1);
+    out.par_chunks_mut(per_task * cols)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let r0 = rows.start + i * per_task;
+            w.dequantise(r0..r0 + chunk.len() / cols, chunk);
+        });
+    out
+}
+
+/// The row ranges of `w` expanded one at a time: whole when it fits [`TILE_VALUES`].
+fn tiles(w: &QMatrix) -> impl Iterator<Item = Range<usize>> {
+    let rows = w.rows();
+    let tile = (TILE_VALUES / w.cols().max(1)).max(1);
+    (0..rows)
+        .step_by(tile)
+        .map(move |r0| r0..(r0 + tile).min(rows))
+}
+
+fn expanded(w: &QMatrix, rows: Range<usize>) -> CResult<Tensor> {
+    let n = rows.len();
+    Tensor::from_vec(expand(w, rows), (n, w.cols()), &Device::Cpu)
+}
+
+/// `x [m, in] @ wᵀ` → `[m, out]`, `w` expanded tile by tile.
+fn matmul_wt(x: &Tensor, w: &QMatrix) -> CResult<Tensor> {
+    let mut parts = Vec::new();
+    for rows in tiles(w) {
+        parts.push(x.matmul(&expanded(w, rows)?.t()?)?);
+    }
+    if parts.len() == 1 {
+        Ok(parts.pop().expect("one part"))
+    } else {
+        Tensor::cat(&parts, 1)
+    }
+}
+
+/// `g [m, out] @ w` → `[m, in]`, `w` expanded tile by tile.
+fn matmul_w(g: &Tensor, w: &QMatrix) -> CResult<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for rows in tiles(w) {
+        let part = g
+            .narrow(1, rows.start, rows.len())?
+            .contiguous()?
+            .matmul(&expanded(w, rows)?)?;
+        acc = Some(match acc {
+            None => part,
+            Some(a) => (a + part)?,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
+}
+
+/// `x @ wᵀ` for a constant weight `w` ([out, in], in the file's form); the backward pass
+/// returns only the input's gradient (`grad @ w`), so no weight gradient is computed, and the
+/// graph keeps no expanded weight: each pass expands it again.
 struct FrozenLinear {
-    w: Tensor,
+    w: QMatrix,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -199,18 +284,18 @@ impl CustomOp1 for FrozenLinear {
             candle_core::bail!("frozen-linear: contiguous input expected");
         };
         let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.w.t()?)?;
+        let y = matmul_wt(&x, &self.w)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.matmul(&self.w)?))
+        Ok(Some(matmul_w(&grad_res.contiguous()?, &self.w)?))
     }
 }
 
 /// `x [.., in] @ wᵀ (+ b)` → `[.., out]`.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+fn linear(x: &Tensor, w: &QMatrix, b: Option<&Tensor>) -> CResult<Tensor> {
     let dims = x.dims().to_vec();
     let (lead, inner) = dims.split_at(dims.len() - 1);
     let m: usize = lead.iter().product();
@@ -221,7 +306,7 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
         None => y,
     };
     let mut out = lead.to_vec();
-    out.push(w.dim(0)?);
+    out.push(w.rows());
     y.reshape(out)
 }
 
@@ -250,116 +335,112 @@ fn meta_err(path: &Path, message: impl Into<String>) -> AttributionError {
     }
 }
 
-fn meta_uint(v: &Value) -> Option<u64> {
-    match v {
-        Value::U8(x) => Some(*x as u64),
-        Value::U16(x) => Some(*x as u64),
-        Value::U32(x) => Some(*x as u64),
-        Value::U64(x) => Some(*x),
-        Value::I8(x) => u64::try_from(*x).ok(),
-        Value::I16(x) => u64::try_from(*x).ok(),
-        Value::I32(x) => u64::try_from(*x).ok(),
-        Value::I64(x) => u64::try_from(*x).ok(),
-        _ => None,
-    }
-}
-
-fn meta_float(v: &Value) -> Option<f64> {
-    match v {
-        Value::F32(x) => Some(*x as f64),
-        Value::F64(x) => Some(*x),
-        other => meta_uint(other).map(|x| x as f64),
-    }
-}
-
+/// The GGUF file with the architecture's key prefix.
 struct Gguf {
-    path: PathBuf,
-    content: Content,
-    reader: BufReader<File>,
+    file: WeightFile,
     arch: String,
 }
 
 impl Gguf {
-    fn key(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(&format!("{}.{key}", self.arch))
+    fn path(&self) -> &Path {
+        self.file.path()
     }
 
     fn uint(&self, key: &str) -> Result<Option<usize>, AttributionError> {
-        match self.key(key) {
+        let full = format!("{}.{key}", self.arch);
+        match self.file.number(&full) {
+            None if self.file.has_key(&full) => Err(meta_err(
+                self.path(),
+                format!("{full} is not an unsigned integer"),
+            )),
             None => Ok(None),
-            Some(v) => meta_uint(v).map(|x| Some(x as usize)).ok_or_else(|| {
-                meta_err(
-                    &self.path,
-                    format!("{}.{key} is not an unsigned integer", self.arch),
-                )
-            }),
+            Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
+            Some(_) => Err(meta_err(
+                self.path(),
+                format!("{full} is not an unsigned integer"),
+            )),
         }
     }
 
     fn req_uint(&self, key: &str) -> Result<usize, AttributionError> {
         self.uint(key)?.ok_or_else(|| {
             meta_err(
-                &self.path,
+                self.path(),
                 format!("metadata {}.{key} is missing", self.arch),
             )
         })
     }
 
     fn float(&self, key: &str) -> Result<Option<f64>, AttributionError> {
-        match self.key(key) {
-            None => Ok(None),
-            Some(v) => meta_float(v).map(Some).ok_or_else(|| {
-                meta_err(&self.path, format!("{}.{key} is not a number", self.arch))
-            }),
+        let full = format!("{}.{key}", self.arch);
+        match self.file.number(&full) {
+            None if self.file.has_key(&full) => {
+                Err(meta_err(self.path(), format!("{full} is not a number")))
+            }
+            other => Ok(other),
         }
     }
 
     fn global_uint(&self, key: &str) -> Option<u64> {
-        self.content.metadata.get(key).and_then(meta_uint)
+        self.file
+            .number(key)
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
     }
 
-    fn has(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+    /// A weight matrix of `cols` columns, in place.
+    fn matrix(&self, name: &str, cols: usize) -> Result<QMatrix, AttributionError> {
+        self.opt_matrix(name, cols)?
+            .ok_or_else(|| meta_err(self.path(), format!("tensor {name} is missing")))
     }
 
-    fn tensor(&mut self, name: &str) -> Result<Tensor, AttributionError> {
-        if !self.has(name) {
-            return Err(meta_err(&self.path, format!("tensor {name} is missing")));
+    fn opt_matrix(&self, name: &str, cols: usize) -> Result<Option<QMatrix>, AttributionError> {
+        self.file
+            .matrix(name, cols)
+            .map_err(|e| meta_err(self.path(), e.to_string()))
+    }
+
+    /// A vector (norm weight, bias) expanded to f32, checked to have `len` values.
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Tensor>, AttributionError> {
+        let Some(dims) = self.file.dims(name) else {
+            return Ok(None);
+        };
+        if dims[0] != len || dims[1..].iter().any(|&d| d != 1) {
+            return Err(meta_err(
+                self.path(),
+                format!("tensor {name} has shape {dims:?}, expected a vector of {len}"),
+            ));
         }
-        let q = self
-            .content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| meta_err(&self.path, format!("tensor {name}: {e}")))?;
-        q.dequantize(&Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| meta_err(&self.path, format!("dequantise {name}: {e}")))
+        let m = self.matrix(name, len)?;
+        Ok(Some(Tensor::from_vec(expand(&m, 0..1), len, &Device::Cpu)?))
     }
 
-    fn opt_tensor(&mut self, name: &str) -> Result<Option<Tensor>, AttributionError> {
-        if self.has(name) {
-            self.tensor(name).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor, AttributionError> {
+        self.opt_vector(name, len)?
+            .ok_or_else(|| meta_err(self.path(), format!("tensor {name} is missing")))
     }
 }
 
 impl AutogradModel {
-    /// Read a GGUF file and dequantise its weights to f32 (CPU). An architecture outside
+    /// Open a GGUF file for the autograd forward: the weights stay in the file (memory-mapped),
+    /// only norm weights and biases are read now. An architecture outside
     /// [`SUPPORTED_ARCHITECTURES`] gives [`AttributionError::UnsupportedArchitecture`].
     pub fn load(path: &Path) -> Result<Self, AttributionError> {
-        let file = File::open(path).map_err(|source| AttributionError::Io {
-            path: path.to_path_buf(),
-            source,
+        let file = WeightFile::open(path).map_err(|e| match e {
+            crate::engine::EngineError::Io { path, source } => {
+                AttributionError::Io { path, source }
+            }
+            crate::engine::EngineError::NotFound(path) => AttributionError::Io {
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+            other => AttributionError::Gguf {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
         })?;
-        let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| AttributionError::Gguf {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let arch = match content.metadata.get("general.architecture") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(meta_err(path, "general.architecture is missing")),
+        let Some(arch) = file.string("general.architecture") else {
+            return Err(meta_err(path, "general.architecture is missing"));
         };
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
             return Err(AttributionError::UnsupportedArchitecture {
@@ -367,10 +448,8 @@ impl AutogradModel {
                 supported: SUPPORTED_ARCHITECTURES.join(", "),
             });
         }
-        let mut g = Gguf {
-            path: path.to_path_buf(),
-            content,
-            reader,
+        let g = Gguf {
+            file,
             arch: arch.clone(),
         };
         let n_embd = g.req_uint("embedding_length")?;
@@ -401,7 +480,7 @@ impl AutogradModel {
             ));
         }
         let mut freq_scale = 1.0;
-        if let Some(Value::String(kind)) = g.key("rope.scaling.type") {
+        if let Some(kind) = g.file.string(&format!("{arch}.rope.scaling.type")) {
             match kind.as_str() {
                 "none" => {}
                 "linear" => {
@@ -424,8 +503,8 @@ impl AutogradModel {
             _ => RopeStyle::Interleaved,
         };
         let freq_factors: Option<Vec<f32>> = g
-            .opt_tensor("rope_freqs.weight")?
-            .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
+            .opt_vector("rope_freqs.weight", rope_dim / 2)?
+            .map(|t| t.to_vec1::<f32>())
             .transpose()?;
         let inv_freq: Vec<f64> = (0..rope_dim / 2)
             .map(|i| {
@@ -437,34 +516,59 @@ impl AutogradModel {
             })
             .collect();
 
-        let tok_embd = g.tensor("token_embd.weight")?;
-        let (n_vocab, d) = tok_embd.dims2()?;
-        if d != n_embd {
-            return Err(meta_err(path, "token_embd.weight does not match n_embd"));
-        }
-        let output = match g.opt_tensor("output.weight")? {
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let tok_embd = g.matrix("token_embd.weight", n_embd)?;
+        let n_vocab = tok_embd.rows();
+        let output = match g.opt_matrix("output.weight", n_embd)? {
             Some(t) => t,
             None => tok_embd.clone(),
         };
-        let output_norm = g.tensor("output_norm.weight")?;
+        let output_norm = g.vector("output_norm.weight", n_embd)?;
+        let mut n_params = tok_embd.rows() * n_embd + n_embd;
+        if g.file.dims("output.weight").is_some() {
+            n_params += output.rows() * n_embd;
+        }
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let shaped = |m: QMatrix, rows: usize| {
+                if m.rows() == rows {
+                    Ok(m)
+                } else {
+                    Err(meta_err(
+                        path,
+                        format!("tensor {} has {} rows, expected {rows}", m.name(), m.rows()),
+                    ))
+                }
+            };
+            let wq = shaped(g.matrix(&p("attn_q.weight"), n_embd)?, q_dim)?;
+            let wk = shaped(g.matrix(&p("attn_k.weight"), n_embd)?, kv_dim)?;
+            let wv = shaped(g.matrix(&p("attn_v.weight"), n_embd)?, kv_dim)?;
+            let wo = shaped(g.matrix(&p("attn_output.weight"), q_dim)?, n_embd)?;
+            let w_gate = g.matrix(&p("ffn_gate.weight"), n_embd)?;
+            let ffn = w_gate.rows();
+            let w_up = shaped(g.matrix(&p("ffn_up.weight"), n_embd)?, ffn)?;
+            let w_down = shaped(g.matrix(&p("ffn_down.weight"), ffn)?, n_embd)?;
+            n_params += [&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down]
+                .iter()
+                .map(|m| m.rows() * m.cols())
+                .sum::<usize>()
+                + 2 * n_embd;
             layers.push(Layer {
-                attn_norm: g.tensor(&p("attn_norm.weight"))?,
-                wq: g.tensor(&p("attn_q.weight"))?,
-                wk: g.tensor(&p("attn_k.weight"))?,
-                wv: g.tensor(&p("attn_v.weight"))?,
-                bq: g.opt_tensor(&p("attn_q.bias"))?,
-                bk: g.opt_tensor(&p("attn_k.bias"))?,
-                bv: g.opt_tensor(&p("attn_v.bias"))?,
-                q_norm: g.opt_tensor(&p("attn_q_norm.weight"))?,
-                k_norm: g.opt_tensor(&p("attn_k_norm.weight"))?,
-                wo: g.tensor(&p("attn_output.weight"))?,
-                ffn_norm: g.tensor(&p("ffn_norm.weight"))?,
-                w_gate: g.tensor(&p("ffn_gate.weight"))?,
-                w_up: g.tensor(&p("ffn_up.weight"))?,
-                w_down: g.tensor(&p("ffn_down.weight"))?,
+                attn_norm: g.vector(&p("attn_norm.weight"), n_embd)?,
+                wq,
+                wk,
+                wv,
+                bq: g.opt_vector(&p("attn_q.bias"), q_dim)?,
+                bk: g.opt_vector(&p("attn_k.bias"), kv_dim)?,
+                bv: g.opt_vector(&p("attn_v.bias"), kv_dim)?,
+                q_norm: g.opt_vector(&p("attn_q_norm.weight"), head_dim)?,
+                k_norm: g.opt_vector(&p("attn_k_norm.weight"), head_dim)?,
+                wo,
+                ffn_norm: g.vector(&p("ffn_norm.weight"), n_embd)?,
+                w_gate,
+                w_up,
+                w_down,
             });
         }
         let unk_id = g
@@ -491,6 +595,8 @@ impl AutogradModel {
             unk_id,
             eos_id,
             device: Device::Cpu,
+            budget: DEFAULT_ACTIVATION_BUDGET,
+            n_params,
         })
     }
 
@@ -537,8 +643,12 @@ impl AutogradModel {
     /// Input embeddings of `ids`: `[1, n, n_embd]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor, AttributionError> {
         self.check_ids(ids)?;
-        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self.tok_embd.index_select(&idx, 0)?.unsqueeze(0)?)
+        let d = self.n_embd;
+        let mut out = vec![0f32; ids.len() * d];
+        for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
+            self.tok_embd.dequantise(id as usize..id as usize + 1, row);
+        }
+        Ok(Tensor::from_vec(out, (1, ids.len(), d), &self.device)?)
     }
 
     fn rope_tables(&self, n: usize) -> CResult<(Tensor, Tensor)> {
@@ -600,15 +710,17 @@ impl AutogradModel {
         let (b, n, d) = x.dims3()?;
         let x = self.blocks(x, |_| Ok(()))?;
         let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
-        let last = rms_norm(&last, &self.output_norm, self.eps)?;
+        self.head(&last)
+    }
+
+    /// Final norm and output head: `[b, n_embd]` → `[b, n_vocab]`.
+    fn head(&self, last: &Tensor) -> CResult<Tensor> {
+        let last = rms_norm(last, &self.output_norm, self.eps)?;
         linear(&last, &self.output, None)
     }
 
-    /// The residual stream through every block: `each` sees the output of each block in
-    /// order; returns the last one.
-    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+    /// RoPE tables and the causal mask for `n` positions.
+    fn tables(&self, n: usize) -> CResult<Tables> {
         let (cos, sin) = self.rope_tables(n)?;
         let mask: Vec<f32> = (0..n * n)
             .map(|i| {
@@ -620,51 +732,68 @@ impl AutogradModel {
             })
             .collect();
         let mask = Tensor::from_vec(mask, (n, n), &self.device)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let rep = h / hkv;
+        Ok(Tables { cos, sin, mask })
+    }
+
+    /// The residual stream through every block: `each` sees the output of each block in
+    /// order; returns the last one.
+    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
+        let t = self.tables(x.dim(1)?)?;
         let mut x = x.clone();
         for l in &self.layers {
-            let hn = rms_norm(&x, &l.attn_norm, self.eps)?;
-            let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
-            let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
-            let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
-            if let Some(w) = &l.q_norm {
-                q = rms_norm(&q, w, self.eps)?;
-            }
-            if let Some(w) = &l.k_norm {
-                k = rms_norm(&k, w, self.eps)?;
-            }
-            let q = self.rope(&q, &cos, &sin)?.transpose(1, 2)?.contiguous()?;
-            let k = self.rope(&k, &cos, &sin)?.transpose(1, 2)?;
-            let v = v.transpose(1, 2)?;
-            let (k, v) = if rep > 1 {
-                let k = k
-                    .unsqueeze(2)?
-                    .broadcast_as((b, hkv, rep, n, hd))?
-                    .reshape((b, h, n, hd))?;
-                let v = v
-                    .unsqueeze(2)?
-                    .broadcast_as((b, hkv, rep, n, hd))?
-                    .reshape((b, h, n, hd))?;
-                (k, v)
-            } else {
-                (k.contiguous()?, v.contiguous()?)
-            };
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let att = softmax_last(&att)?;
-            let o = att
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, n, h * hd))?;
-            x = (x + linear(&o, &l.wo, None)?)?;
-            let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
-            let g = linear(&hn, &l.w_gate, None)?.silu()?;
-            let u = linear(&hn, &l.w_up, None)?;
-            x = (x + linear(&(g * u)?, &l.w_down, None)?)?;
+            x = self.block(l, &x, &t)?;
             each(&x)?;
         }
         Ok(x)
+    }
+
+    /// One transformer block on `x` `[b, n, n_embd]`.
+    fn block(&self, l: &Layer, x: &Tensor, t: &Tables) -> CResult<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let rep = h / hkv;
+        let hn = rms_norm(x, &l.attn_norm, self.eps)?;
+        let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
+        let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
+        let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
+        if let Some(w) = &l.q_norm {
+            q = rms_norm(&q, w, self.eps)?;
+        }
+        if let Some(w) = &l.k_norm {
+            k = rms_norm(&k, w, self.eps)?;
+        }
+        let q = self
+            .rope(&q, &t.cos, &t.sin)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self.rope(&k, &t.cos, &t.sin)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?;
+        let (k, v) = if rep > 1 {
+            let k = k
+                .unsqueeze(2)?
+                .broadcast_as((b, hkv, rep, n, hd))?
+                .reshape((b, h, n, hd))?;
+            let v = v
+                .unsqueeze(2)?
+                .broadcast_as((b, hkv, rep, n, hd))?
+                .reshape((b, h, n, hd))?;
+            (k, v)
+        } else {
+            (k.contiguous()?, v.contiguous()?)
+        };
+        let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&t.mask)?;
+        let att = softmax_last(&att)?;
+        let o = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, h * hd))?;
+        let x = (x + linear(&o, &l.wo, None)?)?;
+        let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
+        let g = linear(&hn, &l.w_gate, None)?.silu()?;
+        let u = linear(&hn, &l.w_up, None)?;
+        x + linear(&(g * u)?, &l.w_down, None)?
     }
 
     /// The residual stream of `ids` after the embedding (layer 0) and after every block
@@ -687,10 +816,7 @@ impl AutogradModel {
     /// lens logits of that row in f32.
     pub fn lens_logits(&self, residual: &[f32]) -> Result<Vec<f32>, AttributionError> {
         let x = Tensor::from_slice(residual, (1, residual.len()), &self.device)?;
-        let x = rms_norm(&x, &self.output_norm, self.eps)?;
-        Ok(linear(&x, &self.output, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        Ok(self.head(&x)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Logits at the last position of each sequence: `embeddings` `[b, n, n_embd]` →
@@ -736,21 +862,79 @@ fn next_token_logits_inner(
     Ok(model.logits_last(&e)?.squeeze(0)?.to_vec1::<f32>()?)
 }
 
-/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent).
+/// How the backward pass gets each block's activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Every block's graph is kept from the forward pass.
+    Graphs,
+    /// Only each block's input is kept; the backward pass recomputes one block at a time.
+    Inputs,
+}
+
+/// A block's part of the forward pass, as the backward pass needs it.
+enum Saved {
+    /// The block's input (a leaf) and its output, with the graph between them.
+    Graph(Var, Tensor),
+    /// The block's input only.
+    Input(Tensor),
+}
+
+/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent),
+/// one block at a time backwards (see [`Keep`]). Returns the values, the gradient and the
+/// logits (detached).
 fn value_and_grad(
     model: &AutogradModel,
     inputs: &Tensor,
     target: u32,
     f: TargetFn,
+    keep: Keep,
 ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
-    let var = Var::from_tensor(inputs)?;
-    let logits = model.logits_last(var.as_tensor())?;
+    let (b, n, d) = inputs.dims3()?;
+    let t = model.tables(n)?;
+    let mut saved = Vec::with_capacity(model.layers.len());
+    let mut x = inputs.detach();
+    for l in &model.layers {
+        match keep {
+            Keep::Graphs => {
+                let v = Var::from_tensor(&x)?;
+                let y = model.block(l, v.as_tensor(), &t)?;
+                x = y.detach();
+                saved.push(Saved::Graph(v, y));
+            }
+            Keep::Inputs => {
+                let y = model.block(l, &x, &t)?;
+                saved.push(Saved::Input(std::mem::replace(&mut x, y)));
+            }
+        }
+    }
+    let top = Var::from_tensor(&x)?;
+    let last = top.as_tensor().narrow(1, n - 1, 1)?.reshape((b, d))?;
+    let logits = model.head(&last)?;
     let vals = target_value(&logits, target, f)?;
-    let grads = vals.sum_all()?.backward()?;
-    let g = grads
-        .get(var.as_tensor())
-        .ok_or_else(|| AttributionError::Compute("no gradient reached the input".into()))?
+    let no_grad = || AttributionError::Compute("no gradient reached the input".into());
+    let mut g = vals
+        .sum_all()?
+        .backward()?
+        .get(top.as_tensor())
+        .ok_or_else(no_grad)?
         .clone();
+    for (l, part) in model.layers.iter().zip(saved).rev() {
+        let (v, y) = match part {
+            Saved::Graph(v, y) => (v, y),
+            Saved::Input(x) => {
+                let v = Var::from_tensor(&x)?;
+                let y = model.block(l, v.as_tensor(), &t)?;
+                (v, y)
+            }
+        };
+        // d(Σ y·g)/dx is the block's vector-Jacobian product with the gradient above it.
+        g = (y * &g)?
+            .sum_all()?
+            .backward()?
+            .get(v.as_tensor())
+            .ok_or_else(no_grad)?
+            .clone();
+    }
     Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
 }
 
@@ -804,7 +988,8 @@ pub fn attribute_watched(
     let (attr, target_prob, completeness) = match method {
         GradMethod::Saliency | GradMethod::InputXGradient => {
             watch.add_total(1);
-            let (_, g, logits) = value_and_grad(model, &e, target, target_fn)?;
+            let (_, keep) = model.plan(1, n);
+            let (_, g, logits) = value_and_grad(model, &e, target, target_fn, keep)?;
             watch.advance(1);
             let p = prob_of(&logits, target)?;
             let attr = if method == GradMethod::Saliency {
@@ -823,11 +1008,7 @@ pub fn attribute_watched(
             let b = baseline_embeddings(model, context, &e, &baseline)?;
             let diff = (&e - &b)?;
             let (alphas, weights) = gauss_legendre_unit(steps);
-            // Bytes of activations kept per interpolated input (attention maps dominate on
-            // long contexts, per-token activations on short ones).
-            let per_layer = 4 * (4 * model.n_head * n * n + n * (16 * d + 8 * model.ffn_dim()));
-            let per_input = (per_layer * model.n_layer()).max(1);
-            let chunk = (IG_MEMORY_BUDGET / per_input).clamp(1, IG_MAX_BATCH);
+            let (chunk, keep) = model.plan(steps.min(IG_MAX_BATCH), n);
             let mut acc = Tensor::zeros((1, n, d), DType::F32, &model.device)?;
             watch.add_total(steps as u64);
             for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
@@ -844,7 +1025,7 @@ pub fn attribute_watched(
                     &model.device,
                 )?;
                 let inputs = b.broadcast_add(&diff.broadcast_mul(&a)?)?;
-                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn)?;
+                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn, keep)?;
                 acc = (acc + g.broadcast_mul(&w)?.sum_keepdim(0)?)?;
                 watch.advance(k as u64);
             }
@@ -904,10 +1085,50 @@ fn baseline_embeddings(
 }
 
 impl AutogradModel {
+    /// Bytes of activations one input keeps for the backward pass of one block over `n`
+    /// positions (attention maps dominate on long contexts, per-token activations on short
+    /// ones).
+    fn block_bytes(&self, n: usize) -> usize {
+        4 * (4 * self.n_head * n * n + n * (16 * self.n_embd + 8 * self.ffn_dim()))
+    }
+
+    /// How to run a batch of up to `most` inputs of `n` positions within the budget: how many
+    /// inputs at a time, and whether the blocks' graphs are kept or recomputed. Keeping the
+    /// graphs is preferred (no recomputation); when not even one input's graphs fit, blocks
+    /// are recomputed from their saved inputs, one block's graph alive at a time.
+    fn plan(&self, most: usize, n: usize) -> (usize, Keep) {
+        let most = most.max(1);
+        let block = self.block_bytes(n).max(1);
+        let graphs = block * self.n_layer().max(1);
+        if graphs <= self.budget {
+            return ((self.budget / graphs).clamp(1, most), Keep::Graphs);
+        }
+        let inputs = 4 * n * self.n_embd * (self.n_layer() + 1) + block;
+        ((self.budget / inputs).clamp(1, most), Keep::Inputs)
+    }
+
+    /// Set the activation budget in bytes (`--max-memory`; default
+    /// [`DEFAULT_ACTIVATION_BUDGET`]): what one batch of inputs may keep for the backward pass.
+    /// Weights are not part of it (they stay in the file; one tile of at most 16 MiB is
+    /// expanded at a time). One input is always processed, whatever the budget.
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+    }
+
+    /// The activation budget in bytes.
+    pub fn activation_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Parameters of the model (values of every weight and norm; a tied output head counted
+    /// once).
+    pub fn n_params(&self) -> usize {
+        self.n_params
+    }
+
     fn ffn_dim(&self) -> usize {
         self.layers
             .first()
-            .and_then(|l| l.w_up.dim(0).ok())
-            .unwrap_or(4 * self.n_embd)
+            .map_or(4 * self.n_embd, |l| l.w_up.rows())
     }
 }
