@@ -831,6 +831,12 @@ pub struct AttributeArgs {
     /// models such as llama, whose first normalisation then divides by ~0).
     #[arg(long, value_enum, default_value_t = BaselineChoice::Unk, help_heading = "Attribution")]
     pub baseline: BaselineChoice,
+    /// Gradient methods: activations kept for the backward pass at most, e.g. 512M, 2G (bytes
+    /// without a suffix; K, M, G are powers of 1024). Larger budgets batch more of integrated
+    /// gradients' inputs and recompute fewer blocks (faster); weights are not part of it: they
+    /// stay in the model file. Default 512M.
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size, help_heading = "Attribution")]
+    pub max_memory: Option<usize>,
     /// Contributors listed under the heatmap.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -1109,5 +1115,48 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+}
+
+/// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `KB`,
+/// `MiB`, … accepted), e.g. `512M`, `1.5G`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512M, 2G, 1048576)"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1u64,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown size unit `{other}` (use K, M, G or T)")),
+    };
+    let bytes = x * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(format!("`{s}` is not a positive size"));
+    }
+    Ok(bytes as usize)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 64 kb "), Ok(64 << 10));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
     }
 }

@@ -3,9 +3,8 @@
 //! written in candle on the CPU over the GGUF's own weights.
 //!
 //! Memory: the weights stay in the file's (quantised or 16-bit) form, memory-mapped; every
-//! matmul expands its weight, tile by tile (at most [`TILE_VALUES`] values), into a buffer that
-//! lives only for that product, forward and backward alike, and the vocabulary matrix is
-//! never expanded whole (the embedding reads only the context's rows). Activations live
+//! matmul expands its weight a cache-sized tile at a time into a buffer each thread reuses,
+//! forward and backward alike, so no weight matrix is ever expanded whole (the embedding reads only the context's rows). Activations live
 //! within a budget ([`AutogradModel::set_activation_budget`], `--max-memory`): the backward
 //! pass runs block by block, keeping each block's graph when the budget allows and otherwise
 //! recomputing one block at a time from its saved input (gradient checkpointing), and
@@ -38,7 +37,6 @@ use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
-use rayon::prelude::*;
 
 use crate::engine::{QMatrix, WeightFile};
 
@@ -52,10 +50,11 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwe
 /// The activation budget when none is set (`--max-memory`): activations kept for the backward
 /// pass, over every block, of one batch of inputs.
 pub const DEFAULT_ACTIVATION_BUDGET: usize = 512 << 20;
-/// Most weight values expanded to f32 at a time (one tile of a matmul's weight: 16 MiB).
-const TILE_VALUES: usize = 1 << 22;
 /// Most interpolated inputs in one batch (beyond this, batching gains nothing on a CPU).
 const IG_MAX_BATCH: usize = 25;
+/// Interpolated inputs batched together before blocks are recomputed rather than kept: the
+/// matmuls of smaller batches run well below the CPU's speed.
+const MIN_BATCH: usize = 10;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -205,68 +204,17 @@ pub struct GradAttribution {
     pub completeness_error: Option<f64>,
 }
 
-/// Rows `rows` of `w` expanded to f32 (in parallel on the current rayon pool) into a buffer
-/// of their own.
+/// Rows `rows` of `w` expanded to f32.
 fn expand(w: &QMatrix, rows: Range<usize>) -> Vec<f32> {
-    let cols = w.cols().max(1);
-    let mut out = vec![0f32; rows.len() * cols];
-    // About 64 K values per task: big enough to amortise the task, small enough to balance.
-    let per_task = ((1 << 16) / cols).max(1);
-    out.par_chunks_mut(per_task * cols)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let r0 = rows.start + i * per_task;
-            w.dequantise(r0..r0 + chunk.len() / cols, chunk);
-        });
+    let mut out = vec![0f32; rows.len() * w.cols()];
+    w.dequantise(rows, &mut out);
     out
-}
-
-/// The row ranges of `w` expanded one at a time: whole when it fits [`TILE_VALUES`].
-fn tiles(w: &QMatrix) -> impl Iterator<Item = Range<usize>> {
-    let rows = w.rows();
-    let tile = (TILE_VALUES / w.cols().max(1)).max(1);
-    (0..rows)
-        .step_by(tile)
-        .map(move |r0| r0..(r0 + tile).min(rows))
-}
-
-fn expanded(w: &QMatrix, rows: Range<usize>) -> CResult<Tensor> {
-    let n = rows.len();
-    Tensor::from_vec(expand(w, rows), (n, w.cols()), &Device::Cpu)
-}
-
-/// `x [m, in] @ wᵀ` → `[m, out]`, `w` expanded tile by tile.
-fn matmul_wt(x: &Tensor, w: &QMatrix) -> CResult<Tensor> {
-    let mut parts = Vec::new();
-    for rows in tiles(w) {
-        parts.push(x.matmul(&expanded(w, rows)?.t()?)?);
-    }
-    if parts.len() == 1 {
-        Ok(parts.pop().expect("one part"))
-    } else {
-        Tensor::cat(&parts, 1)
-    }
-}
-
-/// `g [m, out] @ w` → `[m, in]`, `w` expanded tile by tile.
-fn matmul_w(g: &Tensor, w: &QMatrix) -> CResult<Tensor> {
-    let mut acc: Option<Tensor> = None;
-    for rows in tiles(w) {
-        let part = g
-            .narrow(1, rows.start, rows.len())?
-            .contiguous()?
-            .matmul(&expanded(w, rows)?)?;
-        acc = Some(match acc {
-            None => part,
-            Some(a) => (a + part)?,
-        });
-    }
-    acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
 }
 
 /// `x @ wᵀ` for a constant weight `w` ([out, in], in the file's form); the backward pass
 /// returns only the input's gradient (`grad @ w`), so no weight gradient is computed, and the
-/// graph keeps no expanded weight: each pass expands it again.
+/// graph keeps no expanded weight: each product expands it again, a cache-sized tile at a
+/// time ([`QMatrix::matmul_t`], [`QMatrix::matmul`]).
 struct FrozenLinear {
     w: QMatrix,
 }
@@ -283,14 +231,23 @@ impl CustomOp1 for FrozenLinear {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("frozen-linear: contiguous input expected");
         };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = matmul_wt(&x, &self.w)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let x = &data[start..end];
+        let m = layout.shape().dims().first().copied().unwrap_or(0);
+        let mut y = vec![0f32; m * self.w.rows()];
+        self.w.matmul_t(x, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows()))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(matmul_w(&grad_res.contiguous()?, &self.w)?))
+        let g = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let m = g.len() / self.w.rows().max(1);
+        let mut out = vec![0f32; m * self.w.cols()];
+        self.w.matmul(&g, &mut out);
+        Ok(Some(Tensor::from_vec(
+            out,
+            (m, self.w.cols()),
+            &Device::Cpu,
+        )?))
     }
 }
 
@@ -862,13 +819,12 @@ fn next_token_logits_inner(
     Ok(model.logits_last(&e)?.squeeze(0)?.to_vec1::<f32>()?)
 }
 
-/// How the backward pass gets each block's activations.
+/// How the backward pass gets each block's activations: the first `graphs` blocks keep their
+/// graph from the forward pass; the others keep only their input and are recomputed, one
+/// block at a time, during the backward pass (gradient checkpointing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    /// Every block's graph is kept from the forward pass.
-    Graphs,
-    /// Only each block's input is kept; the backward pass recomputes one block at a time.
-    Inputs,
+struct Keep {
+    graphs: usize,
 }
 
 /// A block's part of the forward pass, as the backward pass needs it.
@@ -893,18 +849,15 @@ fn value_and_grad(
     let t = model.tables(n)?;
     let mut saved = Vec::with_capacity(model.layers.len());
     let mut x = inputs.detach();
-    for l in &model.layers {
-        match keep {
-            Keep::Graphs => {
-                let v = Var::from_tensor(&x)?;
-                let y = model.block(l, v.as_tensor(), &t)?;
-                x = y.detach();
-                saved.push(Saved::Graph(v, y));
-            }
-            Keep::Inputs => {
-                let y = model.block(l, &x, &t)?;
-                saved.push(Saved::Input(std::mem::replace(&mut x, y)));
-            }
+    for (i, l) in model.layers.iter().enumerate() {
+        if i < keep.graphs {
+            let v = Var::from_tensor(&x)?;
+            let y = model.block(l, v.as_tensor(), &t)?;
+            x = y.detach();
+            saved.push(Saved::Graph(v, y));
+        } else {
+            let y = model.block(l, &x, &t)?;
+            saved.push(Saved::Input(std::mem::replace(&mut x, y)));
         }
     }
     let top = Var::from_tensor(&x)?;
@@ -1093,18 +1046,34 @@ impl AutogradModel {
     }
 
     /// How to run a batch of up to `most` inputs of `n` positions within the budget: how many
-    /// inputs at a time, and whether the blocks' graphs are kept or recomputed. Keeping the
-    /// graphs is preferred (no recomputation); when not even one input's graphs fit, blocks
-    /// are recomputed from their saved inputs, one block's graph alive at a time.
+    /// inputs at a time, and how many blocks keep their graph (the others are recomputed in
+    /// the backward pass). Batches of [`MIN_BATCH`] inputs at least (or `most`) when the
+    /// blocks' inputs fit, for matmuls big enough to run at speed; then as many blocks'
+    /// graphs as the rest of the budget holds; with a budget too small for even that, one
+    /// input at a time.
     fn plan(&self, most: usize, n: usize) -> (usize, Keep) {
         let most = most.max(1);
+        let layers = self.n_layer();
         let block = self.block_bytes(n).max(1);
-        let graphs = block * self.n_layer().max(1);
-        if graphs <= self.budget {
-            return ((self.budget / graphs).clamp(1, most), Keep::Graphs);
+        // Per input: every block's graph, or only the blocks' inputs and one block's graph.
+        let all = block * layers;
+        let inputs = 4 * n * self.n_embd * (layers + 1) + block;
+        if all * most <= self.budget {
+            return (most, Keep { graphs: layers });
         }
-        let inputs = 4 * n * self.n_embd * (self.n_layer() + 1) + block;
-        ((self.budget / inputs).clamp(1, most), Keep::Inputs)
+        let chunk = (self.budget / all).max(MIN_BATCH.min(most));
+        if all * chunk <= self.budget {
+            return (chunk, Keep { graphs: layers });
+        }
+        let chunk = MIN_BATCH.min(most);
+        let chunk = if inputs * chunk <= self.budget {
+            chunk
+        } else {
+            (self.budget / inputs).clamp(1, chunk)
+        };
+        let spare = self.budget.saturating_sub(inputs * chunk);
+        let graphs = (spare / (block * chunk)).min(layers);
+        (chunk, Keep { graphs })
     }
 
     /// Set the activation budget in bytes (`--max-memory`; default

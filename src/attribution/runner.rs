@@ -217,6 +217,8 @@ pub struct Attributor<'m> {
     occluder: Option<Occluder<'m>>,
     occluder_len: usize,
     autograd: Option<AutogradModel>,
+    /// The autograd engine's activation budget (bytes).
+    budget: usize,
     /// The autograd engine's threads when fewer than the cores were asked for (`-t`): candle's
     /// matmuls split their work on the current rayon pool.
     pool: Option<rayon::ThreadPool>,
@@ -249,14 +251,26 @@ impl<'m> Attributor<'m> {
             occluder: None,
             occluder_len: 0,
             autograd: None,
+            budget: autograd::DEFAULT_ACTIVATION_BUDGET,
             pool,
+        }
+    }
+
+    /// The gradient methods' activation budget in bytes (`--max-memory`; default
+    /// [`autograd::DEFAULT_ACTIVATION_BUDGET`]).
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+        if let Some(m) = &mut self.autograd {
+            m.set_activation_budget(bytes);
         }
     }
 
     /// The autograd model, loading (dequantising) it on first use.
     pub fn autograd(&mut self) -> Result<&AutogradModel, AttributionError> {
         if self.autograd.is_none() {
-            self.autograd = Some(AutogradModel::load(&self.model.info().path)?);
+            let mut m = AutogradModel::load(&self.model.info().path)?;
+            m.set_activation_budget(self.budget);
+            self.autograd = Some(m);
         }
         Ok(self.autograd.as_ref().expect("loaded above"))
     }

@@ -97,6 +97,9 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         };
         let (model, _) = model_of(&settings)?;
         let mut explainer = Explainer::new(&model, &settings.context);
+        if let Some(b) = args.max_memory {
+            explainer.set_activation_budget(b);
+        }
         let mut stdout = std::io::stdout().lock();
         let mut targets = 0usize;
         // A page holds the whole batch; every other format streams the lines.
@@ -148,6 +151,9 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     wb.require_unchanged_model()?;
     notify(wb.take_notices());
     let mut explainer = Explainer::new(&model, &context);
+    if let Some(b) = args.max_memory {
+        explainer.set_activation_budget(b);
+    }
     let sel = match &args.text {
         Some(text) => TargetSel::Token(explainer.single_token(text)?.into()),
         None => TargetSel::from_flags(args.index, args.token, args.all),

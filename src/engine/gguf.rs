@@ -4,12 +4,14 @@
 //! engine its weights ([`WeightFile`], [`QMatrix`]): a model's weights stay in their
 //! quantised form and are expanded only where and when a computation needs them.
 
+use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_void};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
+use rayon::prelude::*;
 
 use super::error::EngineError;
 
@@ -218,6 +220,9 @@ pub struct QMatrix {
     map: Arc<memmap2::Mmap>,
     m: Matrix,
     cols: usize,
+    /// Values per block of the type, and bytes per block.
+    blck: usize,
+    block_bytes: usize,
     to_float: Option<ToFloat>,
     name: String,
 }
@@ -297,10 +302,14 @@ impl WeightFile {
             return Ok(None);
         };
         let to_float = to_float(m.ty).map_err(|e| corrupt(&self.meta.path, e))?;
+        // SAFETY: plain queries of ggml's type table for a valid type (checked by `matrix`).
+        let (blck, block_bytes) = unsafe { (sys::ggml_blck_size(m.ty), sys::ggml_type_size(m.ty)) };
         Ok(Some(QMatrix {
             map: Arc::clone(&self.map),
             m,
             cols,
+            blck: blck.max(1) as usize,
+            block_bytes,
             to_float,
             name: name.to_string(),
         }))
@@ -359,4 +368,181 @@ impl QMatrix {
             Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
         }
     }
+
+    /// Columns `cols` of row `row` dequantised into `out` (`cols.len()` values; both ends
+    /// whole blocks of the type).
+    fn dequantise_part(&self, row: usize, cols: Range<usize>, out: &mut [f32]) {
+        assert!(row < self.m.rows && cols.end <= self.cols);
+        assert!(cols.start % self.blck == 0 && cols.len() % self.blck == 0);
+        assert_eq!(out.len(), cols.len());
+        let start =
+            self.m.offset + row * self.m.row_bytes + cols.start / self.blck * self.block_bytes;
+        let src = &self.map[start..start + cols.len() / self.blck * self.block_bytes];
+        match self.to_float {
+            None => {
+                for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            // SAFETY: `src` is cols.len() / blck whole blocks of type `m.ty` (in the mapped
+            // file: checked at open), i.e. out.len() values, which `out` has room for.
+            Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
+        }
+    }
+
+    /// Rows per tile of the products for `width` columns: about [`TILE_BYTES`] of f32, so a
+    /// tile stays in the core's L2 cache while gemm packs it.
+    fn tile_rows(width: usize) -> usize {
+        (TILE_BYTES / 4 / width.max(1)).max(1)
+    }
+
+    /// `y = x · Wᵀ`: `x` is `m × cols`, `y` is `m × rows` (row-major). The weight is expanded
+    /// tile by tile (a few rows at a time, into a buffer of the thread's own) and never whole;
+    /// the tiles are shared out over the current rayon pool.
+    ///
+    /// # Panics
+    /// When `x` is not whole rows of `cols` values or `y` has not `m × rows` values.
+    pub fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
+        let (k, n) = (self.cols, self.m.rows);
+        assert!(k > 0 && x.len() % k == 0);
+        let m = x.len() / k;
+        assert_eq!(y.len(), m * n);
+        if m == 0 {
+            return;
+        }
+        let tr = Self::tile_rows(k);
+        let dst = Shared(y.as_mut_ptr());
+        (0..n.div_ceil(tr)).into_par_iter().for_each(|t| {
+            let rows = t * tr..((t + 1) * tr).min(n);
+            with_tile(rows.len() * k, |buf| {
+                for (r, out) in rows.clone().zip(buf.chunks_exact_mut(k)) {
+                    self.dequantise_part(r, 0..k, out);
+                }
+                // SAFETY: gemm reads `x` (m × k, row stride k) and the tile (rows.len() × k,
+                // read as its transpose: element (kk, j) at j·k + kk), both alive and of those
+                // sizes, and writes the m × rows.len() block of `y` at columns `rows` (row
+                // stride n): inside `y` (checked above), and no other task writes those
+                // columns. `y` outlives the parallel loop.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        rows.len(),
+                        k,
+                        dst.get().add(rows.start),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        });
+    }
+
+    /// `out = g · W`: `g` is `m × rows`, `out` is `m × cols` (row-major). The columns are
+    /// shared out over the current rayon pool (in whole blocks of the type), each task
+    /// expanding its columns of the weight tile by tile.
+    ///
+    /// # Panics
+    /// When `g` is not whole rows of `rows` values or `out` has not `m × cols` values.
+    pub fn matmul(&self, g: &[f32], out: &mut [f32]) {
+        let (n, k) = (self.cols, self.m.rows);
+        assert!(k > 0 && g.len() % k == 0);
+        let m = g.len() / k;
+        assert_eq!(out.len(), m * n);
+        if m == 0 {
+            return;
+        }
+        let blocks = n / self.blck;
+        let parts = rayon::current_num_threads().clamp(1, blocks.max(1));
+        let per = blocks.div_ceil(parts) * self.blck;
+        let dst = Shared(out.as_mut_ptr());
+        (0..n.div_ceil(per)).into_par_iter().for_each(|p| {
+            let cols = p * per..((p + 1) * per).min(n);
+            let w = cols.len();
+            let tr = Self::tile_rows(w);
+            with_tile(tr.min(k) * w, |buf| {
+                for r0 in (0..k).step_by(tr) {
+                    let r1 = (r0 + tr).min(k);
+                    for (r, row) in (r0..r1).zip(buf.chunks_exact_mut(w)) {
+                        self.dequantise_part(r, cols.clone(), row);
+                    }
+                    // SAFETY: gemm reads `g`'s columns r0..r1 (m × (r1 − r0), row stride k)
+                    // and the tile ((r1 − r0) × w, row stride w), both alive and of those
+                    // sizes, and accumulates into the m × w block of `out` at columns `cols`
+                    // (row stride n): inside `out` (checked above) and written by this task
+                    // only. `out` outlives the parallel loop.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            w,
+                            r1 - r0,
+                            dst.get().add(cols.start),
+                            1,
+                            n as isize,
+                            r0 > 0,
+                            g.as_ptr().add(r0),
+                            1,
+                            k as isize,
+                            buf.as_ptr(),
+                            1,
+                            w as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Bytes of f32 in one tile of a product's weight (see [`QMatrix::tile_rows`]).
+const TILE_BYTES: usize = 1 << 20;
+
+/// A pointer to an output that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: every task writes only its own disjoint part of the output (see the products), and
+// the output outlives the tasks.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+thread_local! {
+    /// The thread's tile buffer, reused by every product it runs.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `f` on the thread's tile buffer, at least `len` values long.
+fn with_tile(len: usize, f: impl FnOnce(&mut [f32])) {
+    TILE.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.len() < len {
+            t.resize(len, 0.0);
+        }
+        f(&mut t[..len]);
+    });
 }

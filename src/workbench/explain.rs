@@ -50,6 +50,11 @@ impl<'m> Explainer<'m> {
         }
     }
 
+    /// The gradient methods' activation budget in bytes (`--max-memory`).
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.attributor.set_activation_budget(bytes);
+    }
+
     /// The id of `text` when it is exactly one token (for `--text`).
     pub fn single_token(&self, text: &str) -> Result<i32> {
         let ids = self.model.tokenize(text, false, false);
