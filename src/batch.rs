@@ -249,6 +249,9 @@ pub fn read<T: DeserializeOwned>(
     Ok(read_sharded(path, shard, example)?.lines)
 }
 
+/// Where each line of a sharded batch belongs, by line number.
+pub type Places = HashMap<usize, ShardPlace>;
+
 /// The lines of one shard of a batch, with what a record needs to say where it belongs.
 #[derive(Debug)]
 pub struct Sharded<T> {
@@ -261,7 +264,7 @@ pub struct Sharded<T> {
 
 impl<T> Sharded<T> {
     /// Where each line of `shard` belongs, by its line number.
-    pub fn places(&self, shard: Shard) -> HashMap<usize, ShardPlace> {
+    pub fn places(&self, shard: Shard) -> Places {
         self.lines
             .iter()
             .enumerate()

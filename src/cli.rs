@@ -199,7 +199,7 @@ the Hugging Face cache first (with --offline only one already there).")]
   ntv attribute --all --method attention --format json
   ntv attribute --token 9553 --method integrated_gradients --steps 64
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
-  ntv attribute --batch requests.jsonl --shard auto > part$SLURM_ARRAY_TASK_ID.jsonl   in a Slurm array
+  ntv attribute --batch requests.jsonl --shard auto > part$SLURM_ARRAY_TASK_ID.jsonl
   ntv attribute --merge part*.jsonl > all.jsonl     the parts back in input order
 
 Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",

@@ -4,7 +4,6 @@
 //! `--fail-fast`). The exit status comes at the end: 2 when every failure was bad input, 1 when
 //! one was a runtime failure.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -12,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Identified, Line, Shard};
 use crate::error::{Error, Exit, Result, input_err};
-use crate::record::{BatchFailure, ShardPlace};
+use crate::record::BatchFailure;
 use crate::settings::OutputSettings;
 
 /// A batch file and how to run it.
@@ -76,7 +75,7 @@ impl<'a> Batch<'a> {
     /// [`Self::read`], and where each line belongs when the batch is sharded (by line number).
     pub fn read_placed<T: DeserializeOwned>(
         &self,
-    ) -> Result<(Vec<Line<T>>, Option<HashMap<usize, ShardPlace>>)> {
+    ) -> Result<(Vec<Line<T>>, Option<batch::Places>)> {
         let sharded = batch::read_sharded::<T>(self.path, self.shard, self.example)?;
         let places = self.shard.map(|s| sharded.places(s));
         Ok((sharded.lines, places))

@@ -166,6 +166,8 @@ fn four_shard_processes_side_by_side_merge_to_the_unsharded_run() {
     let kinds: Vec<&str> = merged.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(kinds.iter().filter(|&&k| k == "error").count(), 2);
     for r in &merged {
+        // The published schema (closed) describes the shard place of both kinds of record.
+        crate::docs::validate("attribute.record", r);
         let place = &r["shard"];
         assert_eq!(place["requests"], 8, "{r}");
         assert_eq!(place["n"], 4, "{r}");
