@@ -199,6 +199,8 @@ the Hugging Face cache first (with --offline only one already there).")]
   ntv attribute --all --method attention --format json
   ntv attribute --token 9553 --method integrated_gradients --steps 64
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
+  ntv attribute --batch requests.jsonl --shard auto > part$SLURM_ARRAY_TASK_ID.jsonl
+  ntv attribute --merge part*.jsonl > all.jsonl     the parts back in input order
 
 Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
 \"parse_special\", \"completion_ids\",
@@ -700,8 +702,15 @@ pub struct GenerateArgs {
     /// Stop at the first bad batch line (default: report it and go on).
     #[arg(long, requires = "batch", help_heading = "Batch")]
     pub fail_fast: bool,
-    /// Take every N-th case starting at K (0 <= K < N), to split a batch over processes.
-    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    /// Take every N-th case starting at K (0 <= K < N), to split a batch over processes; auto:
+    /// K and N of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT); auto/N:
+    /// K of this Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX), N its completions.
+    #[arg(
+        long,
+        value_name = "K/N|auto[/N]",
+        requires = "batch",
+        help_heading = "Batch"
+    )]
     pub shard: Option<String>,
 }
 
@@ -846,9 +855,31 @@ pub struct AttributeArgs {
     /// Stop at the first bad batch line (default: report it and go on).
     #[arg(long, requires = "batch", help_heading = "Batch")]
     pub fail_fast: bool,
-    /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
-    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes; auto:
+    /// K and N of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT); auto/N:
+    /// K of this Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX), N its completions. Each
+    /// record then says where it belongs ("shard": request, requests, k, n, batch_sha256), for
+    /// --merge.
+    #[arg(
+        long,
+        value_name = "K/N|auto[/N]",
+        requires = "batch",
+        help_heading = "Batch"
+    )]
     pub shard: Option<String>,
+    /// Put the parts of a sharded batch (the outputs of its --shard runs) back in input order,
+    /// as one run of the whole batch would have written them, without loading a model; fails
+    /// (exit 2) naming the requests missing or present twice, or when the parts are of
+    /// different batches. With --batch FILE, checks that the parts are of FILE and names the
+    /// missing requests' lines. --format html builds the batch page.
+    #[arg(
+        long,
+        value_name = "PART.jsonl",
+        num_args = 1..,
+        help_heading = "Batch",
+        conflicts_with_all = ["shard", "fail_fast", "index", "token", "text", "all"]
+    )]
+    pub merge: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,9 @@ fn options(args: &AttributeArgs) -> Result<Options> {
 
 pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     let out = ctx.output(None);
+    if !args.merge.is_empty() {
+        return merge(&out, &args.merge, args.batch.as_deref());
+    }
     let opts = options(&args)?;
     // attribute runs its own engines: no prefix cache, no sampling or constraint settings.
     let runtime = RuntimeArgs {
@@ -79,7 +82,8 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             args.fail_fast,
             r#"{"prompt": "Hello", "method": "saliency"}"#,
         )?;
-        let lines = batch.read::<Request>()?;
+        let (lines, places) = batch.read_placed::<Request>()?;
+        let place = |line: usize| places.as_ref().and_then(|p| p.get(&line).cloned());
         let defaults = Defaults {
             // The command-line prompt is the default of lines without one.
             prompt: given,
@@ -123,12 +127,16 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
                 for mut r in explainer.explain_request(&merged)? {
                     r.id = req.id.clone();
                     r.line = Some(line);
+                    r.shard = place(line);
                     targets += 1;
                     put(w, AttributionLine::Ok(Box::new(r)))?;
                 }
                 Ok(())
             },
-            &mut |w, f| put(w, AttributionLine::Failed(f)),
+            &mut |w, mut f| {
+                f.shard = place(f.line);
+                put(w, AttributionLine::Failed(f))
+            },
         )?;
         if html {
             let page = crate::render::html::attribute::batch_page(&kept.borrow());
@@ -184,5 +192,70 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             top: args.top,
         },
     )?;
+    Ok(Exit::Success)
+}
+
+/// `--merge PART…`: the parts of a sharded batch in input order, on stdout (JSONL, or the batch
+/// page with `--format html`). Every check comes before the first byte is written.
+fn merge(
+    out: &crate::settings::OutputSettings,
+    paths: &[std::path::PathBuf],
+    batch: Option<&std::path::Path>,
+) -> Result<Exit> {
+    let limit = crate::batch::MAX_PART_BYTES;
+    let hint = "pass the JSONL files that ntv attribute --batch … --shard … wrote";
+    let parts = paths
+        .iter()
+        .map(|p| {
+            Ok(crate::batch::Part {
+                name: p.display().to_string(),
+                text: crate::limits::read_file(p, limit, "part", hint)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let source = batch
+        .map(|p| {
+            let text = crate::limits::read_file(
+                p,
+                crate::limits::MAX_BATCH_FILE_BYTES,
+                "batch file",
+                "pass the batch file the shards ran on, or leave --batch out",
+            )?;
+            Ok::<_, crate::error::Error>((p.display().to_string(), text))
+        })
+        .transpose()?;
+    let merged = crate::batch::merge(
+        &parts,
+        source.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    if out.format == crate::cli::OutputFormat::Html {
+        let lines = merged
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str::<AttributionLine>(l))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                crate::error::input_err(
+                    format!("a part's record is not an attribution record: {e}"),
+                    "merge the JSONL of ntv attribute --batch runs",
+                )
+            })?;
+        let page = crate::render::html::attribute::batch_page(&lines);
+        crate::render::html::write(&mut stdout, &page)?;
+    } else {
+        for line in &merged.lines {
+            writeln!(stdout, "{line}")?;
+        }
+    }
+    stdout.flush()?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "merged {} requests ({} records, {} of them errors) from {} parts",
+        merged.requests,
+        merged.lines.len(),
+        merged.errors,
+        parts.len()
+    );
     Ok(Exit::Success)
 }

@@ -176,6 +176,7 @@ impl<'m> Explainer<'m> {
             kind: "attribution".into(),
             id: None,
             line: None,
+            shard: None,
             method: opts.method,
             aggregation: opts.agg,
             target_fn: o.target_fn,
