@@ -835,6 +835,84 @@ enum Saved {
     Input(Tensor),
 }
 
+/// A forward pass kept for backward passes: the blocks' graphs or inputs (see [`Keep`]) and
+/// the residual stream at the top, for inputs `[b, n, d]` (rows independent). Each backward
+/// pass starts from one position's target function, so the targets of one sequence (e.g.
+/// every completion token of `--all`, or saliency and input×gradient of one target) share
+/// the forward pass and differ only in the seed.
+struct Pass {
+    saved: Vec<Saved>,
+    top: Var,
+    tables: Tables,
+}
+
+impl Pass {
+    fn new(model: &AutogradModel, inputs: &Tensor, keep: Keep) -> Result<Self, AttributionError> {
+        let t = model.tables(inputs.dim(1)?)?;
+        let mut saved = Vec::with_capacity(model.layers.len());
+        let mut x = inputs.detach();
+        for (i, l) in model.layers.iter().enumerate() {
+            if i < keep.graphs {
+                let v = Var::from_tensor(&x)?;
+                let y = model.block(l, v.as_tensor(), &t)?;
+                x = y.detach();
+                saved.push(Saved::Graph(v, y));
+            } else {
+                let y = model.block(l, &x, &t)?;
+                saved.push(Saved::Input(std::mem::replace(&mut x, y)));
+            }
+        }
+        Ok(Self {
+            saved,
+            top: Var::from_tensor(&x)?,
+            tables: t,
+        })
+    }
+
+    /// The target function at position `row` of every input, its gradient w.r.t. the
+    /// inputs `[b, n, d]` (zero after `row`: the model is causal) and the logits at `row`
+    /// (detached).
+    fn backward(
+        &self,
+        model: &AutogradModel,
+        row: usize,
+        target: u32,
+        f: TargetFn,
+    ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
+        let (b, _, d) = self.top.as_tensor().dims3()?;
+        let last = self.top.as_tensor().narrow(1, row, 1)?.reshape((b, d))?;
+        let logits = model.head(&last)?;
+        let vals = target_value(&logits, target, f)?;
+        let no_grad = || AttributionError::Compute("no gradient reached the input".into());
+        let mut g = vals
+            .sum_all()?
+            .backward()?
+            .get(self.top.as_tensor())
+            .ok_or_else(no_grad)?
+            .clone();
+        for (l, part) in model.layers.iter().zip(&self.saved).rev() {
+            let recomputed;
+            let (v, y) = match part {
+                Saved::Graph(v, y) => (v, y),
+                Saved::Input(x) => {
+                    let v = Var::from_tensor(x)?;
+                    let y = model.block(l, v.as_tensor(), &self.tables)?;
+                    recomputed = (v, y);
+                    (&recomputed.0, &recomputed.1)
+                }
+            };
+            // d(Σ y·g)/dx is the block's vector-Jacobian product with the gradient above it.
+            g = (y * &g)?
+                .sum_all()?
+                .backward()?
+                .get(v.as_tensor())
+                .ok_or_else(no_grad)?
+                .clone();
+        }
+        Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+    }
+}
+
 /// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent),
 /// one block at a time backwards (see [`Keep`]). Returns the values, the gradient and the
 /// logits (detached).
@@ -845,50 +923,110 @@ fn value_and_grad(
     f: TargetFn,
     keep: Keep,
 ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
-    let (b, n, d) = inputs.dims3()?;
-    let t = model.tables(n)?;
-    let mut saved = Vec::with_capacity(model.layers.len());
-    let mut x = inputs.detach();
-    for (i, l) in model.layers.iter().enumerate() {
-        if i < keep.graphs {
-            let v = Var::from_tensor(&x)?;
-            let y = model.block(l, v.as_tensor(), &t)?;
-            x = y.detach();
-            saved.push(Saved::Graph(v, y));
-        } else {
-            let y = model.block(l, &x, &t)?;
-            saved.push(Saved::Input(std::mem::replace(&mut x, y)));
+    let n = inputs.dim(1)?;
+    Pass::new(model, inputs, keep)?.backward(model, n - 1, target, f)
+}
+
+/// The forward pass of one token sequence, kept so that gradient attributions of targets
+/// after any prefix of it share it ([`SharedForward::attribute`]): saliency and
+/// input×gradient of one target cost one backward pass together, and each further target
+/// one more backward pass.
+pub struct SharedForward {
+    ids: Vec<u32>,
+    embeddings: Tensor,
+    pass: Pass,
+    /// Gradients already computed: (predicting position, target, function) → (gradient
+    /// `[1, row + 1, d]`, p(target)).
+    done: Vec<((usize, u32, TargetFn), Tensor, f64)>,
+}
+
+impl SharedForward {
+    /// The forward pass of `ids` (within the model's activation budget).
+    pub fn new(model: &AutogradModel, ids: &[u32]) -> Result<Self, AttributionError> {
+        if ids.is_empty() {
+            return Err(AttributionError::BadInput("the context is empty".into()));
         }
+        let e = model.embed(ids)?;
+        let (_, keep) = model.plan(1, ids.len());
+        Ok(Self {
+            ids: ids.to_vec(),
+            pass: Pass::new(model, &e, keep)?,
+            embeddings: e,
+            done: Vec::new(),
+        })
     }
-    let top = Var::from_tensor(&x)?;
-    let last = top.as_tensor().narrow(1, n - 1, 1)?.reshape((b, d))?;
-    let logits = model.head(&last)?;
-    let vals = target_value(&logits, target, f)?;
-    let no_grad = || AttributionError::Compute("no gradient reached the input".into());
-    let mut g = vals
-        .sum_all()?
-        .backward()?
-        .get(top.as_tensor())
-        .ok_or_else(no_grad)?
-        .clone();
-    for (l, part) in model.layers.iter().zip(saved).rev() {
-        let (v, y) = match part {
-            Saved::Graph(v, y) => (v, y),
-            Saved::Input(x) => {
-                let v = Var::from_tensor(&x)?;
-                let y = model.block(l, v.as_tensor(), &t)?;
-                (v, y)
+
+    /// Whether `context` is a prefix of this pass's sequence (so its targets can use it).
+    pub fn covers(&self, context: &[u32]) -> bool {
+        !context.is_empty() && self.ids.starts_with(context)
+    }
+
+    /// Saliency or input×gradient of `target` after `context` (a prefix of the sequence,
+    /// see [`SharedForward::covers`]).
+    pub fn attribute(
+        &mut self,
+        model: &AutogradModel,
+        context: &[u32],
+        target: u32,
+        method: &GradMethod,
+        f: TargetFn,
+        agg: Agg,
+    ) -> Result<GradAttribution, AttributionError> {
+        if !self.covers(context) {
+            return Err(AttributionError::BadInput(
+                "the context is not a prefix of the shared forward pass".into(),
+            ));
+        }
+        model.check_ids(&[target])?;
+        let n = context.len();
+        let key = (n - 1, target, f);
+        let (g, p) = match self.done.iter().find(|(k, _, _)| *k == key) {
+            Some((_, g, p)) => (g.clone(), *p),
+            None => {
+                let (_, g, logits) = self.pass.backward(model, n - 1, target, f)?;
+                let g = g.narrow(1, 0, n)?;
+                let p = prob_of(&logits, target)?;
+                self.done.push((key, g.clone(), p));
+                (g, p)
             }
         };
-        // d(Σ y·g)/dx is the block's vector-Jacobian product with the gradient above it.
-        g = (y * &g)?
-            .sum_all()?
-            .backward()?
-            .get(v.as_tensor())
-            .ok_or_else(no_grad)?
-            .clone();
+        let attr = match method {
+            GradMethod::Saliency => g,
+            GradMethod::InputXGradient => (self.embeddings.narrow(1, 0, n)? * &g)?,
+            GradMethod::IntegratedGradients { .. } => {
+                return Err(AttributionError::BadInput(
+                    "integrated gradients does not share a forward pass".into(),
+                ));
+            }
+        };
+        let (scores, raw) = aggregate(&attr, agg)?;
+        Ok(GradAttribution {
+            scores,
+            raw,
+            target_prob: p,
+            completeness_error: None,
+        })
     }
-    Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+}
+
+/// Per-token scores of an attribution `[1, n, d]`: (aggregated as asked, signed sums).
+fn aggregate(attr: &Tensor, agg: Agg) -> Result<(Vec<f64>, Vec<f64>), AttributionError> {
+    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
+    let raw = attr.sum(1)?.to_vec1::<f64>()?;
+    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+    let scores = match agg {
+        Agg::Sum => raw.clone(),
+        Agg::L2 => l2,
+        Agg::Inseq => {
+            let total: f64 = l2.iter().sum();
+            if total > 0.0 {
+                l2.iter().map(|x| x / total).collect()
+            } else {
+                l2
+            }
+        }
+    };
+    Ok((scores, raw))
 }
 
 fn prob_of(logits: &Tensor, target: u32) -> Result<f64, AttributionError> {
@@ -996,21 +1134,7 @@ pub fn attribute_watched(
             (attr, p, Some(err))
         }
     };
-    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
-    let raw = attr.sum(1)?.to_vec1::<f64>()?;
-    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
-    let scores = match agg {
-        Agg::Sum => raw.clone(),
-        Agg::L2 => l2,
-        Agg::Inseq => {
-            let total: f64 = l2.iter().sum();
-            if total > 0.0 {
-                l2.iter().map(|x| x / total).collect()
-            } else {
-                l2
-            }
-        }
-    };
+    let (scores, raw) = aggregate(&attr, agg)?;
     Ok(GradAttribution {
         scores,
         raw,
