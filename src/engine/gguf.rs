@@ -373,7 +373,7 @@ impl QMatrix {
     /// whole blocks of the type).
     fn dequantise_part(&self, row: usize, cols: Range<usize>, out: &mut [f32]) {
         assert!(row < self.m.rows && cols.end <= self.cols);
-        assert!(cols.start % self.blck == 0 && cols.len() % self.blck == 0);
+        assert!(cols.start.is_multiple_of(self.blck) && cols.len().is_multiple_of(self.blck));
         assert_eq!(out.len(), cols.len());
         let start =
             self.m.offset + row * self.m.row_bytes + cols.start / self.blck * self.block_bytes;
@@ -404,7 +404,7 @@ impl QMatrix {
     /// When `x` is not whole rows of `cols` values or `y` has not `m × rows` values.
     pub fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
         let (k, n) = (self.cols, self.m.rows);
-        assert!(k > 0 && x.len() % k == 0);
+        assert!(k > 0 && x.len().is_multiple_of(k));
         let m = x.len() / k;
         assert_eq!(y.len(), m * n);
         if m == 0 {
@@ -458,7 +458,7 @@ impl QMatrix {
     /// When `g` is not whole rows of `rows` values or `out` has not `m × cols` values.
     pub fn matmul(&self, g: &[f32], out: &mut [f32]) {
         let (n, k) = (self.cols, self.m.rows);
-        assert!(k > 0 && g.len() % k == 0);
+        assert!(k > 0 && g.len().is_multiple_of(k));
         let m = g.len() / k;
         assert_eq!(out.len(), m * n);
         if m == 0 {
