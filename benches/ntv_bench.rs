@@ -18,7 +18,12 @@
 //!     (model warm; a new branch each time, and a branch whose KV state holds the context),
 //!     next to the original demo server's figures, and requests per second with 8 clients;
 //! 11. `ntv lens --all` (the logit lens at every position and layer) on a 32- and a 300-token
-//!     context: wall time, its capture/head split, and the process's own peak RSS.
+//!     context: wall time, its capture/head split, and the process's own peak RSS;
+//! 12. attribution as users run it: a mixed batch with the model load and every warm-up
+//!     included, one-shot saliency and integrated gradients against their warm in-batch
+//!     times, and the gradient methods' peak RSS against file + 1.5 B/parameter + the
+//!     activation budget, on the test model and on a synthetic 1.6 B-parameter Q4_0 llama
+//!     the benchmark writes (`NTV_BENCH_SYNTH`: its path, default `target/tmp/`).
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -523,6 +528,10 @@ fn main() {
     // 11. The logit lens.
     if want(11) {
         lens_all(exe, &path, &model, threads, rounds.min(5));
+    }
+    // 12. Attribution at scale.
+    if want(12) {
+        attribution_at_scale(exe, &path, threads);
     }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
@@ -1304,6 +1313,12 @@ fn serve_latency(exe: &str, path: &std::path::Path, model: &Model, threads: i32,
 // The child is reaped by `wait4` (which also returns its own rusage), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 fn run_with_rusage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, i64, Vec<u8>) {
+    let (ms, usage, out) = run_usage(exe, args, dir);
+    (ms, usage.ru_maxrss, out)
+}
+
+/// Run `exe args` in `dir`: wall ms, the child's own resource usage, its stdout.
+fn run_usage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, libc::rusage, Vec<u8>) {
     use std::io::Read;
     let t = Instant::now();
     let mut child = Command::new(exe)
@@ -1329,7 +1344,7 @@ fn run_with_rusage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, i64
         pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "ntv {args:?} failed"
     );
-    (t.elapsed().as_secs_f64() * 1e3, usage.ru_maxrss, out)
+    (t.elapsed().as_secs_f64() * 1e3, usage, out)
 }
 
 /// Section 11: `ntv lens --all` on a short and a long chat context (every position × every
@@ -1399,4 +1414,320 @@ fn lens_all(exe: &str, path: &std::path::Path, model: &Model, threads: i32, roun
             median(one)
         );
     }
+}
+
+/// Section 12: attribution as users run it (issue 21).
+fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
+    use serde_json::json;
+    let t = threads.to_string();
+    let m = path.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secs = |u: &libc::timeval| u.tv_sec as f64 + u.tv_usec as f64 / 1e6;
+    let budget = 512u64 << 20; // the default activation budget
+    let records = |out: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+
+    // 12a. The mixed batch: five chat contexts of 30–49 tokens × four methods, one process.
+    let prompts = [
+        "What is the capital of France? Answer in one word.",
+        "Write a haiku about the sea at night, with the moon in it.",
+        "Explain in two sentences why the sky is blue during the day.",
+        "List three fruits that are red and one that is yellow, please.",
+        "My cat knocked a glass off the table again. What should I do to stop her from doing that?",
+    ];
+    let methods = [
+        "attention",
+        "saliency",
+        "input_x_gradient",
+        "integrated_gradients",
+    ];
+    let file = dir.path().join("mixed.jsonl");
+    let text: String = prompts
+        .iter()
+        .flat_map(|p| methods.map(|me| format!("{}\n", json!({"prompt": p, "method": me}))))
+        .collect();
+    std::fs::write(&file, text).expect("write batch");
+    let f = file.to_str().expect("utf-8");
+    let (wall, u, out) = run_usage(
+        exe,
+        &["attribute", "--no-session", "-t", &t, "-m", m, "--batch", f],
+        dir.path(),
+    );
+    let recs = records(&out);
+    let lens: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["method"] == "attention")
+        .map(|r| r["context_len"].as_u64().unwrap_or(0))
+        .collect();
+    println!(
+        "\n## 12. attribution as users run it (model load and warm-ups included; {threads} threads)"
+    );
+    println!(
+        "\n12a. mixed batch, {} requests (contexts of {lens:?} tokens × {methods:?}), one process:",
+        recs.len()
+    );
+    println!("| method | sum of per-target ms |");
+    println!("|---|---:|");
+    for me in methods {
+        let sum: f64 = recs
+            .iter()
+            .filter(|r| r["method"] == me)
+            .filter_map(|r| r["elapsed_ms"].as_f64())
+            .sum();
+        println!("| {me} | {sum:.0} |");
+    }
+    println!(
+        "\nprocess wall {:.1} s (user {:.1} s, sys {:.1} s), peak RSS {:.0} MB, {} minor page faults; Inseq's per-target medians on the same kind of batch sum to 48 s (issue 21's figure): ratio {:.2}",
+        wall / 1e3,
+        secs(&u.ru_utime),
+        secs(&u.ru_stime),
+        u.ru_maxrss as f64 / 1e3,
+        u.ru_minflt,
+        wall / 48e3
+    );
+
+    // 12b. One-shot processes against their warm in-batch times (the 25-token context).
+    let prompt = "The capital of France is";
+    let warm_file = dir.path().join("warm.jsonl");
+    let mut lines = String::new();
+    // The timed requests are other sequences of the same length: a repeated sequence would
+    // reuse the kept forward pass (saliency) and time only a backward pass.
+    for me in ["saliency", "integrated_gradients"] {
+        for (id, p) in [
+            ("warm", prompt),
+            ("timed", "The capital of Spain is"),
+            ("timed", "The capital of Italy is"),
+        ] {
+            lines.push_str(&format!(
+                "{}\n",
+                json!({"id": id, "prompt": p, "token": 504, "method": me})
+            ));
+        }
+    }
+    std::fs::write(&warm_file, lines).expect("write batch");
+    let wf = warm_file.to_str().expect("utf-8");
+    let (_, _, out) = run_usage(
+        exe,
+        &[
+            "attribute",
+            "--no-session",
+            "-t",
+            &t,
+            "-m",
+            m,
+            "--batch",
+            wf,
+        ],
+        dir.path(),
+    );
+    let warm = |me: &str| {
+        median(
+            records(&out)
+                .iter()
+                .filter(|r| r["method"] == me && r["id"] == "timed")
+                .filter_map(|r| r["elapsed_ms"].as_f64())
+                .collect(),
+        )
+    };
+    let file_bytes = std::fs::metadata(path).map_or(0, |x| x.len());
+    let n_params = {
+        let model = Model::load(path, &LoadOptions::default()).expect("load");
+        model.info().n_params
+    };
+    let bound = |file: u64, params: u64| file as f64 + 1.5 * params as f64 + budget as f64;
+    println!("\n12b. one-shot processes (`ntv attribute -p {prompt:?} --token 504`), median of 3:");
+    println!(
+        "| method | one-shot wall ms | warm in-batch ms | one-shot / warm | peak RSS MB | bound MB (file + 1.5 B/param + budget) | minor faults | sys s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for me in ["saliency", "integrated_gradients"] {
+        let mut walls = Vec::new();
+        let mut last = None;
+        for _ in 0..3 {
+            let (w, u, _) = run_usage(
+                exe,
+                &[
+                    "attribute",
+                    "--no-session",
+                    "-t",
+                    &t,
+                    "-m",
+                    m,
+                    "-p",
+                    prompt,
+                    "--token",
+                    "504",
+                    "--method",
+                    me,
+                    "--format",
+                    "json",
+                ],
+                dir.path(),
+            );
+            walls.push(w);
+            last = Some(u);
+        }
+        let u = last.expect("three runs");
+        let w = median(walls);
+        let wm = warm(me);
+        println!(
+            "| {me} | {w:.0} | {wm:.0} | {:.2} | {:.0} | {:.0} | {} | {:.2} |",
+            w / wm,
+            u.ru_maxrss as f64 / 1e3,
+            bound(file_bytes, n_params) / 1e6,
+            u.ru_minflt,
+            secs(&u.ru_stime)
+        );
+    }
+
+    // 12c. A synthetic 1.6 B-parameter Q4_0 llama: saliency on a 32-token context.
+    let synth = std::env::var_os("NTV_BENCH_SYNTH").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/tmp/synthetic-llama-1.6b-q4_0.gguf")
+        },
+        PathBuf::from,
+    );
+    let (n_params, secs_written) = synthetic_llama(path, &synth);
+    let file_bytes = std::fs::metadata(&synth).map_or(0, |x| x.len());
+    let s = synth.to_str().expect("utf-8 path");
+    let chat = "What is the capital of France? Answer in one word.";
+    let (w, u, out) = run_usage(
+        exe,
+        &[
+            "attribute",
+            "--no-session",
+            "-t",
+            &t,
+            "-m",
+            s,
+            "-p",
+            chat,
+            "--method",
+            "saliency",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    let n = doc["targets"][0]["context_len"].as_u64().unwrap_or(0);
+    println!(
+        "\n12c. synthetic llama ({:.2} B parameters, Q4_0, {:.0} MB file{}): one-shot saliency on a {n}-token context: wall {:.1} s, peak RSS {:.0} MB (bound file + 1.5 B/param + budget = {:.0} MB; issue limit 6 GB), {} minor faults, sys {:.2} s",
+        n_params as f64 / 1e9,
+        file_bytes as f64 / 1e6,
+        if secs_written > 0.0 {
+            format!(", written in {secs_written:.0} s")
+        } else {
+            ", cached".to_string()
+        },
+        w / 1e3,
+        u.ru_maxrss as f64 / 1e3,
+        bound(file_bytes, n_params) / 1e6,
+        u.ru_minflt,
+        secs(&u.ru_stime)
+    );
+}
+
+/// Write (once) a llama GGUF of about 1.6 B parameters with random Q4_0 weights and the test
+/// model's tokenizer at `dst`: 24 blocks of width 2048 (16 heads of 128, 8 KV heads), FFN
+/// 8192, tied embeddings. Returns its parameter count and the seconds spent writing (0 when
+/// it was there already).
+fn synthetic_llama(tokenizer_from: &std::path::Path, dst: &std::path::Path) -> (u64, f64) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    use rand::{RngCore, SeedableRng};
+    let (d, layers, heads, kv_heads, ffn) = (2048usize, 24usize, 16usize, 8usize, 8192usize);
+    let head_dim = d / heads;
+    let n_vocab = 49152usize;
+    let kv = kv_heads * head_dim;
+    let params = (n_vocab * d + d + layers * (2 * d * d + 2 * kv * d + 3 * d * ffn + 2 * d)) as u64;
+    if dst.is_file() {
+        return (params, 0.0);
+    }
+    let t = Instant::now();
+    let mut reader = std::io::BufReader::new(std::fs::File::open(tokenizer_from).expect("open"));
+    let content = gguf_file::Content::read(&mut reader).expect("read GGUF");
+    let mut meta: Vec<(String, Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in [
+        ("general.architecture", Value::String("llama".into())),
+        (
+            "general.name",
+            Value::String("ntv synthetic llama 1.6B".into()),
+        ),
+        ("general.file_type", Value::U32(2)), // MOSTLY_Q4_0
+        ("llama.context_length", Value::U32(2048)),
+        ("llama.embedding_length", Value::U32(d as u32)),
+        ("llama.block_count", Value::U32(layers as u32)),
+        ("llama.feed_forward_length", Value::U32(ffn as u32)),
+        ("llama.rope.dimension_count", Value::U32(head_dim as u32)),
+        ("llama.attention.head_count", Value::U32(heads as u32)),
+        ("llama.attention.head_count_kv", Value::U32(kv_heads as u32)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+    ] {
+        meta.push((k.to_string(), v));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    // Q4_0 blocks: scale 2^-8 (f16 0x1C00), random nibbles: weights of std ≈ 0.018.
+    let mut q4 = |rows: usize, cols: usize| -> QTensor {
+        let blocks = rows * cols / 32;
+        let mut data = vec![0u8; blocks * 18];
+        for b in data.chunks_exact_mut(18) {
+            b[0] = 0x00;
+            b[1] = 0x1C;
+            rng.fill_bytes(&mut b[2..]);
+        }
+        let st = QStorage::from_data(
+            std::borrow::Cow::Owned(data),
+            &candle_core::Device::Cpu,
+            GgmlDType::Q4_0,
+        )
+        .expect("Q4_0 storage");
+        QTensor::new(st, (rows, cols)).expect("Q4_0 tensor")
+    };
+    let ones = |n: usize| -> QTensor {
+        let data: Vec<u8> = (0..n).flat_map(|_| 1f32.to_le_bytes()).collect();
+        let st = QStorage::from_data(
+            std::borrow::Cow::Owned(data),
+            &candle_core::Device::Cpu,
+            GgmlDType::F32,
+        )
+        .expect("F32 storage");
+        QTensor::new(st, (n,)).expect("F32 tensor")
+    };
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), q4(n_vocab, d)),
+        ("output_norm.weight".into(), ones(d)),
+    ];
+    for i in 0..layers {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        tensors.push((p("attn_norm.weight"), ones(d)));
+        tensors.push((p("attn_q.weight"), q4(d, d)));
+        tensors.push((p("attn_k.weight"), q4(kv, d)));
+        tensors.push((p("attn_v.weight"), q4(kv, d)));
+        tensors.push((p("attn_output.weight"), q4(d, d)));
+        tensors.push((p("ffn_norm.weight"), ones(d)));
+        tensors.push((p("ffn_gate.weight"), q4(ffn, d)));
+        tensors.push((p("ffn_up.weight"), q4(ffn, d)));
+        tensors.push((p("ffn_down.weight"), q4(d, ffn)));
+    }
+    std::fs::create_dir_all(dst.parent().expect("a folder")).expect("mkdir");
+    let tmp = dst.with_extension("gguf.tmp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create"));
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut w, &meta_refs, &tensor_refs).expect("write GGUF");
+    drop(w);
+    std::fs::rename(&tmp, dst).expect("rename");
+    (params, t.elapsed().as_secs_f64())
 }

@@ -54,7 +54,7 @@ pub const DEFAULT_ACTIVATION_BUDGET: usize = 512 << 20;
 const IG_MAX_BATCH: usize = 25;
 /// Interpolated inputs batched together before blocks are recomputed rather than kept: the
 /// matmuls of smaller batches run well below the CPU's speed.
-const MIN_BATCH: usize = 10;
+const MIN_BATCH: usize = 4;
 
 type CResult<T> = candle_core::Result<T>;
 

@@ -1,7 +1,8 @@
 //! Token attribution: how much each context token contributed to a target token.
 //!
 //! Submodules, one per engine: `autograd` (saliency, input×gradient, integrated gradients
-//! through a differentiable forward pass in candle over the GGUF's weights dequantised to f32),
+//! through a differentiable forward pass in candle over the GGUF's own weights, expanded to
+//! f32 a tile at a time),
 //! with `legendre` (Gauss–Legendre quadrature for integrated gradients) and `error`.
 //! `attention` and `occlusion` run through llama.cpp; `runner` puts the engines behind one
 //! entry point ([`Attributor`]).
@@ -16,8 +17,8 @@ pub mod runner;
 pub mod watch;
 
 pub use autograd::{
-    Agg, AutogradModel, Baseline, GradAttribution, GradMethod, SUPPORTED_ARCHITECTURES, TargetFn,
-    attribute, next_token_logits,
+    Agg, AutogradModel, Baseline, GradAttribution, GradMethod, SUPPORTED_ARCHITECTURES,
+    SharedForward, TargetFn, attribute, next_token_logits,
 };
 pub use error::AttributionError;
 pub use runner::{Attributor, BaselineChoice, Engine, Method, Options, Outcome, Target};

@@ -1,10 +1,12 @@
-//! The autograd attribution engine (candle, f32 dequantised weights) on the real test model:
-//! parity of its forward with llama.cpp, the public worked example, IG's completeness.
+//! The autograd attribution engine (candle, f32 products over the GGUF's weights expanded tile
+//! by tile) on the real test model: parity of its forward with llama.cpp, the public worked
+//! example, IG's completeness, and the activation budget (blocks kept or recomputed, batches
+//! of interpolated inputs) leaving the numbers as they are.
 
 use std::sync::OnceLock;
 
 use ntv::attribution::{
-    Agg, AttributionError, AutogradModel, Baseline, GradMethod, TargetFn, attribute,
+    Agg, AttributionError, AutogradModel, Baseline, GradMethod, SharedForward, TargetFn, attribute,
     next_token_logits,
 };
 use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
@@ -286,5 +288,79 @@ fn unsupported_architecture_is_a_clear_error() {
     ));
     for needle in ["gpt2", "llama", "qwen2", "qwen3", "attention", "occlusion"] {
         assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
+    }
+}
+
+/// The activation budget changes how the backward pass runs, not what it computes: with a
+/// budget of one byte every block is recomputed from its saved input and integrated gradients
+/// takes its nodes one at a time; with the default every block keeps its graph and the nodes
+/// are batched. Saliency and IG scores agree to float rounding (the batched matmuls sum in
+/// another order).
+#[test]
+fn the_activation_budget_changes_the_schedule_not_the_scores() {
+    let context = known_ids();
+    let mut tight = AutogradModel::load(model()).expect("autograd model loads");
+    tight.set_activation_budget(1);
+    let roomy = autograd_model();
+    assert!(roomy.activation_budget() >= 256 << 20);
+    for method in [GradMethod::Saliency, ig(6)] {
+        let a = attribute(
+            roomy,
+            &context,
+            504,
+            method.clone(),
+            TargetFn::Prob,
+            Agg::Sum,
+        )
+        .expect("default budget");
+        let b = attribute(
+            &tight,
+            &context,
+            504,
+            method.clone(),
+            TargetFn::Prob,
+            Agg::Sum,
+        )
+        .expect("one-byte budget");
+        let scale = a.raw.iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        for (x, y) in a.raw.iter().zip(&b.raw) {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{method:?}: {x} vs {y} (largest score {scale})"
+            );
+        }
+        assert!((a.target_prob - b.target_prob).abs() < 1e-6);
+    }
+}
+
+/// One forward pass serves several targets: saliency and input×gradient of targets after two
+/// prefixes of one sequence, each from a backward pass with its own seed, equal the same
+/// attributions computed one by one from their own contexts.
+#[test]
+fn targets_on_one_sequence_share_a_forward_pass() {
+    let am = autograd_model();
+    let seq = known_ids();
+    let mut shared = SharedForward::new(am, &seq).expect("forward pass");
+    let short = &seq[..seq.len() - 3];
+    assert!(shared.covers(short) && shared.covers(&seq));
+    assert!(!shared.covers(&[seq[1]]));
+    for (ctx, target) in [(&seq[..], 504u32), (short, 260)] {
+        for method in [GradMethod::Saliency, GradMethod::InputXGradient] {
+            let a = shared
+                .attribute(am, ctx, target, &method, TargetFn::Prob, Agg::Inseq)
+                .expect("shared");
+            let b = attribute(am, ctx, target, method.clone(), TargetFn::Prob, Agg::Inseq)
+                .expect("alone");
+            assert_eq!(a.scores.len(), ctx.len());
+            for (x, y) in a.scores.iter().zip(&b.scores) {
+                assert!(
+                    (x - y).abs() < 1e-5,
+                    "{method:?} after {}: {x} vs {y}",
+                    ctx.len()
+                );
+            }
+            assert!((a.target_prob - b.target_prob).abs() < 1e-6);
+        }
     }
 }
