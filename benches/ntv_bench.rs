@@ -1310,14 +1310,15 @@ fn serve_latency(exe: &str, path: &std::path::Path, model: &Model, threads: i32,
 }
 
 /// Run `ntv ARGS` in `dir` and wait for it alone: (wall ms, its own peak RSS in KB, stdout).
-// The child is reaped by `wait4` (which also returns its own rusage), not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
 fn run_with_rusage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, i64, Vec<u8>) {
     let (ms, usage, out) = run_usage(exe, args, dir);
     (ms, usage.ru_maxrss, out)
 }
 
-/// Run `exe args` in `dir`: wall ms, the child's own resource usage, its stdout.
+/// Run `exe args` in `dir` and wait for it alone: wall ms, the child's own resource usage,
+/// its stdout.
+// The child is reaped by `wait4` (which also returns its own rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_usage(exe: &str, args: &[&str], dir: &std::path::Path) -> (f64, libc::rusage, Vec<u8>) {
     use std::io::Read;
     let t = Instant::now();
