@@ -198,12 +198,13 @@ the Hugging Face cache first (with --offline only one already there).")]
   ntv attribute --index 0 --method saliency          after ntv generate
   ntv attribute --all --method attention --format json
   ntv attribute --token 9553 --method integrated_gradients --steps 64
+  ntv attribute --method occlusion --window 8         spans of 8 tokens: ~8 × fewer decodes
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
 
 Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
 \"parse_special\", \"completion_ids\",
 \"index\" | \"token\" | \"all\", \"method\", \"agg\", \"target_fn\", \"steps\",
-\"baseline\"}; missing fields take the command-line values. Output is JSONL in input order.")]
+\"baseline\", \"window\"}; missing fields take the command-line values. Output is JSONL in input order.")]
     Attribute(AttributeArgs),
     /// What each layer would predict (the logit lens): the model's own final norm and output
     /// head applied to the residual stream after every layer. Reads the session; changes
@@ -831,6 +832,11 @@ pub struct AttributeArgs {
     /// models such as llama, whose first normalisation then divides by ~0).
     #[arg(long, value_enum, default_value_t = BaselineChoice::Unk, help_heading = "Attribution")]
     pub baseline: BaselineChoice,
+    /// Occlusion: remove spans of N consecutive tokens (0..N, N..2N, …; Inseq's sliding windows
+    /// with stride N), each span's drop scoring every token in it; about n²/2N tokens decoded
+    /// instead of n²/2. Default 1: exact leave-one-out.
+    #[arg(long, value_name = "N", help_heading = "Attribution")]
+    pub window: Option<usize>,
     /// Contributors listed under the heatmap.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
