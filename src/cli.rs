@@ -193,6 +193,11 @@ the Hugging Face cache first (with --offline only one already there).")]
     /// own weights (every architecture); saliency, input_x_gradient and integrated_gradients
     /// run an autograd forward over the weights dequantised to f32 (llama, mistral, qwen2,
     /// qwen3 families).
+    ///
+    /// Every method reports the same p(target): the softmax of the raw logits at the
+    /// predicting position (no penalties, temperature or truncation), computed by the engine
+    /// the output names (llama.cpp: its ordinary decode, as `ntv preview`'s p_base; autograd:
+    /// its f32 forward).
     #[command(after_help = "Examples:
   ntv attribute -p \"The capital of France is\" --no-chat-template
   ntv attribute --index 0 --method saliency          after ntv generate
