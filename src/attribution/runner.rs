@@ -520,6 +520,16 @@ mod tests {
     }
 
     #[test]
+    fn occlusion_window_defaults_to_leave_one_out_and_refuses_zero() {
+        let mut o = Options::default();
+        assert_eq!(o.effective_window(), 1);
+        o.window = Some(8);
+        assert_eq!(o.effective_window(), 8);
+        assert_eq!(check_window(3, "--window").unwrap(), 3);
+        assert!(check_window(0, "--window").unwrap_err().is_input());
+    }
+
+    #[test]
     fn engine_room_rounds_up_within_the_limit() {
         assert_eq!(room(10, 4096), 64);
         assert_eq!(room(300, 4096), 512);
