@@ -205,6 +205,8 @@ the Hugging Face cache first (with --offline only one already there).")]
   ntv attribute --token 9553 --method integrated_gradients --steps 64
   ntv attribute --method occlusion --window 8         spans of 8 tokens: ~8 × fewer decodes
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
+  ntv attribute --batch requests.jsonl --shard auto > part$SLURM_ARRAY_TASK_ID.jsonl
+  ntv attribute --merge part*.jsonl > all.jsonl     the parts back in input order
 
 Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
 \"parse_special\", \"completion_ids\",
@@ -706,8 +708,15 @@ pub struct GenerateArgs {
     /// Stop at the first bad batch line (default: report it and go on).
     #[arg(long, requires = "batch", help_heading = "Batch")]
     pub fail_fast: bool,
-    /// Take every N-th case starting at K (0 <= K < N), to split a batch over processes.
-    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    /// Take every N-th case starting at K (0 <= K < N), to split a batch over processes; auto:
+    /// K and N of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT); auto/N:
+    /// K of this Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX), N its completions.
+    #[arg(
+        long,
+        value_name = "K/N|auto[/N]",
+        requires = "batch",
+        help_heading = "Batch"
+    )]
     pub shard: Option<String>,
 }
 
@@ -842,6 +851,12 @@ pub struct AttributeArgs {
     /// instead of n²/2. Default 1: exact leave-one-out.
     #[arg(long, value_name = "N", help_heading = "Attribution")]
     pub window: Option<usize>,
+    /// Gradient methods: activations kept for the backward pass at most, e.g. 512M, 2G (bytes
+    /// without a suffix; K, M, G are powers of 1024). Larger budgets batch more of integrated
+    /// gradients' inputs and recompute fewer blocks (faster); weights are not part of it: they
+    /// stay in the model file. Default 512M.
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size, help_heading = "Attribution")]
+    pub max_memory: Option<usize>,
     /// Contributors listed under the heatmap.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -851,9 +866,31 @@ pub struct AttributeArgs {
     /// Stop at the first bad batch line (default: report it and go on).
     #[arg(long, requires = "batch", help_heading = "Batch")]
     pub fail_fast: bool,
-    /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes.
-    #[arg(long, value_name = "K/N", requires = "batch", help_heading = "Batch")]
+    /// Take every N-th request starting at K (0 <= K < N), to split a batch over processes; auto:
+    /// K and N of this Slurm job array task (SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT); auto/N:
+    /// K of this Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX), N its completions. Each
+    /// record then says where it belongs ("shard": request, requests, k, n, batch_sha256), for
+    /// --merge.
+    #[arg(
+        long,
+        value_name = "K/N|auto[/N]",
+        requires = "batch",
+        help_heading = "Batch"
+    )]
     pub shard: Option<String>,
+    /// Put the parts of a sharded batch (the outputs of its --shard runs) back in input order,
+    /// as one run of the whole batch would have written them, without loading a model; fails
+    /// (exit 2) naming the requests missing or present twice, or when the parts are of
+    /// different batches. With --batch FILE, checks that the parts are of FILE and names the
+    /// missing requests' lines. --format html builds the batch page.
+    #[arg(
+        long,
+        value_name = "PART.jsonl",
+        num_args = 1..,
+        help_heading = "Batch",
+        conflicts_with_all = ["shard", "fail_fast", "index", "token", "text", "all"]
+    )]
+    pub merge: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1120,5 +1157,48 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+}
+
+/// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `KB`,
+/// `MiB`, … accepted), e.g. `512M`, `1.5G`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512M, 2G, 1048576)"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1u64,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown size unit `{other}` (use K, M, G or T)")),
+    };
+    let bytes = x * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(format!("`{s}` is not a positive size"));
+    }
+    Ok(bytes as usize)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 64 kb "), Ok(64 << 10));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
     }
 }

@@ -590,6 +590,9 @@ pub struct AttributionRecord {
     /// Line number in the batch file (batch only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// Where the record belongs in a sharded batch (`--shard` only), for `--merge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardPlace>,
     pub method: crate::attribution::Method,
     /// inseq (non-negative, sums to 1), sum (raw signed) or l2 (unnormalised magnitudes).
     pub aggregation: crate::attribution::Agg,
@@ -635,7 +638,28 @@ pub struct BatchFailure {
     pub id: Option<serde_json::Value>,
     /// Line number in the batch file (1-based).
     pub line: usize,
+    /// Where the record belongs in a sharded batch (`attribute --batch … --shard` only), for
+    /// `--merge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardPlace>,
     pub error: String,
+}
+
+/// Where a record of a sharded batch run belongs (`--shard K/N` or `--shard auto`): enough for
+/// `ntv attribute --merge` to put the parts back in input order and to tell a missing request
+/// from a blank line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShardPlace {
+    /// The request's index among the batch file's requests (0-based; blank lines not counted).
+    pub request: usize,
+    /// Requests in the whole batch file (every shard).
+    pub requests: usize,
+    /// This run's shard (0-based, below `n`).
+    pub k: usize,
+    /// Shards the batch was split into.
+    pub n: usize,
+    /// SHA-256 of the batch file (hex): the parts of one batch carry the same.
+    pub batch_sha256: String,
 }
 
 /// One line of `ntv attribute --batch` output.

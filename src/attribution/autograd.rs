@@ -1,6 +1,14 @@
 //! Gradient attribution (saliency, input×gradient, integrated gradients) through a
 //! differentiable forward pass of the llama family (llama, mistral, smollm) and qwen2/qwen3,
-//! written in candle over the GGUF's weights dequantised to f32 on the CPU.
+//! written in candle on the CPU over the GGUF's own weights.
+//!
+//! Memory: the weights stay in the file's (quantised or 16-bit) form, memory-mapped; every
+//! matmul expands its weight a cache-sized tile at a time into a buffer each thread reuses,
+//! forward and backward alike, so no weight matrix is ever expanded whole (the embedding reads only the context's rows). Activations live
+//! within a budget ([`AutogradModel::set_activation_budget`], `--max-memory`): the backward
+//! pass runs block by block, keeping each block's graph when the budget allows and otherwise
+//! recomputing one block at a time from its saved input (gradient checkpointing), and
+//! integrated gradients' interpolated inputs are batched to fit it.
 //!
 //! The forward follows llama.cpp on the GGUF layout, not Hugging Face's:
 //! - llama-arch GGUFs have their Q/K weights permuted by `convert_hf_to_gguf` for llama.cpp's
@@ -25,12 +33,12 @@
 //!
 //! Threads: `main` sets `CANDLE_NUM_THREADS=1` on ≤ 2 cores and `RAYON_NUM_THREADS` (see there).
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+
+use crate::engine::{QMatrix, WeightFile};
 
 use super::error::AttributionError;
 use super::legendre::gauss_legendre_unit;
@@ -39,10 +47,14 @@ use super::watch::Watch;
 /// GGUF architectures the autograd forward supports.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
-/// Memory budget for one batch of integrated-gradients steps (activations kept for backward).
-const IG_MEMORY_BUDGET: usize = 2 << 30;
+/// The activation budget when none is set (`--max-memory`): activations kept for the backward
+/// pass, over every block, of one batch of inputs.
+pub const DEFAULT_ACTIVATION_BUDGET: usize = 512 << 20;
 /// Most interpolated inputs in one batch (beyond this, batching gains nothing on a CPU).
 const IG_MAX_BATCH: usize = 25;
+/// Interpolated inputs batched together before blocks are recomputed rather than kept: the
+/// matmuls of smaller batches run well below the CPU's speed.
+const MIN_BATCH: usize = 10;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -54,24 +66,32 @@ enum RopeStyle {
     Neox,
 }
 
+/// RoPE tables and causal mask of one sequence length.
+struct Tables {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    wo: Tensor,
+    wo: QMatrix,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
 }
 
-/// A model's weights in f32 on the CPU, loaded once, with a differentiable forward pass.
+/// A model's weights in place in its GGUF file (memory-mapped, expanded per matmul), with a
+/// differentiable forward pass.
 pub struct AutogradModel {
     arch: String,
     n_embd: usize,
@@ -84,13 +104,17 @@ pub struct AutogradModel {
     rope_dim: usize,
     /// Angular frequency of each rotated pair (len `rope_dim / 2`).
     inv_freq: Vec<f64>,
-    tok_embd: Tensor,
-    output: Tensor,
+    tok_embd: QMatrix,
+    output: QMatrix,
     output_norm: Tensor,
     layers: Vec<Layer>,
     unk_id: u32,
     eos_id: Option<u32>,
     device: Device,
+    /// Bytes of activations one batch may keep (see [`AutogradModel::set_activation_budget`]).
+    budget: usize,
+    /// Parameters of the model (every weight's values).
+    n_params: usize,
 }
 
 /// What is differentiated.
@@ -180,10 +204,19 @@ pub struct GradAttribution {
     pub completeness_error: Option<f64>,
 }
 
-/// `x @ wᵀ` for a constant weight `w` ([out, in]); the backward pass returns only the input's
-/// gradient (`grad @ w`), so no weight gradient is computed.
+/// Rows `rows` of `w` expanded to f32.
+fn expand(w: &QMatrix, rows: Range<usize>) -> Vec<f32> {
+    let mut out = vec![0f32; rows.len() * w.cols()];
+    w.dequantise(rows, &mut out);
+    out
+}
+
+/// `x @ wᵀ` for a constant weight `w` ([out, in], in the file's form); the backward pass
+/// returns only the input's gradient (`grad @ w`), so no weight gradient is computed, and the
+/// graph keeps no expanded weight: each product expands it again, a cache-sized tile at a
+/// time ([`QMatrix::matmul_t`], [`QMatrix::matmul`]).
 struct FrozenLinear {
-    w: Tensor,
+    w: QMatrix,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -198,19 +231,28 @@ impl CustomOp1 for FrozenLinear {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("frozen-linear: contiguous input expected");
         };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let x = &data[start..end];
+        let m = layout.shape().dims().first().copied().unwrap_or(0);
+        let mut y = vec![0f32; m * self.w.rows()];
+        self.w.matmul_t(x, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows()))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.matmul(&self.w)?))
+        let g = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        let m = g.len() / self.w.rows().max(1);
+        let mut out = vec![0f32; m * self.w.cols()];
+        self.w.matmul(&g, &mut out);
+        Ok(Some(Tensor::from_vec(
+            out,
+            (m, self.w.cols()),
+            &Device::Cpu,
+        )?))
     }
 }
 
 /// `x [.., in] @ wᵀ (+ b)` → `[.., out]`.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+fn linear(x: &Tensor, w: &QMatrix, b: Option<&Tensor>) -> CResult<Tensor> {
     let dims = x.dims().to_vec();
     let (lead, inner) = dims.split_at(dims.len() - 1);
     let m: usize = lead.iter().product();
@@ -221,7 +263,7 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
         None => y,
     };
     let mut out = lead.to_vec();
-    out.push(w.dim(0)?);
+    out.push(w.rows());
     y.reshape(out)
 }
 
@@ -250,116 +292,112 @@ fn meta_err(path: &Path, message: impl Into<String>) -> AttributionError {
     }
 }
 
-fn meta_uint(v: &Value) -> Option<u64> {
-    match v {
-        Value::U8(x) => Some(*x as u64),
-        Value::U16(x) => Some(*x as u64),
-        Value::U32(x) => Some(*x as u64),
-        Value::U64(x) => Some(*x),
-        Value::I8(x) => u64::try_from(*x).ok(),
-        Value::I16(x) => u64::try_from(*x).ok(),
-        Value::I32(x) => u64::try_from(*x).ok(),
-        Value::I64(x) => u64::try_from(*x).ok(),
-        _ => None,
-    }
-}
-
-fn meta_float(v: &Value) -> Option<f64> {
-    match v {
-        Value::F32(x) => Some(*x as f64),
-        Value::F64(x) => Some(*x),
-        other => meta_uint(other).map(|x| x as f64),
-    }
-}
-
+/// The GGUF file with the architecture's key prefix.
 struct Gguf {
-    path: PathBuf,
-    content: Content,
-    reader: BufReader<File>,
+    file: WeightFile,
     arch: String,
 }
 
 impl Gguf {
-    fn key(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(&format!("{}.{key}", self.arch))
+    fn path(&self) -> &Path {
+        self.file.path()
     }
 
     fn uint(&self, key: &str) -> Result<Option<usize>, AttributionError> {
-        match self.key(key) {
+        let full = format!("{}.{key}", self.arch);
+        match self.file.number(&full) {
+            None if self.file.has_key(&full) => Err(meta_err(
+                self.path(),
+                format!("{full} is not an unsigned integer"),
+            )),
             None => Ok(None),
-            Some(v) => meta_uint(v).map(|x| Some(x as usize)).ok_or_else(|| {
-                meta_err(
-                    &self.path,
-                    format!("{}.{key} is not an unsigned integer", self.arch),
-                )
-            }),
+            Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
+            Some(_) => Err(meta_err(
+                self.path(),
+                format!("{full} is not an unsigned integer"),
+            )),
         }
     }
 
     fn req_uint(&self, key: &str) -> Result<usize, AttributionError> {
         self.uint(key)?.ok_or_else(|| {
             meta_err(
-                &self.path,
+                self.path(),
                 format!("metadata {}.{key} is missing", self.arch),
             )
         })
     }
 
     fn float(&self, key: &str) -> Result<Option<f64>, AttributionError> {
-        match self.key(key) {
-            None => Ok(None),
-            Some(v) => meta_float(v).map(Some).ok_or_else(|| {
-                meta_err(&self.path, format!("{}.{key} is not a number", self.arch))
-            }),
+        let full = format!("{}.{key}", self.arch);
+        match self.file.number(&full) {
+            None if self.file.has_key(&full) => {
+                Err(meta_err(self.path(), format!("{full} is not a number")))
+            }
+            other => Ok(other),
         }
     }
 
     fn global_uint(&self, key: &str) -> Option<u64> {
-        self.content.metadata.get(key).and_then(meta_uint)
+        self.file
+            .number(key)
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
     }
 
-    fn has(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+    /// A weight matrix of `cols` columns, in place.
+    fn matrix(&self, name: &str, cols: usize) -> Result<QMatrix, AttributionError> {
+        self.opt_matrix(name, cols)?
+            .ok_or_else(|| meta_err(self.path(), format!("tensor {name} is missing")))
     }
 
-    fn tensor(&mut self, name: &str) -> Result<Tensor, AttributionError> {
-        if !self.has(name) {
-            return Err(meta_err(&self.path, format!("tensor {name} is missing")));
+    fn opt_matrix(&self, name: &str, cols: usize) -> Result<Option<QMatrix>, AttributionError> {
+        self.file
+            .matrix(name, cols)
+            .map_err(|e| meta_err(self.path(), e.to_string()))
+    }
+
+    /// A vector (norm weight, bias) expanded to f32, checked to have `len` values.
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Tensor>, AttributionError> {
+        let Some(dims) = self.file.dims(name) else {
+            return Ok(None);
+        };
+        if dims[0] != len || dims[1..].iter().any(|&d| d != 1) {
+            return Err(meta_err(
+                self.path(),
+                format!("tensor {name} has shape {dims:?}, expected a vector of {len}"),
+            ));
         }
-        let q = self
-            .content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| meta_err(&self.path, format!("tensor {name}: {e}")))?;
-        q.dequantize(&Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| meta_err(&self.path, format!("dequantise {name}: {e}")))
+        let m = self.matrix(name, len)?;
+        Ok(Some(Tensor::from_vec(expand(&m, 0..1), len, &Device::Cpu)?))
     }
 
-    fn opt_tensor(&mut self, name: &str) -> Result<Option<Tensor>, AttributionError> {
-        if self.has(name) {
-            self.tensor(name).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor, AttributionError> {
+        self.opt_vector(name, len)?
+            .ok_or_else(|| meta_err(self.path(), format!("tensor {name} is missing")))
     }
 }
 
 impl AutogradModel {
-    /// Read a GGUF file and dequantise its weights to f32 (CPU). An architecture outside
+    /// Open a GGUF file for the autograd forward: the weights stay in the file (memory-mapped),
+    /// only norm weights and biases are read now. An architecture outside
     /// [`SUPPORTED_ARCHITECTURES`] gives [`AttributionError::UnsupportedArchitecture`].
     pub fn load(path: &Path) -> Result<Self, AttributionError> {
-        let file = File::open(path).map_err(|source| AttributionError::Io {
-            path: path.to_path_buf(),
-            source,
+        let file = WeightFile::open(path).map_err(|e| match e {
+            crate::engine::EngineError::Io { path, source } => {
+                AttributionError::Io { path, source }
+            }
+            crate::engine::EngineError::NotFound(path) => AttributionError::Io {
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+            other => AttributionError::Gguf {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
         })?;
-        let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| AttributionError::Gguf {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let arch = match content.metadata.get("general.architecture") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(meta_err(path, "general.architecture is missing")),
+        let Some(arch) = file.string("general.architecture") else {
+            return Err(meta_err(path, "general.architecture is missing"));
         };
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
             return Err(AttributionError::UnsupportedArchitecture {
@@ -367,10 +405,8 @@ impl AutogradModel {
                 supported: SUPPORTED_ARCHITECTURES.join(", "),
             });
         }
-        let mut g = Gguf {
-            path: path.to_path_buf(),
-            content,
-            reader,
+        let g = Gguf {
+            file,
             arch: arch.clone(),
         };
         let n_embd = g.req_uint("embedding_length")?;
@@ -401,7 +437,7 @@ impl AutogradModel {
             ));
         }
         let mut freq_scale = 1.0;
-        if let Some(Value::String(kind)) = g.key("rope.scaling.type") {
+        if let Some(kind) = g.file.string(&format!("{arch}.rope.scaling.type")) {
             match kind.as_str() {
                 "none" => {}
                 "linear" => {
@@ -424,8 +460,8 @@ impl AutogradModel {
             _ => RopeStyle::Interleaved,
         };
         let freq_factors: Option<Vec<f32>> = g
-            .opt_tensor("rope_freqs.weight")?
-            .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
+            .opt_vector("rope_freqs.weight", rope_dim / 2)?
+            .map(|t| t.to_vec1::<f32>())
             .transpose()?;
         let inv_freq: Vec<f64> = (0..rope_dim / 2)
             .map(|i| {
@@ -437,34 +473,59 @@ impl AutogradModel {
             })
             .collect();
 
-        let tok_embd = g.tensor("token_embd.weight")?;
-        let (n_vocab, d) = tok_embd.dims2()?;
-        if d != n_embd {
-            return Err(meta_err(path, "token_embd.weight does not match n_embd"));
-        }
-        let output = match g.opt_tensor("output.weight")? {
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let tok_embd = g.matrix("token_embd.weight", n_embd)?;
+        let n_vocab = tok_embd.rows();
+        let output = match g.opt_matrix("output.weight", n_embd)? {
             Some(t) => t,
             None => tok_embd.clone(),
         };
-        let output_norm = g.tensor("output_norm.weight")?;
+        let output_norm = g.vector("output_norm.weight", n_embd)?;
+        let mut n_params = tok_embd.rows() * n_embd + n_embd;
+        if g.file.dims("output.weight").is_some() {
+            n_params += output.rows() * n_embd;
+        }
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let shaped = |m: QMatrix, rows: usize| {
+                if m.rows() == rows {
+                    Ok(m)
+                } else {
+                    Err(meta_err(
+                        path,
+                        format!("tensor {} has {} rows, expected {rows}", m.name(), m.rows()),
+                    ))
+                }
+            };
+            let wq = shaped(g.matrix(&p("attn_q.weight"), n_embd)?, q_dim)?;
+            let wk = shaped(g.matrix(&p("attn_k.weight"), n_embd)?, kv_dim)?;
+            let wv = shaped(g.matrix(&p("attn_v.weight"), n_embd)?, kv_dim)?;
+            let wo = shaped(g.matrix(&p("attn_output.weight"), q_dim)?, n_embd)?;
+            let w_gate = g.matrix(&p("ffn_gate.weight"), n_embd)?;
+            let ffn = w_gate.rows();
+            let w_up = shaped(g.matrix(&p("ffn_up.weight"), n_embd)?, ffn)?;
+            let w_down = shaped(g.matrix(&p("ffn_down.weight"), ffn)?, n_embd)?;
+            n_params += [&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down]
+                .iter()
+                .map(|m| m.rows() * m.cols())
+                .sum::<usize>()
+                + 2 * n_embd;
             layers.push(Layer {
-                attn_norm: g.tensor(&p("attn_norm.weight"))?,
-                wq: g.tensor(&p("attn_q.weight"))?,
-                wk: g.tensor(&p("attn_k.weight"))?,
-                wv: g.tensor(&p("attn_v.weight"))?,
-                bq: g.opt_tensor(&p("attn_q.bias"))?,
-                bk: g.opt_tensor(&p("attn_k.bias"))?,
-                bv: g.opt_tensor(&p("attn_v.bias"))?,
-                q_norm: g.opt_tensor(&p("attn_q_norm.weight"))?,
-                k_norm: g.opt_tensor(&p("attn_k_norm.weight"))?,
-                wo: g.tensor(&p("attn_output.weight"))?,
-                ffn_norm: g.tensor(&p("ffn_norm.weight"))?,
-                w_gate: g.tensor(&p("ffn_gate.weight"))?,
-                w_up: g.tensor(&p("ffn_up.weight"))?,
-                w_down: g.tensor(&p("ffn_down.weight"))?,
+                attn_norm: g.vector(&p("attn_norm.weight"), n_embd)?,
+                wq,
+                wk,
+                wv,
+                bq: g.opt_vector(&p("attn_q.bias"), q_dim)?,
+                bk: g.opt_vector(&p("attn_k.bias"), kv_dim)?,
+                bv: g.opt_vector(&p("attn_v.bias"), kv_dim)?,
+                q_norm: g.opt_vector(&p("attn_q_norm.weight"), head_dim)?,
+                k_norm: g.opt_vector(&p("attn_k_norm.weight"), head_dim)?,
+                wo,
+                ffn_norm: g.vector(&p("ffn_norm.weight"), n_embd)?,
+                w_gate,
+                w_up,
+                w_down,
             });
         }
         let unk_id = g
@@ -491,6 +552,8 @@ impl AutogradModel {
             unk_id,
             eos_id,
             device: Device::Cpu,
+            budget: DEFAULT_ACTIVATION_BUDGET,
+            n_params,
         })
     }
 
@@ -537,8 +600,12 @@ impl AutogradModel {
     /// Input embeddings of `ids`: `[1, n, n_embd]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor, AttributionError> {
         self.check_ids(ids)?;
-        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self.tok_embd.index_select(&idx, 0)?.unsqueeze(0)?)
+        let d = self.n_embd;
+        let mut out = vec![0f32; ids.len() * d];
+        for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
+            self.tok_embd.dequantise(id as usize..id as usize + 1, row);
+        }
+        Ok(Tensor::from_vec(out, (1, ids.len(), d), &self.device)?)
     }
 
     fn rope_tables(&self, n: usize) -> CResult<(Tensor, Tensor)> {
@@ -600,15 +667,17 @@ impl AutogradModel {
         let (b, n, d) = x.dims3()?;
         let x = self.blocks(x, |_| Ok(()))?;
         let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
-        let last = rms_norm(&last, &self.output_norm, self.eps)?;
+        self.head(&last)
+    }
+
+    /// Final norm and output head: `[b, n_embd]` → `[b, n_vocab]`.
+    fn head(&self, last: &Tensor) -> CResult<Tensor> {
+        let last = rms_norm(last, &self.output_norm, self.eps)?;
         linear(&last, &self.output, None)
     }
 
-    /// The residual stream through every block: `each` sees the output of each block in
-    /// order; returns the last one.
-    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+    /// RoPE tables and the causal mask for `n` positions.
+    fn tables(&self, n: usize) -> CResult<Tables> {
         let (cos, sin) = self.rope_tables(n)?;
         let mask: Vec<f32> = (0..n * n)
             .map(|i| {
@@ -620,51 +689,68 @@ impl AutogradModel {
             })
             .collect();
         let mask = Tensor::from_vec(mask, (n, n), &self.device)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let rep = h / hkv;
+        Ok(Tables { cos, sin, mask })
+    }
+
+    /// The residual stream through every block: `each` sees the output of each block in
+    /// order; returns the last one.
+    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
+        let t = self.tables(x.dim(1)?)?;
         let mut x = x.clone();
         for l in &self.layers {
-            let hn = rms_norm(&x, &l.attn_norm, self.eps)?;
-            let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
-            let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
-            let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
-            if let Some(w) = &l.q_norm {
-                q = rms_norm(&q, w, self.eps)?;
-            }
-            if let Some(w) = &l.k_norm {
-                k = rms_norm(&k, w, self.eps)?;
-            }
-            let q = self.rope(&q, &cos, &sin)?.transpose(1, 2)?.contiguous()?;
-            let k = self.rope(&k, &cos, &sin)?.transpose(1, 2)?;
-            let v = v.transpose(1, 2)?;
-            let (k, v) = if rep > 1 {
-                let k = k
-                    .unsqueeze(2)?
-                    .broadcast_as((b, hkv, rep, n, hd))?
-                    .reshape((b, h, n, hd))?;
-                let v = v
-                    .unsqueeze(2)?
-                    .broadcast_as((b, hkv, rep, n, hd))?
-                    .reshape((b, h, n, hd))?;
-                (k, v)
-            } else {
-                (k.contiguous()?, v.contiguous()?)
-            };
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let att = softmax_last(&att)?;
-            let o = att
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, n, h * hd))?;
-            x = (x + linear(&o, &l.wo, None)?)?;
-            let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
-            let g = linear(&hn, &l.w_gate, None)?.silu()?;
-            let u = linear(&hn, &l.w_up, None)?;
-            x = (x + linear(&(g * u)?, &l.w_down, None)?)?;
+            x = self.block(l, &x, &t)?;
             each(&x)?;
         }
         Ok(x)
+    }
+
+    /// One transformer block on `x` `[b, n, n_embd]`.
+    fn block(&self, l: &Layer, x: &Tensor, t: &Tables) -> CResult<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let rep = h / hkv;
+        let hn = rms_norm(x, &l.attn_norm, self.eps)?;
+        let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
+        let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
+        let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
+        if let Some(w) = &l.q_norm {
+            q = rms_norm(&q, w, self.eps)?;
+        }
+        if let Some(w) = &l.k_norm {
+            k = rms_norm(&k, w, self.eps)?;
+        }
+        let q = self
+            .rope(&q, &t.cos, &t.sin)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self.rope(&k, &t.cos, &t.sin)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?;
+        let (k, v) = if rep > 1 {
+            let k = k
+                .unsqueeze(2)?
+                .broadcast_as((b, hkv, rep, n, hd))?
+                .reshape((b, h, n, hd))?;
+            let v = v
+                .unsqueeze(2)?
+                .broadcast_as((b, hkv, rep, n, hd))?
+                .reshape((b, h, n, hd))?;
+            (k, v)
+        } else {
+            (k.contiguous()?, v.contiguous()?)
+        };
+        let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&t.mask)?;
+        let att = softmax_last(&att)?;
+        let o = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, h * hd))?;
+        let x = (x + linear(&o, &l.wo, None)?)?;
+        let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
+        let g = linear(&hn, &l.w_gate, None)?.silu()?;
+        let u = linear(&hn, &l.w_up, None)?;
+        x + linear(&(g * u)?, &l.w_down, None)?
     }
 
     /// The residual stream of `ids` after the embedding (layer 0) and after every block
@@ -687,10 +773,7 @@ impl AutogradModel {
     /// lens logits of that row in f32.
     pub fn lens_logits(&self, residual: &[f32]) -> Result<Vec<f32>, AttributionError> {
         let x = Tensor::from_slice(residual, (1, residual.len()), &self.device)?;
-        let x = rms_norm(&x, &self.output_norm, self.eps)?;
-        Ok(linear(&x, &self.output, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        Ok(self.head(&x)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Logits at the last position of each sequence: `embeddings` `[b, n, n_embd]` →
@@ -736,22 +819,214 @@ fn next_token_logits_inner(
     Ok(model.logits_last(&e)?.squeeze(0)?.to_vec1::<f32>()?)
 }
 
-/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent).
+/// How the backward pass gets each block's activations: the first `graphs` blocks keep their
+/// graph from the forward pass; the others keep only their input and are recomputed, one
+/// block at a time, during the backward pass (gradient checkpointing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keep {
+    graphs: usize,
+}
+
+/// A block's part of the forward pass, as the backward pass needs it.
+enum Saved {
+    /// The block's input (a leaf) and its output, with the graph between them.
+    Graph(Var, Tensor),
+    /// The block's input only.
+    Input(Tensor),
+}
+
+/// A forward pass kept for backward passes: the blocks' graphs or inputs (see [`Keep`]) and
+/// the residual stream at the top, for inputs `[b, n, d]` (rows independent). Each backward
+/// pass starts from one position's target function, so the targets of one sequence (e.g.
+/// every completion token of `--all`, or saliency and input×gradient of one target) share
+/// the forward pass and differ only in the seed.
+struct Pass {
+    saved: Vec<Saved>,
+    top: Var,
+    tables: Tables,
+}
+
+impl Pass {
+    fn new(model: &AutogradModel, inputs: &Tensor, keep: Keep) -> Result<Self, AttributionError> {
+        let t = model.tables(inputs.dim(1)?)?;
+        let mut saved = Vec::with_capacity(model.layers.len());
+        let mut x = inputs.detach();
+        for (i, l) in model.layers.iter().enumerate() {
+            if i < keep.graphs {
+                let v = Var::from_tensor(&x)?;
+                let y = model.block(l, v.as_tensor(), &t)?;
+                x = y.detach();
+                saved.push(Saved::Graph(v, y));
+            } else {
+                let y = model.block(l, &x, &t)?;
+                saved.push(Saved::Input(std::mem::replace(&mut x, y)));
+            }
+        }
+        Ok(Self {
+            saved,
+            top: Var::from_tensor(&x)?,
+            tables: t,
+        })
+    }
+
+    /// The target function at position `row` of every input, its gradient w.r.t. the
+    /// inputs `[b, n, d]` (zero after `row`: the model is causal) and the logits at `row`
+    /// (detached).
+    fn backward(
+        &self,
+        model: &AutogradModel,
+        row: usize,
+        target: u32,
+        f: TargetFn,
+    ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
+        let (b, _, d) = self.top.as_tensor().dims3()?;
+        let last = self.top.as_tensor().narrow(1, row, 1)?.reshape((b, d))?;
+        let logits = model.head(&last)?;
+        let vals = target_value(&logits, target, f)?;
+        let no_grad = || AttributionError::Compute("no gradient reached the input".into());
+        let mut g = vals
+            .sum_all()?
+            .backward()?
+            .get(self.top.as_tensor())
+            .ok_or_else(no_grad)?
+            .clone();
+        for (l, part) in model.layers.iter().zip(&self.saved).rev() {
+            let recomputed;
+            let (v, y) = match part {
+                Saved::Graph(v, y) => (v, y),
+                Saved::Input(x) => {
+                    let v = Var::from_tensor(x)?;
+                    let y = model.block(l, v.as_tensor(), &self.tables)?;
+                    recomputed = (v, y);
+                    (&recomputed.0, &recomputed.1)
+                }
+            };
+            // d(Σ y·g)/dx is the block's vector-Jacobian product with the gradient above it.
+            g = (y * &g)?
+                .sum_all()?
+                .backward()?
+                .get(v.as_tensor())
+                .ok_or_else(no_grad)?
+                .clone();
+        }
+        Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+    }
+}
+
+/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent),
+/// one block at a time backwards (see [`Keep`]). Returns the values, the gradient and the
+/// logits (detached).
 fn value_and_grad(
     model: &AutogradModel,
     inputs: &Tensor,
     target: u32,
     f: TargetFn,
+    keep: Keep,
 ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
-    let var = Var::from_tensor(inputs)?;
-    let logits = model.logits_last(var.as_tensor())?;
-    let vals = target_value(&logits, target, f)?;
-    let grads = vals.sum_all()?.backward()?;
-    let g = grads
-        .get(var.as_tensor())
-        .ok_or_else(|| AttributionError::Compute("no gradient reached the input".into()))?
-        .clone();
-    Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+    let n = inputs.dim(1)?;
+    Pass::new(model, inputs, keep)?.backward(model, n - 1, target, f)
+}
+
+/// The forward pass of one token sequence, kept so that gradient attributions of targets
+/// after any prefix of it share it ([`SharedForward::attribute`]): saliency and
+/// input×gradient of one target cost one backward pass together, and each further target
+/// one more backward pass.
+pub struct SharedForward {
+    ids: Vec<u32>,
+    embeddings: Tensor,
+    pass: Pass,
+    /// Gradients already computed: (predicting position, target, function) → (gradient
+    /// `[1, row + 1, d]`, p(target)).
+    done: Vec<((usize, u32, TargetFn), Tensor, f64)>,
+}
+
+impl SharedForward {
+    /// The forward pass of `ids` (within the model's activation budget).
+    pub fn new(model: &AutogradModel, ids: &[u32]) -> Result<Self, AttributionError> {
+        if ids.is_empty() {
+            return Err(AttributionError::BadInput("the context is empty".into()));
+        }
+        let e = model.embed(ids)?;
+        let (_, keep) = model.plan(1, ids.len());
+        Ok(Self {
+            ids: ids.to_vec(),
+            pass: Pass::new(model, &e, keep)?,
+            embeddings: e,
+            done: Vec::new(),
+        })
+    }
+
+    /// Whether `context` is a prefix of this pass's sequence (so its targets can use it).
+    pub fn covers(&self, context: &[u32]) -> bool {
+        !context.is_empty() && self.ids.starts_with(context)
+    }
+
+    /// Saliency or input×gradient of `target` after `context` (a prefix of the sequence,
+    /// see [`SharedForward::covers`]).
+    pub fn attribute(
+        &mut self,
+        model: &AutogradModel,
+        context: &[u32],
+        target: u32,
+        method: &GradMethod,
+        f: TargetFn,
+        agg: Agg,
+    ) -> Result<GradAttribution, AttributionError> {
+        if !self.covers(context) {
+            return Err(AttributionError::BadInput(
+                "the context is not a prefix of the shared forward pass".into(),
+            ));
+        }
+        model.check_ids(&[target])?;
+        let n = context.len();
+        let key = (n - 1, target, f);
+        let (g, p) = match self.done.iter().find(|(k, _, _)| *k == key) {
+            Some((_, g, p)) => (g.clone(), *p),
+            None => {
+                let (_, g, logits) = self.pass.backward(model, n - 1, target, f)?;
+                let g = g.narrow(1, 0, n)?;
+                let p = prob_of(&logits, target)?;
+                self.done.push((key, g.clone(), p));
+                (g, p)
+            }
+        };
+        let attr = match method {
+            GradMethod::Saliency => g,
+            GradMethod::InputXGradient => (self.embeddings.narrow(1, 0, n)? * &g)?,
+            GradMethod::IntegratedGradients { .. } => {
+                return Err(AttributionError::BadInput(
+                    "integrated gradients does not share a forward pass".into(),
+                ));
+            }
+        };
+        let (scores, raw) = aggregate(&attr, agg)?;
+        Ok(GradAttribution {
+            scores,
+            raw,
+            target_prob: p,
+            completeness_error: None,
+        })
+    }
+}
+
+/// Per-token scores of an attribution `[1, n, d]`: (aggregated as asked, signed sums).
+fn aggregate(attr: &Tensor, agg: Agg) -> Result<(Vec<f64>, Vec<f64>), AttributionError> {
+    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
+    let raw = attr.sum(1)?.to_vec1::<f64>()?;
+    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+    let scores = match agg {
+        Agg::Sum => raw.clone(),
+        Agg::L2 => l2,
+        Agg::Inseq => {
+            let total: f64 = l2.iter().sum();
+            if total > 0.0 {
+                l2.iter().map(|x| x / total).collect()
+            } else {
+                l2
+            }
+        }
+    };
+    Ok((scores, raw))
 }
 
 fn prob_of(logits: &Tensor, target: u32) -> Result<f64, AttributionError> {
@@ -804,7 +1079,8 @@ pub fn attribute_watched(
     let (attr, target_prob, completeness) = match method {
         GradMethod::Saliency | GradMethod::InputXGradient => {
             watch.add_total(1);
-            let (_, g, logits) = value_and_grad(model, &e, target, target_fn)?;
+            let (_, keep) = model.plan(1, n);
+            let (_, g, logits) = value_and_grad(model, &e, target, target_fn, keep)?;
             watch.advance(1);
             let p = prob_of(&logits, target)?;
             let attr = if method == GradMethod::Saliency {
@@ -823,11 +1099,7 @@ pub fn attribute_watched(
             let b = baseline_embeddings(model, context, &e, &baseline)?;
             let diff = (&e - &b)?;
             let (alphas, weights) = gauss_legendre_unit(steps);
-            // Bytes of activations kept per interpolated input (attention maps dominate on
-            // long contexts, per-token activations on short ones).
-            let per_layer = 4 * (4 * model.n_head * n * n + n * (16 * d + 8 * model.ffn_dim()));
-            let per_input = (per_layer * model.n_layer()).max(1);
-            let chunk = (IG_MEMORY_BUDGET / per_input).clamp(1, IG_MAX_BATCH);
+            let (chunk, keep) = model.plan(steps.min(IG_MAX_BATCH), n);
             let mut acc = Tensor::zeros((1, n, d), DType::F32, &model.device)?;
             watch.add_total(steps as u64);
             for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
@@ -844,7 +1116,7 @@ pub fn attribute_watched(
                     &model.device,
                 )?;
                 let inputs = b.broadcast_add(&diff.broadcast_mul(&a)?)?;
-                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn)?;
+                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn, keep)?;
                 acc = (acc + g.broadcast_mul(&w)?.sum_keepdim(0)?)?;
                 watch.advance(k as u64);
             }
@@ -862,21 +1134,7 @@ pub fn attribute_watched(
             (attr, p, Some(err))
         }
     };
-    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
-    let raw = attr.sum(1)?.to_vec1::<f64>()?;
-    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
-    let scores = match agg {
-        Agg::Sum => raw.clone(),
-        Agg::L2 => l2,
-        Agg::Inseq => {
-            let total: f64 = l2.iter().sum();
-            if total > 0.0 {
-                l2.iter().map(|x| x / total).collect()
-            } else {
-                l2
-            }
-        }
-    };
+    let (scores, raw) = aggregate(&attr, agg)?;
     Ok(GradAttribution {
         scores,
         raw,
@@ -904,10 +1162,66 @@ fn baseline_embeddings(
 }
 
 impl AutogradModel {
+    /// Bytes of activations one input keeps for the backward pass of one block over `n`
+    /// positions (attention maps dominate on long contexts, per-token activations on short
+    /// ones).
+    fn block_bytes(&self, n: usize) -> usize {
+        4 * (4 * self.n_head * n * n + n * (16 * self.n_embd + 8 * self.ffn_dim()))
+    }
+
+    /// How to run a batch of up to `most` inputs of `n` positions within the budget: how many
+    /// inputs at a time, and how many blocks keep their graph (the others are recomputed in
+    /// the backward pass). Batches of [`MIN_BATCH`] inputs at least (or `most`) when the
+    /// blocks' inputs fit, for matmuls big enough to run at speed; then as many blocks'
+    /// graphs as the rest of the budget holds; with a budget too small for even that, one
+    /// input at a time.
+    fn plan(&self, most: usize, n: usize) -> (usize, Keep) {
+        let most = most.max(1);
+        let layers = self.n_layer();
+        let block = self.block_bytes(n).max(1);
+        // Per input: every block's graph, or only the blocks' inputs and one block's graph.
+        let all = block * layers;
+        let inputs = 4 * n * self.n_embd * (layers + 1) + block;
+        if all * most <= self.budget {
+            return (most, Keep { graphs: layers });
+        }
+        let chunk = (self.budget / all).max(MIN_BATCH.min(most));
+        if all * chunk <= self.budget {
+            return (chunk, Keep { graphs: layers });
+        }
+        let chunk = MIN_BATCH.min(most);
+        let chunk = if inputs * chunk <= self.budget {
+            chunk
+        } else {
+            (self.budget / inputs).clamp(1, chunk)
+        };
+        let spare = self.budget.saturating_sub(inputs * chunk);
+        let graphs = (spare / (block * chunk)).min(layers);
+        (chunk, Keep { graphs })
+    }
+
+    /// Set the activation budget in bytes (`--max-memory`; default
+    /// [`DEFAULT_ACTIVATION_BUDGET`]): what one batch of inputs may keep for the backward pass.
+    /// Weights are not part of it (they stay in the file; one tile of at most 16 MiB is
+    /// expanded at a time). One input is always processed, whatever the budget.
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+    }
+
+    /// The activation budget in bytes.
+    pub fn activation_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Parameters of the model (values of every weight and norm; a tied output head counted
+    /// once).
+    pub fn n_params(&self) -> usize {
+        self.n_params
+    }
+
     fn ffn_dim(&self) -> usize {
         self.layers
             .first()
-            .and_then(|l| l.w_up.dim(0).ok())
-            .unwrap_or(4 * self.n_embd)
+            .map_or(4 * self.n_embd, |l| l.w_up.rows())
     }
 }

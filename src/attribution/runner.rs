@@ -13,7 +13,7 @@ use crate::engine::{AttentionCapture, Model, Occluder};
 
 use super::AttributionError;
 use super::attention::{self, AttentionOptions};
-use super::autograd::{self, Agg, AutogradModel, Baseline, GradMethod, TargetFn};
+use super::autograd::{self, Agg, AutogradModel, Baseline, GradMethod, SharedForward, TargetFn};
 use super::occlusion::{self, OcclusionAgg};
 
 /// An attribution method.
@@ -237,6 +237,11 @@ pub struct Attributor<'m> {
     occluder: Option<Occluder<'m>>,
     occluder_len: usize,
     autograd: Option<AutogradModel>,
+    /// The autograd engine's activation budget (bytes).
+    budget: usize,
+    /// The last saliency / input×gradient forward pass, kept for the next targets on the
+    /// same sequence (dropped before integrated gradients, which needs the budget).
+    shared: Option<SharedForward>,
     /// The autograd engine's threads when fewer than the cores were asked for (`-t`): candle's
     /// matmuls split their work on the current rayon pool.
     pool: Option<rayon::ThreadPool>,
@@ -269,14 +274,28 @@ impl<'m> Attributor<'m> {
             occluder: None,
             occluder_len: 0,
             autograd: None,
+            budget: autograd::DEFAULT_ACTIVATION_BUDGET,
+            shared: None,
             pool,
+        }
+    }
+
+    /// The gradient methods' activation budget in bytes (`--max-memory`; default
+    /// [`autograd::DEFAULT_ACTIVATION_BUDGET`]).
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+        self.shared = None;
+        if let Some(m) = &mut self.autograd {
+            m.set_activation_budget(bytes);
         }
     }
 
     /// The autograd model, loading (dequantising) it on first use.
     pub fn autograd(&mut self) -> Result<&AutogradModel, AttributionError> {
         if self.autograd.is_none() {
-            self.autograd = Some(AutogradModel::load(&self.model.info().path)?);
+            let mut m = AutogradModel::load(&self.model.info().path)?;
+            m.set_activation_budget(self.budget);
+            self.autograd = Some(m);
         }
         Ok(self.autograd.as_ref().expect("loaded above"))
     }
@@ -449,6 +468,12 @@ impl<'m> Attributor<'m> {
                         },
                     },
                 };
+                if matches!(m, Method::Saliency | Method::InputXGradient) {
+                    return self.shared_gradients(tokens, targets, &method, f, agg, &opts.watch);
+                }
+                // Integrated gradients needs the whole budget.
+                self.shared = None;
+                let model = self.autograd.as_ref().expect("loaded above");
                 let mut out = Vec::with_capacity(targets.len());
                 for t in targets {
                     let ctx: Vec<u32> = tokens[..t.context_len].iter().map(|&i| i as u32).collect();
@@ -467,18 +492,70 @@ impl<'m> Attributor<'m> {
                         Some(pool) => pool.install(run)?,
                         None => run()?,
                     };
-                    out.push(Outcome {
-                        scores: g.scores,
-                        raw: Some(g.raw),
-                        target_prob: g.target_prob,
-                        engine: Engine::Autograd,
-                        target_fn: Some(f),
-                        completeness_error: g.completeness_error,
-                    });
+                    out.push(grad_outcome(g, f));
                 }
                 Ok(out)
             }
         }
+    }
+
+    /// Saliency or input×gradient of every target from one forward pass of the longest
+    /// context, kept for later calls on the same sequence: each target costs one backward
+    /// pass, and a target already done (the other of the two methods) none.
+    fn shared_gradients(
+        &mut self,
+        tokens: &[i32],
+        targets: &[Target],
+        method: &GradMethod,
+        f: TargetFn,
+        agg: Agg,
+        watch: &super::Watch,
+    ) -> Result<Vec<Outcome>, AttributionError> {
+        let longest = targets.iter().map(|t| t.context_len).max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(Vec::new());
+        }
+        let seq: Vec<u32> = tokens[..longest].iter().map(|&i| i as u32).collect();
+        let model = self.autograd.as_ref().expect("loaded by the caller");
+        let (shared, pool) = (&mut self.shared, &self.pool);
+        let install = |f: &mut (dyn FnMut() -> Result<(), AttributionError> + Send)| match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        };
+        watch.add_total(targets.len() as u64);
+        if !shared.as_ref().is_some_and(|s| s.covers(&seq)) {
+            *shared = None; // free the old pass first
+            watch.check()?;
+            install(&mut || {
+                *shared = Some(SharedForward::new(model, &seq)?);
+                Ok(())
+            })?;
+        }
+        let pass = shared.as_mut().expect("made above");
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            watch.check()?;
+            let ctx = &seq[..t.context_len];
+            let mut g = None;
+            install(&mut || {
+                g = Some(pass.attribute(model, ctx, t.id as u32, method, f, agg)?);
+                Ok(())
+            })?;
+            watch.advance(1);
+            out.push(grad_outcome(g.expect("computed above"), f));
+        }
+        Ok(out)
+    }
+}
+
+fn grad_outcome(g: autograd::GradAttribution, f: TargetFn) -> Outcome {
+    Outcome {
+        scores: g.scores,
+        raw: Some(g.raw),
+        target_prob: g.target_prob,
+        engine: Engine::Autograd,
+        target_fn: Some(f),
+        completeness_error: g.completeness_error,
     }
 }
 

@@ -92,6 +92,9 @@ fn with_progress<T>(opts: &Options, f: impl FnOnce(&Options) -> Result<T>) -> Re
 
 pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     let out = ctx.output(None);
+    if !args.merge.is_empty() {
+        return merge(&out, &args.merge, args.batch.as_deref());
+    }
     let opts = options(&args)?;
     // attribute runs its own engines: no prefix cache, no sampling or constraint settings.
     let runtime = RuntimeArgs {
@@ -127,7 +130,8 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             args.fail_fast,
             r#"{"prompt": "Hello", "method": "saliency"}"#,
         )?;
-        let lines = batch.read::<Request>()?;
+        let (lines, places) = batch.read_placed::<Request>()?;
+        let place = |line: usize| places.as_ref().and_then(|p| p.get(&line).cloned());
         let defaults = Defaults {
             // The command-line prompt is the default of lines without one.
             prompt: given,
@@ -146,6 +150,9 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         let (model, _) = model_of(&settings)?;
         let mut explainer = Explainer::new(&model, &settings.context);
         explainer.on_notice(|n| notify(vec![n]));
+        if let Some(b) = args.max_memory {
+            explainer.set_activation_budget(b);
+        }
         let mut stdout = std::io::stdout().lock();
         let mut targets = 0usize;
         // A page holds the whole batch; every other format streams the lines.
@@ -169,12 +176,16 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
                 for mut r in explainer.explain_request(&merged)? {
                     r.id = req.id.clone();
                     r.line = Some(line);
+                    r.shard = place(line);
                     targets += 1;
                     put(w, AttributionLine::Ok(Box::new(r)))?;
                 }
                 Ok(())
             },
-            &mut |w, f| put(w, AttributionLine::Failed(f)),
+            &mut |w, mut f| {
+                f.shard = place(f.line);
+                put(w, AttributionLine::Failed(f))
+            },
         )?;
         if html {
             let page = crate::render::html::attribute::batch_page(&kept.borrow());
@@ -198,6 +209,9 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     notify(wb.take_notices());
     let mut explainer = Explainer::new(&model, &context);
     explainer.on_notice(|n| notify(vec![n]));
+    if let Some(b) = args.max_memory {
+        explainer.set_activation_budget(b);
+    }
     let sel = match &args.text {
         Some(text) => TargetSel::Token(explainer.single_token(text)?.into()),
         None => TargetSel::from_flags(args.index, args.token, args.all),
@@ -232,5 +246,70 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
             top: args.top,
         },
     )?;
+    Ok(Exit::Success)
+}
+
+/// `--merge PART…`: the parts of a sharded batch in input order, on stdout (JSONL, or the batch
+/// page with `--format html`). Every check comes before the first byte is written.
+fn merge(
+    out: &crate::settings::OutputSettings,
+    paths: &[std::path::PathBuf],
+    batch: Option<&std::path::Path>,
+) -> Result<Exit> {
+    let limit = crate::batch::MAX_PART_BYTES;
+    let hint = "pass the JSONL files that ntv attribute --batch … --shard … wrote";
+    let parts = paths
+        .iter()
+        .map(|p| {
+            Ok(crate::batch::Part {
+                name: p.display().to_string(),
+                text: crate::limits::read_file(p, limit, "part", hint)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let source = batch
+        .map(|p| {
+            let text = crate::limits::read_file(
+                p,
+                crate::limits::MAX_BATCH_FILE_BYTES,
+                "batch file",
+                "pass the batch file the shards ran on, or leave --batch out",
+            )?;
+            Ok::<_, crate::error::Error>((p.display().to_string(), text))
+        })
+        .transpose()?;
+    let merged = crate::batch::merge(
+        &parts,
+        source.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    if out.format == crate::cli::OutputFormat::Html {
+        let lines = merged
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str::<AttributionLine>(l))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                crate::error::input_err(
+                    format!("a part's record is not an attribution record: {e}"),
+                    "merge the JSONL of ntv attribute --batch runs",
+                )
+            })?;
+        let page = crate::render::html::attribute::batch_page(&lines);
+        crate::render::html::write(&mut stdout, &page)?;
+    } else {
+        for line in &merged.lines {
+            writeln!(stdout, "{line}")?;
+        }
+    }
+    stdout.flush()?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "merged {} requests ({} records, {} of them errors) from {} parts",
+        merged.requests,
+        merged.lines.len(),
+        merged.errors,
+        parts.len()
+    );
     Ok(Exit::Success)
 }

@@ -34,16 +34,34 @@ pub struct Status {
 }
 
 impl<'a> Batch<'a> {
-    /// `--batch PATH` with `--shard K/N` and `--fail-fast`; `example` is a valid line for hints.
+    /// `--batch PATH` with `--shard K/N` (or `auto`, `auto/N`: from the scheduler's variables in
+    /// the environment, said on stderr) and `--fail-fast`; `example` is a valid line for hints.
     pub fn open(
         path: &'a Path,
         shard: Option<&str>,
         fail_fast: bool,
         example: &'a str,
     ) -> Result<Self> {
+        let shard = match shard {
+            None => None,
+            Some(arg) => {
+                // The one place the scheduler's variables are read; the parsing is pure.
+                let (shard, from) = Shard::resolve(arg, |name| std::env::var(name).ok())?;
+                if let Some(from) = from {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "shard {}/{} of {} (--shard {arg}, from the {from})",
+                        shard.k,
+                        shard.n,
+                        path.display()
+                    );
+                }
+                Some(shard)
+            }
+        };
         Ok(Self {
             path,
-            shard: shard.map(Shard::parse).transpose()?,
+            shard,
             fail_fast,
             example,
         })
@@ -52,6 +70,15 @@ impl<'a> Batch<'a> {
     /// The lines of this shard (read before the model loads, so a missing file fails fast).
     pub fn read<T: DeserializeOwned>(&self) -> Result<Vec<Line<T>>> {
         batch::read(self.path, self.shard, self.example)
+    }
+
+    /// [`Self::read`], and where each line belongs when the batch is sharded (by line number).
+    pub fn read_placed<T: DeserializeOwned>(
+        &self,
+    ) -> Result<(Vec<Line<T>>, Option<batch::Places>)> {
+        let sharded = batch::read_sharded::<T>(self.path, self.shard, self.example)?;
+        let places = self.shard.map(|s| sharded.places(s));
+        Ok((sharded.lines, places))
     }
 
     /// Run `each` on every good line; report bad and failed lines in place (`failure` writes
@@ -106,6 +133,7 @@ impl<'a> Batch<'a> {
                     kind: "error".into(),
                     id,
                     line,
+                    shard: None,
                     error: msg.clone(),
                 },
             )?;

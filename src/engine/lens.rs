@@ -13,14 +13,15 @@
 //!   head's `vec_dot_type` and dotted with the quantised rows in place by ggml's own `vec_dot`,
 //!   as llama.cpp's CPU matmul does: the vocabulary matrix is never dequantised.
 
-use std::ffi::{CStr, CString, c_void};
+use std::ffi::{CStr, c_void};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use llama_cpp_sys_2 as sys;
 
 use super::capture::raw_model_ptr;
 use super::error::EngineError;
+use super::gguf::{GgufMeta, Matrix, corrupt, dequantise_row, type_name};
 use super::log;
 use super::model::Model;
 
@@ -88,19 +89,9 @@ pub fn lens_architectures() -> Vec<&'static str> {
     ARCHITECTURES.iter().map(|a| a.name).collect()
 }
 
-/// A matrix of the GGUF, in place in the mapped file.
-#[derive(Debug, Clone, Copy)]
-struct Matrix {
-    ty: sys::ggml_type,
-    offset: usize,
-    rows: usize,
-    row_bytes: usize,
-}
-
 type VecDot =
     unsafe extern "C" fn(i32, *mut f32, usize, *const c_void, usize, *const c_void, usize, i32);
 type FromFloat = unsafe extern "C" fn(*const f32, *mut c_void, i64);
-type ToFloat = unsafe extern "C" fn(*const c_void, *mut f32, i64);
 
 /// The model's final norm and output head (and its input embedding), from the GGUF file.
 pub struct LensHead {
@@ -131,150 +122,6 @@ impl HeadInput {
     pub fn rows(&self) -> usize {
         self.rows
     }
-}
-
-fn corrupt(path: &Path, detail: impl Into<String>) -> EngineError {
-    EngineError::Corrupt {
-        path: path.to_path_buf(),
-        detail: detail.into(),
-    }
-}
-
-/// An open `gguf_context` (metadata only), freed on drop.
-struct GgufMeta {
-    ctx: *mut sys::gguf_context,
-    path: PathBuf,
-}
-
-impl Drop for GgufMeta {
-    fn drop(&mut self) {
-        // SAFETY: `ctx` came from gguf_init_from_file (non-null) and is freed once, here.
-        unsafe { sys::gguf_free(self.ctx) };
-    }
-}
-
-impl GgufMeta {
-    fn open(path: &Path) -> Result<Self, EngineError> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| corrupt(path, "the path contains a NUL byte"))?;
-        let params = sys::gguf_init_params {
-            no_alloc: true,
-            ctx: std::ptr::null_mut(),
-        };
-        // SAFETY: a NUL-terminated path and plain parameters; with no_alloc and no ggml context
-        // only the header is read. Null on failure.
-        let ctx = unsafe { sys::gguf_init_from_file(c.as_ptr(), params) };
-        if ctx.is_null() {
-            return Err(corrupt(path, "gguf_init_from_file failed"));
-        }
-        Ok(Self {
-            ctx,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn key(&self, key: &str) -> Option<i64> {
-        let c = CString::new(key).ok()?;
-        // SAFETY: live context, NUL-terminated key; returns -1 when absent.
-        let id = unsafe { sys::gguf_find_key(self.ctx, c.as_ptr()) };
-        (id >= 0).then_some(id)
-    }
-
-    fn string(&self, key: &str) -> Option<String> {
-        let id = self.key(key)?;
-        // SAFETY: `id` is a valid key index of this context.
-        if unsafe { sys::gguf_get_kv_type(self.ctx, id) } != sys::GGUF_TYPE_STRING {
-            return None;
-        }
-        // SAFETY: the key holds a string (checked above, a wrong-type getter aborts); the
-        // pointer is owned by the context and copied at once.
-        let p = unsafe { sys::gguf_get_val_str(self.ctx, id) };
-        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
-    }
-
-    /// A number stored as f32, f64 or an integer.
-    fn number(&self, key: &str) -> Option<f64> {
-        let id = self.key(key)?;
-        // SAFETY (every getter below): `id` is a valid key index and each getter matches the
-        // key's type, checked first (a wrong-type getter aborts inside ggml).
-        unsafe {
-            Some(match sys::gguf_get_kv_type(self.ctx, id) {
-                sys::GGUF_TYPE_FLOAT32 => f64::from(sys::gguf_get_val_f32(self.ctx, id)),
-                sys::GGUF_TYPE_FLOAT64 => sys::gguf_get_val_f64(self.ctx, id),
-                sys::GGUF_TYPE_UINT32 => f64::from(sys::gguf_get_val_u32(self.ctx, id)),
-                sys::GGUF_TYPE_INT32 => f64::from(sys::gguf_get_val_i32(self.ctx, id)),
-                sys::GGUF_TYPE_UINT64 => sys::gguf_get_val_u64(self.ctx, id) as f64,
-                _ => return None,
-            })
-        }
-    }
-
-    /// A 2-D (or 1-D) tensor's place: `ne[0]` must be `width`.
-    fn matrix(
-        &self,
-        name: &str,
-        width: usize,
-        file_len: usize,
-    ) -> Result<Option<Matrix>, EngineError> {
-        let c = CString::new(name).expect("tensor names have no NUL");
-        // SAFETY: live context, NUL-terminated name; -1 when absent.
-        let id = unsafe { sys::gguf_find_tensor(self.ctx, c.as_ptr()) };
-        if id < 0 {
-            return Ok(None);
-        }
-        // SAFETY: `id` is a valid tensor index; `gguf_get_tensor_ne` points at the tensor's
-        // GGML_MAX_DIMS (4) extents, owned by the context.
-        let (ty, offset, ne) = unsafe {
-            let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(self.ctx, id), 4);
-            (
-                sys::gguf_get_tensor_type(self.ctx, id),
-                sys::gguf_get_data_offset(self.ctx) + sys::gguf_get_tensor_offset(self.ctx, id),
-                [ne[0], ne[1], ne[2], ne[3]],
-            )
-        };
-        let bad = |what: &str| corrupt(&self.path, format!("tensor {name}: {what}"));
-        if ne[0] != width as i64 || ne[2] != 1 || ne[3] != 1 || ne[1] < 1 {
-            return Err(bad(&format!("shape {ne:?}, expected [{width}, rows]")));
-        }
-        // SAFETY: plain queries of ggml's type table.
-        let (blck, row_bytes) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_row_size(ty, ne[0])) };
-        if blck <= 0 || ne[0] % blck != 0 || row_bytes == 0 {
-            return Err(bad("rows are not whole blocks of its type"));
-        }
-        let rows = ne[1] as usize;
-        if offset
-            .checked_add(rows.saturating_mul(row_bytes))
-            .is_none_or(|end| end > file_len)
-        {
-            return Err(bad("data past the end of the file"));
-        }
-        Ok(Some(Matrix {
-            ty,
-            offset,
-            rows,
-            row_bytes,
-        }))
-    }
-}
-
-/// ggml's CPU dequantiser of `ty` (None for f32, copied as is).
-fn to_float(ty: sys::ggml_type) -> Result<Option<ToFloat>, String> {
-    if ty == sys::GGML_TYPE_F32 {
-        return Ok(None);
-    }
-    // SAFETY: ggml's static type table; non-null for every valid type.
-    let traits = unsafe { &*sys::ggml_get_type_traits(ty) };
-    traits
-        .to_float
-        .map(Some)
-        .ok_or_else(|| format!("ggml cannot dequantise type {}", type_name(ty)))
-}
-
-fn type_name(ty: sys::ggml_type) -> String {
-    // SAFETY: ggml's static name table; a NUL-terminated string for a valid type.
-    unsafe { CStr::from_ptr(sys::ggml_type_name(ty)) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 impl LensHead {
@@ -495,23 +342,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
     }
-}
-
-/// Row `row` of `m` as f32s.
-fn dequantise_row(map: &[u8], m: Matrix, row: usize, out: &mut [f32]) -> Result<(), String> {
-    let start = m.offset + row * m.row_bytes;
-    let src = &map[start..start + m.row_bytes];
-    match to_float(m.ty)? {
-        None => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        // SAFETY: `src` is one row of type `m.ty` holding out.len() values (the matrix width,
-        // checked at open), `out` has room for them.
-        Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
-    }
-    Ok(())
 }
 
 /// The residual stream at some positions: `[layer][row][n_embd]`, layer 0 the embedding,

@@ -6,6 +6,7 @@
 mod capture;
 mod decoder;
 mod error;
+mod gguf;
 mod grammar;
 mod lens;
 mod log;
@@ -18,6 +19,7 @@ mod state;
 pub use capture::{AttentionCapture, AttentionRows, attention_rows};
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
+pub use gguf::{QMatrix, WeightFile};
 pub use lens::{HeadInput, LensHead, ResidualCapture, Residuals, lens_architectures};
 pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};

@@ -411,6 +411,7 @@ mod tests {
             kind: "attribution".into(),
             id: None,
             line: None,
+            shard: None,
             method: Method::Saliency,
             aggregation: Agg::Sum,
             target_fn: Some(TargetFn::Prob),

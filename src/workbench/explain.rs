@@ -96,6 +96,11 @@ impl<'m> Explainer<'m> {
         Ok(())
     }
 
+    /// The gradient methods' activation budget in bytes (`--max-memory`).
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.attributor.set_activation_budget(bytes);
+    }
+
     /// The id of `text` when it is exactly one token (for `--text`).
     pub fn single_token(&self, text: &str) -> Result<i32> {
         let ids = self.model.tokenize(text, false, false);
@@ -218,6 +223,7 @@ impl<'m> Explainer<'m> {
             kind: "attribution".into(),
             id: None,
             line: None,
+            shard: None,
             method: opts.method,
             aggregation: opts.agg,
             target_fn: o.target_fn,

@@ -32,6 +32,7 @@ mod second_arch;
 mod serve;
 mod serve_browser;
 mod session_file;
+mod shard;
 mod step;
 mod sweep;
 mod trace;

@@ -1,0 +1,548 @@
+//! GGUF files read in place: the metadata through ggml's own `gguf` reader and the tensors
+//! from a read-only memory map, dequantised row by row with ggml's CPU dequantisers (the same
+//! values llama.cpp's kernels stand for). The lens reads its head this way, and the autograd
+//! engine its weights ([`WeightFile`], [`QMatrix`]): a model's weights stay in their
+//! quantised form and are expanded only where and when a computation needs them.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_void};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llama_cpp_sys_2 as sys;
+use rayon::prelude::*;
+
+use super::error::EngineError;
+
+/// A matrix of the GGUF, in place in the mapped file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Matrix {
+    pub(super) ty: sys::ggml_type,
+    pub(super) offset: usize,
+    pub(super) rows: usize,
+    pub(super) row_bytes: usize,
+}
+
+pub(super) type ToFloat = unsafe extern "C" fn(*const c_void, *mut f32, i64);
+
+pub(super) fn corrupt(path: &Path, detail: impl Into<String>) -> EngineError {
+    EngineError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// An open `gguf_context` (metadata only), freed on drop.
+pub(super) struct GgufMeta {
+    ctx: *mut sys::gguf_context,
+    path: PathBuf,
+}
+
+impl Drop for GgufMeta {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` came from gguf_init_from_file (non-null) and is freed once, here.
+        unsafe { sys::gguf_free(self.ctx) };
+    }
+}
+
+impl GgufMeta {
+    pub(super) fn open(path: &Path) -> Result<Self, EngineError> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| corrupt(path, "the path contains a NUL byte"))?;
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
+        // SAFETY: a NUL-terminated path and plain parameters; with no_alloc and no ggml context
+        // only the header is read. Null on failure.
+        let ctx = unsafe { sys::gguf_init_from_file(c.as_ptr(), params) };
+        if ctx.is_null() {
+            return Err(corrupt(path, "gguf_init_from_file failed"));
+        }
+        Ok(Self {
+            ctx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub(super) fn key(&self, key: &str) -> Option<i64> {
+        let c = CString::new(key).ok()?;
+        // SAFETY: live context, NUL-terminated key; returns -1 when absent.
+        let id = unsafe { sys::gguf_find_key(self.ctx, c.as_ptr()) };
+        (id >= 0).then_some(id)
+    }
+
+    pub(super) fn string(&self, key: &str) -> Option<String> {
+        let id = self.key(key)?;
+        // SAFETY: `id` is a valid key index of this context.
+        if unsafe { sys::gguf_get_kv_type(self.ctx, id) } != sys::GGUF_TYPE_STRING {
+            return None;
+        }
+        // SAFETY: the key holds a string (checked above, a wrong-type getter aborts); the
+        // pointer is owned by the context and copied at once.
+        let p = unsafe { sys::gguf_get_val_str(self.ctx, id) };
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// A number stored as f32, f64 or an integer.
+    pub(super) fn number(&self, key: &str) -> Option<f64> {
+        let id = self.key(key)?;
+        // SAFETY (every getter below): `id` is a valid key index and each getter matches the
+        // key's type, checked first (a wrong-type getter aborts inside ggml).
+        unsafe {
+            Some(match sys::gguf_get_kv_type(self.ctx, id) {
+                sys::GGUF_TYPE_FLOAT32 => f64::from(sys::gguf_get_val_f32(self.ctx, id)),
+                sys::GGUF_TYPE_FLOAT64 => sys::gguf_get_val_f64(self.ctx, id),
+                sys::GGUF_TYPE_UINT32 => f64::from(sys::gguf_get_val_u32(self.ctx, id)),
+                sys::GGUF_TYPE_INT32 => f64::from(sys::gguf_get_val_i32(self.ctx, id)),
+                sys::GGUF_TYPE_UINT64 => sys::gguf_get_val_u64(self.ctx, id) as f64,
+                _ => return None,
+            })
+        }
+    }
+
+    /// The extents of tensor `name` (`ne[0..4]`), if present.
+    pub(super) fn dims(&self, name: &str) -> Option<[usize; 4]> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: live context, NUL-terminated name; -1 when absent.
+        let id = unsafe { sys::gguf_find_tensor(self.ctx, c.as_ptr()) };
+        if id < 0 {
+            return None;
+        }
+        // SAFETY: `id` is a valid tensor index; the extents are GGML_MAX_DIMS (4) values
+        // owned by the context.
+        let ne = unsafe { std::slice::from_raw_parts(sys::gguf_get_tensor_ne(self.ctx, id), 4) };
+        Some([0, 1, 2, 3].map(|i| usize::try_from(ne[i]).unwrap_or(0)))
+    }
+
+    /// A 2-D (or 1-D) tensor's place: `ne[0]` must be `width`.
+    pub(super) fn matrix(
+        &self,
+        name: &str,
+        width: usize,
+        file_len: usize,
+    ) -> Result<Option<Matrix>, EngineError> {
+        let c = CString::new(name).expect("tensor names have no NUL");
+        // SAFETY: live context, NUL-terminated name; -1 when absent.
+        let id = unsafe { sys::gguf_find_tensor(self.ctx, c.as_ptr()) };
+        if id < 0 {
+            return Ok(None);
+        }
+        // SAFETY: `id` is a valid tensor index; `gguf_get_tensor_ne` points at the tensor's
+        // GGML_MAX_DIMS (4) extents, owned by the context.
+        let (ty, offset, ne) = unsafe {
+            let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(self.ctx, id), 4);
+            (
+                sys::gguf_get_tensor_type(self.ctx, id),
+                sys::gguf_get_data_offset(self.ctx) + sys::gguf_get_tensor_offset(self.ctx, id),
+                [ne[0], ne[1], ne[2], ne[3]],
+            )
+        };
+        let bad = |what: &str| corrupt(&self.path, format!("tensor {name}: {what}"));
+        if ne[0] != width as i64 || ne[2] != 1 || ne[3] != 1 || ne[1] < 1 {
+            return Err(bad(&format!("shape {ne:?}, expected [{width}, rows]")));
+        }
+        // SAFETY: plain queries of ggml's type table.
+        let (blck, row_bytes) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_row_size(ty, ne[0])) };
+        if blck <= 0 || ne[0] % blck != 0 || row_bytes == 0 {
+            return Err(bad("rows are not whole blocks of its type"));
+        }
+        let rows = ne[1] as usize;
+        if offset
+            .checked_add(rows.saturating_mul(row_bytes))
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(bad("data past the end of the file"));
+        }
+        Ok(Some(Matrix {
+            ty,
+            offset,
+            rows,
+            row_bytes,
+        }))
+    }
+}
+
+/// ggml's CPU dequantiser of `ty` (None for f32, copied as is).
+pub(super) fn to_float(ty: sys::ggml_type) -> Result<Option<ToFloat>, String> {
+    if ty == sys::GGML_TYPE_F32 {
+        return Ok(None);
+    }
+    // SAFETY: ggml's static type table; non-null for every valid type.
+    let traits = unsafe { &*sys::ggml_get_type_traits(ty) };
+    traits
+        .to_float
+        .map(Some)
+        .ok_or_else(|| format!("ggml cannot dequantise type {}", type_name(ty)))
+}
+
+pub(super) fn type_name(ty: sys::ggml_type) -> String {
+    // SAFETY: ggml's static name table; a NUL-terminated string for a valid type.
+    unsafe { CStr::from_ptr(sys::ggml_type_name(ty)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Row `row` of `m` as f32s.
+pub(super) fn dequantise_row(
+    map: &[u8],
+    m: Matrix,
+    row: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let start = m.offset + row * m.row_bytes;
+    let src = &map[start..start + m.row_bytes];
+    match to_float(m.ty)? {
+        None => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        // SAFETY: `src` is one row of type `m.ty` holding out.len() values (the matrix width,
+        // checked at open), `out` has room for them.
+        Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
+    }
+    Ok(())
+}
+
+/// A GGUF model file opened for reading its weights in place: its metadata and a read-only
+/// memory map of the whole file.
+pub struct WeightFile {
+    meta: GgufMeta,
+    map: Arc<memmap2::Mmap>,
+}
+
+/// One weight matrix of a [`WeightFile`] (`rows × cols`, row-major, each row whole blocks of
+/// its ggml type), in place in the mapped file. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct QMatrix {
+    map: Arc<memmap2::Mmap>,
+    m: Matrix,
+    cols: usize,
+    /// Values per block of the type, and bytes per block.
+    blck: usize,
+    block_bytes: usize,
+    to_float: Option<ToFloat>,
+    name: String,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QMatrix({} {}×{} {})",
+            self.name,
+            self.m.rows,
+            self.cols,
+            type_name(self.m.ty)
+        )
+    }
+}
+
+impl WeightFile {
+    /// Open the GGUF file at `path`: the header is parsed, the tensor data only mapped.
+    pub fn open(path: &Path) -> Result<Self, EngineError> {
+        super::backend()?;
+        // SAFETY: initialises ggml-cpu's conversion tables (idempotent, guarded inside ggml).
+        unsafe { sys::ggml_cpu_init() };
+        let meta = GgufMeta::open(path)?;
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: a read-only private map of a model file nobody is expected to change while
+        // ntv runs (llama.cpp maps the same file the same way).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            meta,
+            map: Arc::new(map),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.meta.path
+    }
+
+    /// Size of the file in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the file is empty (never, for a file that opened).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A string value of the metadata.
+    pub fn string(&self, key: &str) -> Option<String> {
+        self.meta.string(key)
+    }
+
+    /// A numeric value of the metadata (f32, f64 or an integer), as f64.
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.meta.number(key)
+    }
+
+    /// Whether the metadata has `key` (of any type).
+    pub fn has_key(&self, key: &str) -> bool {
+        self.meta.key(key).is_some()
+    }
+
+    /// The tensor `name` as a matrix of `cols` columns (`ne[0]`; a vector is one row), or
+    /// `None` when the file has no such tensor. A tensor of another width, rows that are not
+    /// whole blocks, data past the end of the file, or a type ggml cannot dequantise are
+    /// [`EngineError::Corrupt`].
+    pub fn matrix(&self, name: &str, cols: usize) -> Result<Option<QMatrix>, EngineError> {
+        let Some(m) = self.meta.matrix(name, cols, self.map.len())? else {
+            return Ok(None);
+        };
+        let to_float = to_float(m.ty).map_err(|e| corrupt(&self.meta.path, e))?;
+        // SAFETY: plain queries of ggml's type table for a valid type (checked by `matrix`).
+        let (blck, block_bytes) = unsafe { (sys::ggml_blck_size(m.ty), sys::ggml_type_size(m.ty)) };
+        Ok(Some(QMatrix {
+            map: Arc::clone(&self.map),
+            m,
+            cols,
+            blck: blck.max(1) as usize,
+            block_bytes,
+            to_float,
+            name: name.to_string(),
+        }))
+    }
+
+    /// The extents `ne[0..4]` of tensor `name`, if the file has it.
+    pub fn dims(&self, name: &str) -> Option<[usize; 4]> {
+        self.meta.dims(name)
+    }
+}
+
+impl QMatrix {
+    /// Number of rows (`ne[1]`).
+    pub fn rows(&self) -> usize {
+        self.m.rows
+    }
+
+    /// Number of columns (`ne[0]`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The tensor's name in the file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// ggml's name of the storage type (`q4_1`, `f16`, …).
+    pub fn type_name(&self) -> String {
+        type_name(self.m.ty)
+    }
+
+    /// Bytes the matrix takes in the file.
+    pub fn bytes(&self) -> usize {
+        self.m.rows * self.m.row_bytes
+    }
+
+    /// Rows `rows` dequantised to f32 into `out` (`rows.len() × cols`, row-major).
+    ///
+    /// # Panics
+    /// When `rows` is past the matrix or `out` has another length.
+    pub fn dequantise(&self, rows: Range<usize>, out: &mut [f32]) {
+        assert!(rows.start <= rows.end && rows.end <= self.m.rows);
+        assert_eq!(out.len(), rows.len() * self.cols);
+        let start = self.m.offset + rows.start * self.m.row_bytes;
+        let src = &self.map[start..start + rows.len() * self.m.row_bytes];
+        match self.to_float {
+            None => {
+                for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            // SAFETY: `src` is `rows.len()` whole rows of type `m.ty` (bounds checked by
+            // `matrix` at open and the slice above), i.e. exactly out.len() values, which
+            // `out` has room for; ggml's row dequantisers are pure functions of their input.
+            Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
+        }
+    }
+
+    /// Columns `cols` of row `row` dequantised into `out` (`cols.len()` values; both ends
+    /// whole blocks of the type).
+    fn dequantise_part(&self, row: usize, cols: Range<usize>, out: &mut [f32]) {
+        assert!(row < self.m.rows && cols.end <= self.cols);
+        assert!(cols.start.is_multiple_of(self.blck) && cols.len().is_multiple_of(self.blck));
+        assert_eq!(out.len(), cols.len());
+        let start =
+            self.m.offset + row * self.m.row_bytes + cols.start / self.blck * self.block_bytes;
+        let src = &self.map[start..start + cols.len() / self.blck * self.block_bytes];
+        match self.to_float {
+            None => {
+                for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            // SAFETY: `src` is cols.len() / blck whole blocks of type `m.ty` (in the mapped
+            // file: checked at open), i.e. out.len() values, which `out` has room for.
+            Some(f) => unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) },
+        }
+    }
+
+    /// Rows per tile of the products for `width` columns: about [`TILE_BYTES`] of f32, so a
+    /// tile stays in the core's L2 cache while gemm packs it.
+    fn tile_rows(width: usize) -> usize {
+        (TILE_BYTES / 4 / width.max(1)).max(1)
+    }
+
+    /// `y = x · Wᵀ`: `x` is `m × cols`, `y` is `m × rows` (row-major). The weight is expanded
+    /// tile by tile (a few rows at a time, into a buffer of the thread's own) and never whole;
+    /// the tiles are shared out over the current rayon pool.
+    ///
+    /// # Panics
+    /// When `x` is not whole rows of `cols` values or `y` has not `m × rows` values.
+    pub fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
+        let (k, n) = (self.cols, self.m.rows);
+        assert!(k > 0 && x.len().is_multiple_of(k));
+        let m = x.len() / k;
+        assert_eq!(y.len(), m * n);
+        if m == 0 {
+            return;
+        }
+        let tr = Self::tile_rows(k);
+        let dst = Shared(y.as_mut_ptr());
+        (0..n.div_ceil(tr)).into_par_iter().for_each(|t| {
+            let rows = t * tr..((t + 1) * tr).min(n);
+            with_tile(rows.len() * k, |buf| {
+                for (r, out) in rows.clone().zip(buf.chunks_exact_mut(k)) {
+                    self.dequantise_part(r, 0..k, out);
+                }
+                // SAFETY: gemm reads `x` (m × k, row stride k) and the tile (rows.len() × k,
+                // read as its transpose: element (kk, j) at j·k + kk), both alive and of those
+                // sizes, and writes the m × rows.len() block of `y` at columns `rows` (row
+                // stride n): inside `y` (checked above), and no other task writes those
+                // columns. `y` outlives the parallel loop.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        rows.len(),
+                        k,
+                        dst.get().add(rows.start),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        });
+    }
+
+    /// `out = g · W`: `g` is `m × rows`, `out` is `m × cols` (row-major). The columns are
+    /// shared out over the current rayon pool (in whole blocks of the type), each task
+    /// expanding its columns of the weight tile by tile.
+    ///
+    /// # Panics
+    /// When `g` is not whole rows of `rows` values or `out` has not `m × cols` values.
+    pub fn matmul(&self, g: &[f32], out: &mut [f32]) {
+        let (n, k) = (self.cols, self.m.rows);
+        assert!(k > 0 && g.len().is_multiple_of(k));
+        let m = g.len() / k;
+        assert_eq!(out.len(), m * n);
+        if m == 0 {
+            return;
+        }
+        let blocks = n / self.blck;
+        let parts = rayon::current_num_threads().clamp(1, blocks.max(1));
+        let per = blocks.div_ceil(parts) * self.blck;
+        let dst = Shared(out.as_mut_ptr());
+        (0..n.div_ceil(per)).into_par_iter().for_each(|p| {
+            let cols = p * per..((p + 1) * per).min(n);
+            let w = cols.len();
+            let tr = Self::tile_rows(w);
+            with_tile(tr.min(k) * w, |buf| {
+                for r0 in (0..k).step_by(tr) {
+                    let r1 = (r0 + tr).min(k);
+                    for (r, row) in (r0..r1).zip(buf.chunks_exact_mut(w)) {
+                        self.dequantise_part(r, cols.clone(), row);
+                    }
+                    // SAFETY: gemm reads `g`'s columns r0..r1 (m × (r1 − r0), row stride k)
+                    // and the tile ((r1 − r0) × w, row stride w), both alive and of those
+                    // sizes, and accumulates into the m × w block of `out` at columns `cols`
+                    // (row stride n): inside `out` (checked above) and written by this task
+                    // only. `out` outlives the parallel loop.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            w,
+                            r1 - r0,
+                            dst.get().add(cols.start),
+                            1,
+                            n as isize,
+                            r0 > 0,
+                            g.as_ptr().add(r0),
+                            1,
+                            k as isize,
+                            buf.as_ptr(),
+                            1,
+                            w as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Bytes of f32 in one tile of a product's weight (see [`QMatrix::tile_rows`]).
+const TILE_BYTES: usize = 1 << 20;
+
+/// A pointer to an output that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: every task writes only its own disjoint part of the output (see the products), and
+// the output outlives the tasks.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+thread_local! {
+    /// The thread's tile buffer, reused by every product it runs.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `f` on the thread's tile buffer, at least `len` values long.
+fn with_tile(len: usize, f: impl FnOnce(&mut [f32])) {
+    TILE.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.len() < len {
+            t.resize(len, 0.0);
+        }
+        f(&mut t[..len]);
+    });
+}
