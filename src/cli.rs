@@ -193,11 +193,17 @@ the Hugging Face cache first (with --offline only one already there).")]
     /// own weights (every architecture); saliency, input_x_gradient and integrated_gradients
     /// run an autograd forward over the weights dequantised to f32 (llama, mistral, qwen2,
     /// qwen3 families).
+    ///
+    /// Every method reports the same p(target): the softmax of the raw logits at the
+    /// predicting position (no penalties, temperature or truncation), computed by the engine
+    /// the output names (llama.cpp: its ordinary decode, as `ntv preview`'s p_base; autograd:
+    /// its f32 forward).
     #[command(after_help = "Examples:
   ntv attribute -p \"The capital of France is\" --no-chat-template
   ntv attribute --index 0 --method saliency          after ntv generate
   ntv attribute --all --method attention --format json
   ntv attribute --token 9553 --method integrated_gradients --steps 64
+  ntv attribute --method occlusion --window 8         spans of 8 tokens: ~8 × fewer decodes
   ntv attribute --batch requests.jsonl --method saliency --shard 0/4 > part0.jsonl
   ntv attribute --batch requests.jsonl --shard auto > part$SLURM_ARRAY_TASK_ID.jsonl
   ntv attribute --merge part*.jsonl > all.jsonl     the parts back in input order
@@ -205,7 +211,7 @@ the Hugging Face cache first (with --offline only one already there).")]
 Batch lines: {\"id\", \"prompt\", \"system\" | \"messages\", \"chat_template\",
 \"parse_special\", \"completion_ids\",
 \"index\" | \"token\" | \"all\", \"method\", \"agg\", \"target_fn\", \"steps\",
-\"baseline\"}; missing fields take the command-line values. Output is JSONL in input order.")]
+\"baseline\", \"window\"}; missing fields take the command-line values. Output is JSONL in input order.")]
     Attribute(AttributeArgs),
     /// What each layer would predict (the logit lens): the model's own final norm and output
     /// head applied to the residual stream after every layer. Reads the session; changes
@@ -840,6 +846,11 @@ pub struct AttributeArgs {
     /// models such as llama, whose first normalisation then divides by ~0).
     #[arg(long, value_enum, default_value_t = BaselineChoice::Unk, help_heading = "Attribution")]
     pub baseline: BaselineChoice,
+    /// Occlusion: remove spans of N consecutive tokens (0..N, N..2N, …; Inseq's sliding windows
+    /// with stride N), each span's drop scoring every token in it; about n²/2N tokens decoded
+    /// instead of n²/2. Default 1: exact leave-one-out.
+    #[arg(long, value_name = "N", help_heading = "Attribution")]
+    pub window: Option<usize>,
     /// Gradient methods: activations kept for the backward pass at most, e.g. 512M, 2G (bytes
     /// without a suffix; K, M, G are powers of 1024). Larger budgets batch more of integrated
     /// gradients' inputs and recompute fewer blocks (faster); weights are not part of it: they

@@ -545,7 +545,12 @@ pub struct AttributionTarget {
     pub bytes: Vec<u8>,
     pub display: String,
     pub special: bool,
-    /// p(target | context) under the engine that computed the scores.
+    /// p(target | context): the softmax of the raw logits at the predicting position (the
+    /// context's last token), with no penalties, temperature or truncation, computed by the
+    /// record's `engine`. Every method reports this same quantity: `llama.cpp` (attention,
+    /// occlusion) from its ordinary decode of the context, the same forward `ntv preview`
+    /// reports as `p_base`; `autograd` (the gradient methods) from its own f32 forward, which
+    /// agrees with llama.cpp's within the quantisation floor.
     pub prob: f64,
 }
 
@@ -571,7 +576,9 @@ pub struct AttentionSelection {
 }
 
 /// One target's attribution (`ntv.attribute.record/1`): an element of `ntv attribute`'s
-/// `targets`, or one line of its JSONL output (batch included).
+/// `targets`, or one line of its JSONL output (batch included). `target.prob` is the one
+/// p(target) definition of every method (raw softmax at the predicting position, under
+/// `engine`; see [`AttributionTarget::prob`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AttributionRecord {
     /// Always "attribution".
@@ -591,7 +598,8 @@ pub struct AttributionRecord {
     pub aggregation: crate::attribution::Agg,
     /// prob, logprob or logit; null for attention (it does not look at the target).
     pub target_fn: Option<crate::attribution::TargetFn>,
-    /// "llama.cpp" (model file's weights) or "autograd" (weights dequantised to f32).
+    /// "llama.cpp" (model file's weights) or "autograd" (weights dequantised to f32): the
+    /// engine that computed the scores and `target.prob`.
     pub engine: crate::attribution::Engine,
     pub target: AttributionTarget,
     /// Context tokens (prompt plus the completion before the target).
@@ -604,6 +612,10 @@ pub struct AttributionRecord {
     /// Integrated gradients: unk (Inseq's) or zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<crate::attribution::BaselineChoice>,
+    /// Occlusion: tokens per occluded span (1: exact leave-one-out; N: spans 0..N, N..2N, …,
+    /// every token of a span scored with the span's drop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
     /// Integrated gradients: |Σ signed scores − (f(input) − f(baseline))|, in target-function
     /// units.
     #[serde(default, skip_serializing_if = "Option::is_none")]

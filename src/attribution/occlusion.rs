@@ -3,9 +3,17 @@
 //! after j move down one position; with `--target-fn prob` the drop in p instead of log p).
 //! Positive: the token helped the target; negative: it hurt.
 //!
+//! With a window `w > 1` (`--window`), spans of `w` consecutive tokens are removed instead
+//! (`[0, w), [w, 2w), …`: Inseq's and Captum's sliding windows with the stride equal to the
+//! window) and each span's drop is every one of its tokens' score.
+//!
 //! Cost: the full context is decoded once; each variant reuses the KV cells of the prefix before
-//! j (sequence copies) and decodes only the `n − 1 − j` tokens after it, many variants per
-//! `llama_decode` ([`crate::engine::Occluder`]).
+//! the span (sequence copies) and decodes only the tokens after it, many variants per
+//! `llama_decode` ([`crate::engine::Occluder`]): `n + n(n − 1)/2` tokens for leave-one-out,
+//! about `n + n²/2w` with a window ([`crate::engine::occlusion_cost`]).
+//!
+//! p(target) is the softmax of the full context's raw logits at the predicting position, from
+//! the same decode (llama.cpp's ordinary path).
 //!
 //! Aggregation. Inseq has no occlusion method, so there is no reference to match; ntv's choices:
 //! - `raw` (`--agg sum`): the signed Δ log p above;
@@ -16,7 +24,7 @@
 
 use crate::engine::Occluder;
 
-use super::{AttributionError, TargetFn};
+use super::{AttributionError, TargetFn, Watch};
 
 /// How occlusion's Δ log p become scores.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +48,8 @@ pub struct OcclusionAttribution {
     pub delta: Vec<f64>,
     /// log p(target | full context) under llama.cpp.
     pub full_logprob: f64,
+    /// Tokens per occluded span (1: leave-one-out).
+    pub window: usize,
     /// Tokens decoded for this target (full context once plus the suffixes).
     pub decoded_tokens: usize,
     /// `llama_decode` calls for this target.
@@ -76,6 +86,36 @@ pub fn attribute(
     target_fn: TargetFn,
     agg: OcclusionAgg,
 ) -> Result<OcclusionAttribution, AttributionError> {
+    attribute_windowed(
+        occluder,
+        context,
+        target,
+        target_fn,
+        agg,
+        1,
+        &Watch::default(),
+    )
+}
+
+/// [`attribute`] removing spans of `window` tokens, counting decoded tokens on `watch` (its
+/// total is the caller's to set, [`crate::engine::occlusion_cost`]) and stopping between
+/// decodes once it is cancelled.
+pub fn attribute_windowed(
+    occluder: &mut Occluder<'_>,
+    context: &[i32],
+    target: i32,
+    target_fn: TargetFn,
+    agg: OcclusionAgg,
+    window: usize,
+    watch: &Watch,
+) -> Result<OcclusionAttribution, AttributionError> {
+    if window == 0 || window > context.len().max(1) {
+        return Err(AttributionError::BadInput(format!(
+            "occlusion window {window} does not fit a {}-token context (1 to {})",
+            context.len(),
+            context.len().max(1)
+        )));
+    }
     let value: fn(f64) -> f64 = match target_fn {
         TargetFn::Logprob => |lp| lp,
         TargetFn::Prob => f64::exp,
@@ -85,17 +125,24 @@ pub fn attribute(
             ));
         }
     };
-    let loo = occluder.leave_one_out(context, &[target])?;
+    watch.check()?;
+    let loo = occluder
+        .leave_spans_out(context, &[target], window, &mut |decoded| {
+            watch.advance(decoded as u64);
+            !watch.is_cancelled()
+        })?
+        .ok_or(AttributionError::Cancelled)?;
     let full = loo.full[0];
-    let delta: Vec<f64> = loo
-        .without
-        .iter()
-        .map(|w| value(full) - value(w[0]))
-        .collect();
+    let mut delta = vec![0.0; context.len()];
+    for (span, w) in loo.spans.iter().zip(&loo.without) {
+        let d = value(full) - value(w[0]);
+        delta[span.clone()].iter_mut().for_each(|x| *x = d);
+    }
     Ok(OcclusionAttribution {
         scores: aggregate(&delta, agg),
         delta,
         full_logprob: full,
+        window,
         decoded_tokens: loo.decoded_tokens,
         decode_calls: loo.decode_calls,
     })

@@ -131,6 +131,8 @@ pub struct Request {
     pub target_fn: Option<TargetFn>,
     pub steps: Option<usize>,
     pub baseline: Option<BaselineChoice>,
+    /// Occlusion: tokens per occluded span (as `--window`).
+    pub window: Option<usize>,
 }
 
 impl crate::batch::Identified for Request {
@@ -221,6 +223,9 @@ pub fn merge(req: &Request, d: &Defaults) -> Result<Merged> {
     }
     if let Some(b) = req.baseline {
         options.baseline = b;
+    }
+    if let Some(w) = req.window {
+        options.window = Some(super::runner::check_window(w, "\"window\":")?);
     }
     Ok(Merged {
         prompt: crate::chat::PromptSpec {
@@ -337,7 +342,7 @@ mod tests {
             &req(
                 r#"{"prompt": "line", "system": "", "chat_template": true, "token": 5,
                      "method": "saliency", "agg": "sum", "target_fn": "logit", "steps": 8,
-                     "baseline": "zero", "completion_ids": [1, 2]}"#,
+                     "baseline": "zero", "completion_ids": [1, 2], "window": 4}"#,
             ),
             &defaults(),
         )
@@ -353,6 +358,7 @@ mod tests {
         assert_eq!(m.options.target_fn, Some(TargetFn::Logit));
         assert_eq!(m.options.steps, 8);
         assert_eq!(m.options.baseline, BaselineChoice::Zero);
+        assert_eq!(m.options.window, Some(4));
         assert_eq!(m.completion_ids, vec![1, 2]);
         assert_eq!(
             merge(&req(r#"{"all": true}"#), &defaults()).unwrap().sel,
@@ -367,6 +373,7 @@ mod tests {
             r#"{"index": 0, "all": true}"#,
             r#"{"token": 0, "all": true}"#,
             r#"{"steps": 0}"#,
+            r#"{"window": 0}"#,
         ] {
             assert!(
                 merge(&req(bad), &defaults()).unwrap_err().is_input(),

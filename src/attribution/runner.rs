@@ -132,6 +132,8 @@ pub struct Options {
     /// Integrated gradients' quadrature nodes.
     pub steps: usize,
     pub baseline: BaselineChoice,
+    /// Occlusion: tokens per occluded span; `None` = 1 (exact leave-one-out), not asked for.
+    pub window: Option<usize>,
     /// Progress and cancellation (see [`super::Watch`]); the default reports to nobody.
     pub watch: super::Watch,
 }
@@ -145,6 +147,7 @@ impl Default for Options {
             attention: AttentionOptions::default(),
             steps: 50,
             baseline: BaselineChoice::Unk,
+            window: None,
             watch: super::Watch::default(),
         }
     }
@@ -173,7 +176,24 @@ pub fn check_steps(n: usize, field: &str) -> crate::error::Result<usize> {
     Ok(n)
 }
 
+/// Occlusion's window `n`, as given in `field` (`--window`, a batch line's `"window"`): at
+/// least 1 (its upper bound, the context length, is checked once the context is known).
+pub fn check_window(n: usize, field: &str) -> crate::error::Result<usize> {
+    if n == 0 {
+        return Err(crate::error::input_err(
+            format!("{field} 0: occlusion removes spans of at least one token"),
+            "--window 1 is exact leave-one-out (the default); --window N removes N tokens at a time",
+        ));
+    }
+    Ok(n)
+}
+
 impl Options {
+    /// Occlusion's span length in effect (1 = leave-one-out).
+    pub fn effective_window(&self) -> usize {
+        self.window.unwrap_or(1)
+    }
+
     /// The target function in effect (`None` for attention).
     pub fn effective_target_fn(&self) -> Option<TargetFn> {
         match self.method {
@@ -398,13 +418,27 @@ impl<'m> Attributor<'m> {
                     Agg::L2 => OcclusionAgg::Abs,
                 };
                 let f = target_fn.unwrap_or(TargetFn::Logprob);
+                let window = opts.effective_window();
                 let mut out = Vec::with_capacity(targets.len());
-                opts.watch.add_total(targets.len() as u64);
+                // Units: decoded tokens, which the time is proportional to.
+                opts.watch.add_total(
+                    targets
+                        .iter()
+                        .map(|t| crate::engine::occlusion_cost(t.context_len, window) as u64)
+                        .sum(),
+                );
                 for t in targets {
                     opts.watch.check()?;
                     let occ = self.occluder(t.context_len)?;
-                    let o = occlusion::attribute(occ, &tokens[..t.context_len], t.id, f, agg)?;
-                    opts.watch.advance(1);
+                    let o = occlusion::attribute_windowed(
+                        occ,
+                        &tokens[..t.context_len],
+                        t.id,
+                        f,
+                        agg,
+                        window,
+                        &opts.watch,
+                    )?;
                     out.push(Outcome {
                         target_prob: o.target_prob(),
                         scores: o.scores,
@@ -560,6 +594,16 @@ mod tests {
         assert_eq!(o.effective_target_fn(), Some(TargetFn::Logit));
         o.method = Method::Attention;
         assert_eq!(o.effective_target_fn(), None);
+    }
+
+    #[test]
+    fn occlusion_window_defaults_to_leave_one_out_and_refuses_zero() {
+        let mut o = Options::default();
+        assert_eq!(o.effective_window(), 1);
+        o.window = Some(8);
+        assert_eq!(o.effective_window(), 8);
+        assert_eq!(check_window(3, "--window").unwrap(), 3);
+        assert!(check_window(0, "--window").unwrap_err().is_input());
     }
 
     #[test]

@@ -26,6 +26,9 @@ use super::{Ctx, emit, model_of, notify};
 /// Options from the command line.
 fn options(args: &AttributeArgs) -> Result<Options> {
     crate::attribution::runner::check_steps(args.steps, "--steps")?;
+    if let Some(w) = args.window {
+        crate::attribution::runner::check_window(w, "--window")?;
+    }
     Ok(Options {
         method: args.method,
         agg: args.agg,
@@ -38,7 +41,52 @@ fn options(args: &AttributeArgs) -> Result<Options> {
         },
         steps: args.steps,
         baseline: args.baseline,
+        window: args.window,
         watch: Default::default(),
+    })
+}
+
+/// Run `f` with a progress bar on stderr (a terminal) that follows `opts`' watch: occlusion
+/// counts decoded tokens, which its time is proportional to, so the estimate is honest. Drawn
+/// only once the engine knows its total, and cleared when `f` returns.
+fn with_progress<T>(opts: &Options, f: impl FnOnce(&Options) -> Result<T>) -> Result<T> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let mut opts = opts.clone();
+    opts.watch = crate::attribution::Watch::new();
+    let watch = opts.watch.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let ticker = s.spawn(|| {
+            use std::sync::atomic::Ordering;
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {wide_bar} {percent}% · {elapsed} · about {eta} left",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(opts.method.name());
+            let mut shown = false;
+            while !done.load(Ordering::Relaxed) {
+                let (n, total) = watch.progress();
+                if total > 0 {
+                    if !shown {
+                        shown = true;
+                        bar.set_length(total);
+                        bar.reset_elapsed();
+                        bar.set_draw_target(ProgressDrawTarget::stderr());
+                    }
+                    bar.set_length(total);
+                    bar.set_position(n);
+                }
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        let r = f(&opts);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        ticker.thread().unpark();
+        r
     })
 }
 
@@ -101,6 +149,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         };
         let (model, _) = model_of(&settings)?;
         let mut explainer = Explainer::new(&model, &settings.context);
+        explainer.on_notice(|n| notify(vec![n]));
         if let Some(b) = args.max_memory {
             explainer.set_activation_budget(b);
         }
@@ -159,6 +208,7 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
     wb.require_unchanged_model()?;
     notify(wb.take_notices());
     let mut explainer = Explainer::new(&model, &context);
+    explainer.on_notice(|n| notify(vec![n]));
     if let Some(b) = args.max_memory {
         explainer.set_activation_budget(b);
     }
@@ -167,7 +217,11 @@ pub fn run(ctx: &Ctx<'_>, args: AttributeArgs) -> Result<Exit> {
         None => TargetSel::from_flags(args.index, args.token, args.all),
     };
     let t = Instant::now();
-    let records = wb.attribute(&mut explainer, sel, &opts)?;
+    let records = if opts.method == crate::attribution::Method::Occlusion && out.stderr_tty {
+        with_progress(&opts, |opts| wb.attribute(&mut explainer, sel, opts))?
+    } else {
+        wb.attribute(&mut explainer, sel, &opts)?
+    };
     let spec = wb.settings().require_prompt()?.clone();
     let doc = AttributeDoc {
         schema: "ntv.attribute/1".into(),

@@ -23,7 +23,7 @@ pub use gguf::{QMatrix, WeightFile};
 pub use lens::{HeadInput, LensHead, ResidualCapture, Residuals, lens_architectures};
 pub use log::set_verbose;
 pub use model::{LoadOptions, Model, ModelInfo, ProgressFn};
-pub use occlude::{LeaveOneOut, Occluder};
+pub use occlude::{LeaveOneOut, Occluder, spans as occlusion_spans, spans_cost as occlusion_cost};
 pub use quantize::{QUANT_TYPES, quantize};
 pub use samplers::{LlamaChain, LlamaChainResult};
 

@@ -1,11 +1,16 @@
 //! Leave-one-out decoding for occlusion: log p(target) after the full context and after the
-//! context with each token removed, reusing the KV prefix before the removed token.
+//! context with each token (or each span of `window` consecutive tokens) removed, reusing the
+//! KV prefix before the removed span.
 //!
-//! The full context is decoded once into sequence 0. For the variant without token `j`, the
-//! cells of positions `[0, j)` are copied (metadata only: the cache is unified) from sequence 0
-//! into a scratch sequence and only `context[j+1..]` is decoded, at positions `j..`. Many variants
-//! share one `llama_decode` (one scratch sequence each); removing the last token needs no decode
-//! at all (its answer is the full decode's row before last).
+//! The full context is decoded once into sequence 0. For the variant without the span `[a, b)`,
+//! the cells of positions `[0, a)` are copied (metadata only: the cache is unified) from
+//! sequence 0 into a scratch sequence and only `context[b..]` is decoded, at positions `a..`.
+//! Many variants share one `llama_decode` (one scratch sequence each); removing the last span
+//! needs no decode at all (its answer is the full decode's row before the span).
+//!
+//! Spans are `[0, w), [w, 2w), …` (the last one shorter when `w` does not divide `n`), as
+//! Inseq's and Captum's sliding windows with the stride equal to the window: about
+//! `n + n² / 2w` decoded tokens ([`spans_cost`]).
 
 use std::num::NonZeroU32;
 
@@ -30,12 +35,28 @@ const MAX_SCRATCH: usize = 63;
 /// copied prefix differed from from-scratch decodes by up to 0.5 in log p (not understood yet).
 const UBATCH: u32 = 32;
 
-/// Result of [`Occluder::leave_one_out`].
+/// The spans `[a, b)` of `window` consecutive tokens that tile a context of `n` tokens.
+pub fn spans(n: usize, window: usize) -> Vec<std::ops::Range<usize>> {
+    let w = window.max(1);
+    (0..n).step_by(w).map(|a| a..(a + w).min(n)).collect()
+}
+
+/// Tokens [`Occluder::leave_spans_out`] decodes for a context of `n` tokens: the full context
+/// once, then the suffix after each span but the last.
+pub fn spans_cost(n: usize, window: usize) -> usize {
+    let spans = spans(n, window);
+    let suffixes: usize = spans.iter().map(|s| n - s.end).sum();
+    if n == 0 { 0 } else { n + suffixes }
+}
+
+/// Result of [`Occluder::leave_one_out`] and [`Occluder::leave_spans_out`].
 #[derive(Debug, Clone)]
 pub struct LeaveOneOut {
     /// log p(target) after the full context, one per target asked for.
     pub full: Vec<f64>,
-    /// `without[j][t]`: log p(target t) after the context with token j removed.
+    /// The spans removed, in order (`j..j + 1` for leave-one-out).
+    pub spans: Vec<std::ops::Range<usize>>,
+    /// `without[s][t]`: log p(target t) after the context with span s removed.
     pub without: Vec<Vec<f64>>,
     /// Tokens decoded for this call (`n` for the full context plus the suffixes).
     pub decoded_tokens: usize,
@@ -125,6 +146,21 @@ impl<'m> Occluder<'m> {
         context: &[i32],
         targets: &[i32],
     ) -> Result<LeaveOneOut, EngineError> {
+        let out = self.leave_spans_out(context, targets, 1, &mut |_| true)?;
+        Ok(out.expect("never stopped"))
+    }
+
+    /// log p(each target) after `context` and after `context` without each span of `window`
+    /// tokens ([`spans`]). `progress` hears the tokens decoded after each `llama_decode`
+    /// (they add up to [`spans_cost`]); when it returns false the work stops there and the
+    /// result is `None`.
+    pub fn leave_spans_out(
+        &mut self,
+        context: &[i32],
+        targets: &[i32],
+        window: usize,
+        progress: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Option<LeaveOneOut>, EngineError> {
         let n = context.len();
         if n == 0 {
             return Err(EngineError::EmptyContext);
@@ -147,69 +183,110 @@ impl<'m> Occluder<'m> {
                 n_vocab,
             });
         }
+        let spans = spans(n, window);
+        let last = spans.last().expect("n > 0").clone();
         self.ctx.clear_kv_cache();
         let mut decoded = 0;
         let mut calls = 0;
 
-        // The full context, logits at the last two positions.
+        // The full context, logits at the last position and before the last span.
         self.batch.clear();
         for (i, &tok) in context.iter().enumerate() {
+            let output = i + 1 == n || i + 1 == last.start;
             self.batch
-                .add(LlamaToken(tok), i as i32, &[0], i + 2 >= n)
+                .add(LlamaToken(tok), i as i32, &[0], output)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         self.decode()?;
         decoded += n;
         calls += 1;
+        if !progress(n) {
+            return Ok(None);
+        }
         let full = log_probs(self.ctx.get_logits_ith(n as i32 - 1), targets);
-        let mut without = vec![Vec::new(); n];
-        // Without the last token: the distribution after the first n - 1 tokens. With a
-        // one-token context there is nothing left to condition on: the score is 0 by convention.
-        without[n - 1] = if n >= 2 {
-            log_probs(self.ctx.get_logits_ith(n as i32 - 2), targets)
+        let mut without = vec![Vec::new(); spans.len()];
+        // Without the last span: the distribution after the tokens before it. Without the
+        // whole context there is nothing left to condition on: the score is 0 by convention.
+        without[spans.len() - 1] = if last.start > 0 {
+            log_probs(self.ctx.get_logits_ith(last.start as i32 - 1), targets)
         } else {
             full.clone()
         };
 
-        // Variants j < n - 1, grouped into decodes of at most n_batch tokens.
-        let mut j = 0;
-        while j + 1 < n {
-            let mut group = Vec::new(); // (j, seq, batch row of its last token)
+        // The other spans, grouped into decodes of at most n_batch tokens. Span [a, b) keeps
+        // the prefix [0, a) and decodes context[b..] at positions a.. (its last token's row
+        // predicts the target).
+        let mut s = 0;
+        while s + 1 < spans.len() {
+            let mut group = Vec::new(); // (span index, seq, batch row of its last token)
             let mut used = 0;
-            while j + 1 < n && group.len() < MAX_SCRATCH && used + (n - 1 - j) <= self.n_batch {
-                used += n - 1 - j;
-                group.push((j, group.len() as i32 + 1, used - 1));
-                j += 1;
+            while s + 1 < spans.len()
+                && group.len() < MAX_SCRATCH
+                && used + (n - spans[s].end) <= self.n_batch
+            {
+                used += n - spans[s].end;
+                group.push((s, group.len() as i32 + 1, used - 1));
+                s += 1;
             }
             self.batch.clear();
-            for &(jj, seq, _) in &group {
-                if jj > 0 {
+            for &(ss, seq, _) in &group {
+                let span = &spans[ss];
+                if span.start > 0 {
                     self.ctx
-                        .kv_cache_seq_cp(0, seq, Some(0), Some(jj as u32))
+                        .kv_cache_seq_cp(0, seq, Some(0), Some(span.start as u32))
                         .map_err(decode_error)?;
                 }
-                for (k, &tok) in context[jj + 1..].iter().enumerate() {
-                    let pos = jj + k;
+                let suffix = &context[span.end..];
+                for (k, &tok) in suffix.iter().enumerate() {
+                    let pos = span.start + k;
                     self.batch
-                        .add(LlamaToken(tok), pos as i32, &[seq], pos + 2 == n)
+                        .add(LlamaToken(tok), pos as i32, &[seq], k + 1 == suffix.len())
                         .map_err(|e| EngineError::Decode(e.to_string()))?;
                 }
             }
             self.decode()?;
             decoded += used;
             calls += 1;
-            for &(jj, seq, row) in &group {
-                without[jj] = log_probs(self.ctx.get_logits_ith(row as i32), targets);
+            for &(ss, seq, row) in &group {
+                without[ss] = log_probs(self.ctx.get_logits_ith(row as i32), targets);
                 self.ctx
                     .kv_cache_seq_rm(seq, None, None)
                     .map_err(decode_error)?;
             }
+            if !progress(used) {
+                return Ok(None);
+            }
         }
-        Ok(LeaveOneOut {
+        Ok(Some(LeaveOneOut {
             full,
+            spans,
             without,
             decoded_tokens: decoded,
             decode_calls: calls,
-        })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_tile_the_context() {
+        assert_eq!(spans(5, 1), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
+        assert_eq!(spans(5, 2), vec![0..2, 2..4, 4..5]);
+        assert_eq!(spans(4, 4), vec![0..4]);
+        assert!(spans(0, 3).is_empty());
+        // Leave-one-out: n + (n-1) + ... + 1 + 0.
+        assert_eq!(spans_cost(25, 1), 25 + 24 * 25 / 2);
+        // Window 2 over 5 tokens: the full 5, then suffixes 3 and 1 (the last span none).
+        assert_eq!(spans_cost(5, 2), 5 + 3 + 1);
+        assert_eq!(spans_cost(4, 4), 4);
+        assert_eq!(spans_cost(0, 1), 0);
+        // About n + n²/2w.
+        let (n, w) = (1000, 10);
+        let c = spans_cost(n, w) as f64;
+        let approx = (n + n * n / (2 * w)) as f64;
+        assert!((c / approx - 1.0).abs() < 0.02, "{c} vs {approx}");
     }
 }

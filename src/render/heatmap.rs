@@ -84,6 +84,9 @@ fn header(w: &mut dyn Write, r: &AttributionRecord, pal: &Palette) -> io::Result
     if let Some(steps) = r.steps {
         parts.push(format!("{steps} steps"));
     }
+    if let Some(window) = r.window {
+        parts.push(format!("window {window}"));
+    }
     writeln!(w, "{}", parts.join(&pal.muted(" · ")))
 }
 
@@ -118,11 +121,12 @@ pub fn record(
     };
     writeln!(
         w,
-        "target: {} {} (id {}), p = {}{}",
+        "target: {} {} (id {}), p = {} ({}){}",
         target_label(r),
         pal.chosen(&format!("[{shown}]")),
         t.id,
         pct(t.prob),
+        enum_name(&r.engine),
         r.completeness_error
             .map(|e| format!(", completeness error {}", score_text(e)))
             .unwrap_or_default()
@@ -351,7 +355,11 @@ fn top_per_target(
     pal: &Palette,
 ) -> io::Result<()> {
     let mut b = Builder::default();
-    let mut head = vec!["target".to_string(), "p".into()];
+    // p under the records' engine (one per call: one method).
+    let p = records
+        .first()
+        .map_or("p".to_string(), |r| format!("p ({})", enum_name(&r.engine)));
+    let mut head = vec!["target".to_string(), p];
     head.extend((1..=top).map(|i| format!("top {i}")));
     b.push_record(head);
     for r in records {
@@ -422,6 +430,7 @@ mod tests {
             scores,
             steps: None,
             baseline: None,
+            window: None,
             completeness_error: None,
             attention: None,
             elapsed_ms: 1.0,

@@ -38,7 +38,14 @@ pub struct Explainer<'m> {
     /// Context for the most probable next token (default candidate targets), kept so a batch
     /// reuses the KV prefix its requests share.
     next: Option<Decoder<'m>>,
+    /// Where notes for the user go (the front-end's stderr), and whether the long-occlusion
+    /// note was given already (once per explainer).
+    notice: Option<Box<dyn FnMut(String) + 'm>>,
+    noted_long_occlusion: bool,
 }
+
+/// Contexts longer than this get a note when occlusion runs without a window.
+const LONG_OCCLUSION: usize = 256;
 
 impl<'m> Explainer<'m> {
     pub fn new(model: &'m Model, ctx: &ContextOptions) -> Self {
@@ -47,7 +54,46 @@ impl<'m> Explainer<'m> {
             ctx: ctx.clone(),
             attributor: Attributor::new(model, ctx.n_threads, ctx.n_ctx as usize),
             next: None,
+            notice: None,
+            noted_long_occlusion: false,
         }
+    }
+
+    /// Send notes for the user (such as the cost of a long occlusion) to `f`.
+    pub fn on_notice(&mut self, f: impl FnMut(String) + 'm) {
+        self.notice = Some(Box::new(f));
+    }
+
+    /// Occlusion's window against the contexts, and a note on the cost of a long context
+    /// without one.
+    fn check_occlusion(&mut self, targets: &[Resolved], opts: &Options) -> Result<()> {
+        if opts.method != Method::Occlusion {
+            return Ok(());
+        }
+        let lens = targets.iter().map(|r| r.target.context_len);
+        let (Some(shortest), Some(longest)) = (lens.clone().min(), lens.max()) else {
+            return Ok(());
+        };
+        let window = opts.effective_window();
+        if window > shortest {
+            return Err(input_err(
+                format!("--window {window} is longer than the {shortest}-token context"),
+                "a window is at most the context's length (--window 1, the default, is exact leave-one-out)",
+            ));
+        }
+        if opts.window.is_none() && longest > LONG_OCCLUSION && !self.noted_long_occlusion {
+            self.noted_long_occlusion = true;
+            let cost: usize = targets
+                .iter()
+                .map(|r| crate::engine::occlusion_cost(r.target.context_len, 1))
+                .sum();
+            if let Some(f) = &mut self.notice {
+                f(format!(
+                    "note: leave-one-out occlusion of a {longest}-token context decodes about {cost} tokens; --window N removes N tokens at a time, about N times fewer"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The gradient methods' activation budget in bytes (`--max-memory`).
@@ -98,6 +144,7 @@ impl<'m> Explainer<'m> {
         let targets = resolve_targets(sel, prompt.len(), completion, &mut || {
             self.top_next(&tokens)
         })?;
+        self.check_occlusion(&targets, opts)?;
         let t = Instant::now();
         let plain: Vec<Target> = targets.iter().map(|r| r.target).collect();
         let outcomes = self.attributor.run(&tokens, &plain, opts)?;
@@ -199,6 +246,7 @@ impl<'m> Explainer<'m> {
             scores,
             steps: ig.then_some(opts.steps),
             baseline: ig.then_some(opts.baseline),
+            window: (opts.method == Method::Occlusion).then(|| opts.effective_window()),
             completeness_error: o.completeness_error,
             attention: (opts.method == Method::Attention).then(|| AttentionSelection {
                 layers: opts.attention.layers.clone(),

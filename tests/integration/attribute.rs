@@ -504,3 +504,38 @@ fn bad_targets_and_options_are_input_errors() {
     assert!(err.contains("--steps 0"), "{err}");
     sb.fails(&[&base[..], &["--method", "lime"]].concat(), 2);
 }
+
+/// Every llama.cpp method reports the decode's p(target): `ntv preview`'s p_base of the same
+/// token, within 0.01, on the README's prompt and another chat prompt (the attention capture
+/// computed 0.119 against the decode's 0.138 before it read the logits from a plain decode).
+#[test]
+fn attention_and_occlusion_report_previews_probability() {
+    let sb = Sandbox::new();
+    for prompt in [PROMPT, "Name a fruit that is yellow and curved."] {
+        let base = ["-m", m(), "--no-session", "-p", prompt, "-t", "1"];
+        let preview = sb.json(&[&["preview"][..], &base, &["--json"]].concat());
+        let best = preview["dist"]["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .max_by(|a, b| f(&a["p_base"]).total_cmp(&f(&b["p_base"])))
+            .expect("a token")
+            .clone();
+        let id = best["id"].as_i64().unwrap().to_string();
+        for method in ["attention", "occlusion"] {
+            let doc = sb.json(
+                &[
+                    &["attribute"][..],
+                    &base,
+                    &["--method", method, "--token", &id, "--json"],
+                ]
+                .concat(),
+            );
+            let r = &doc["targets"][0];
+            assert_eq!(r["engine"], json!("llama.cpp"));
+            let (p, want) = (f(&r["target"]["prob"]), f(&best["p_base"]));
+            eprintln!("{prompt:?} {method}: p {p:.4}, preview p_base {want:.4}");
+            assert!((p - want).abs() <= 0.01, "{method}: {p} vs p_base {want}");
+        }
+    }
+}

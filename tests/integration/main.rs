@@ -21,6 +21,7 @@ mod html;
 mod hub;
 mod kvcache;
 mod lens;
+mod occlusion_window;
 mod oneshot;
 mod prefix_cache;
 mod preview;

@@ -68,6 +68,9 @@ fn group(gi: usize, records: &[&AttributionRecord], data: &mut Vec<GroupData>) -
     if let Some(b) = &first.baseline {
         f.push(("baseline", json_name(b)));
     }
+    if let Some(w) = first.window {
+        f.push(("window", w.to_string()));
+    }
     if let Some(e) = first.completeness_error {
         f.push(("completeness error", fmt_num(e)));
     }
@@ -80,10 +83,11 @@ fn group(gi: usize, records: &[&AttributionRecord], data: &mut Vec<GroupData>) -
             .map(|r| Label {
                 text: r.target.display.clone(),
                 title: format!(
-                    "id {} · {:?} · p {}",
+                    "id {} · {:?} · p {} ({})",
                     r.target.id,
                     r.target.text,
-                    fmt_num(r.target.prob)
+                    fmt_num(r.target.prob),
+                    json_name(&r.engine)
                 ),
                 special: r.target.special,
             })
@@ -114,7 +118,7 @@ fn group(gi: usize, records: &[&AttributionRecord], data: &mut Vec<GroupData>) -
             div.pills.targets {
                 @for (ti, r) in records.iter().enumerate() {
                     span.tok.target.special[r.target.special].active[ti == 0] data-target=(ti) tabindex="0"
-                        title=(format!("id {} · {:?} · p {}", r.target.id, r.target.text, fmt_num(r.target.prob))) {
+                        title=(format!("id {} · {:?} · p {} ({})", r.target.id, r.target.text, fmt_num(r.target.prob), json_name(&r.engine))) {
                         (r.target.display)
                     }
                 }
