@@ -410,7 +410,13 @@ impl QMatrix {
         if m == 0 {
             return;
         }
-        let tr = Self::tile_rows(k);
+        // At least two tiles per thread, so that small matrices (a K/V projection of a few
+        // hundred rows) are shared out evenly too.
+        let threads = rayon::current_num_threads();
+        let mut tr = Self::tile_rows(k);
+        if threads > 1 {
+            tr = tr.min(n.div_ceil(2 * threads)).max(8);
+        }
         let dst = Shared(y.as_mut_ptr());
         (0..n.div_ceil(tr)).into_par_iter().for_each(|t| {
             let rows = t * tr..((t + 1) * tr).min(n);
