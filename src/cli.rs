@@ -191,8 +191,8 @@ the Hugging Face cache first (with --offline only one already there).")]
     /// token (--token / --text; the most probable one when there is no completion), or every
     /// completion token (--all). attention and occlusion run through llama.cpp on the model's
     /// own weights (every architecture); saliency, input_x_gradient and integrated_gradients
-    /// run an autograd forward over the weights dequantised to f32 (llama, mistral, qwen2,
-    /// qwen3 families).
+    /// run an autograd forward in f32 over the model file's own weights, expanded a tile at a
+    /// time (llama, mistral, qwen2, qwen3 families).
     ///
     /// Every method reports the same p(target): the softmax of the raw logits at the
     /// predicting position (no penalties, temperature or truncation), computed by the engine

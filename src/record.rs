@@ -598,7 +598,7 @@ pub struct AttributionRecord {
     pub aggregation: crate::attribution::Agg,
     /// prob, logprob or logit; null for attention (it does not look at the target).
     pub target_fn: Option<crate::attribution::TargetFn>,
-    /// "llama.cpp" (model file's weights) or "autograd" (weights dequantised to f32): the
+    /// "llama.cpp" or "autograd" (ntv's f32 forward over the file's weights): the
     /// engine that computed the scores and `target.prob`.
     pub engine: crate::attribution::Engine,
     pub target: AttributionTarget,

@@ -113,8 +113,6 @@ pub struct AutogradModel {
     device: Device,
     /// Bytes of activations one batch may keep (see [`AutogradModel::set_activation_budget`]).
     budget: usize,
-    /// Parameters of the model (every weight's values).
-    n_params: usize,
 }
 
 /// What is differentiated.
@@ -481,10 +479,6 @@ impl AutogradModel {
             None => tok_embd.clone(),
         };
         let output_norm = g.vector("output_norm.weight", n_embd)?;
-        let mut n_params = tok_embd.rows() * n_embd + n_embd;
-        if g.file.dims("output.weight").is_some() {
-            n_params += output.rows() * n_embd;
-        }
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -506,11 +500,6 @@ impl AutogradModel {
             let ffn = w_gate.rows();
             let w_up = shaped(g.matrix(&p("ffn_up.weight"), n_embd)?, ffn)?;
             let w_down = shaped(g.matrix(&p("ffn_down.weight"), ffn)?, n_embd)?;
-            n_params += [&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down]
-                .iter()
-                .map(|m| m.rows() * m.cols())
-                .sum::<usize>()
-                + 2 * n_embd;
             layers.push(Layer {
                 attn_norm: g.vector(&p("attn_norm.weight"), n_embd)?,
                 wq,
@@ -553,7 +542,6 @@ impl AutogradModel {
             eos_id,
             device: Device::Cpu,
             budget: DEFAULT_ACTIVATION_BUDGET,
-            n_params,
         })
     }
 
@@ -1211,12 +1199,6 @@ impl AutogradModel {
     /// The activation budget in bytes.
     pub fn activation_budget(&self) -> usize {
         self.budget
-    }
-
-    /// Parameters of the model (values of every weight and norm; a tied output head counted
-    /// once).
-    pub fn n_params(&self) -> usize {
-        self.n_params
     }
 
     fn ffn_dim(&self) -> usize {

@@ -92,7 +92,7 @@ pub enum Engine {
     /// llama.cpp on the model file's own (possibly quantised) weights.
     #[serde(rename = "llama.cpp")]
     LlamaCpp,
-    /// The autograd forward (candle) over the weights dequantised to f32.
+    /// The autograd forward (candle, f32 arithmetic) over the model file's own weights.
     #[serde(rename = "autograd")]
     Autograd,
 }

@@ -268,16 +268,6 @@ impl WeightFile {
         &self.meta.path
     }
 
-    /// Size of the file in bytes.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether the file is empty (never, for a file that opened).
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// A string value of the metadata.
     pub fn string(&self, key: &str) -> Option<String> {
         self.meta.string(key)
@@ -340,11 +330,6 @@ impl QMatrix {
     /// ggml's name of the storage type (`q4_1`, `f16`, …).
     pub fn type_name(&self) -> String {
         type_name(self.m.ty)
-    }
-
-    /// Bytes the matrix takes in the file.
-    pub fn bytes(&self) -> usize {
-        self.m.rows * self.m.row_bytes
     }
 
     /// Rows `rows` dequantised to f32 into `out` (`rows.len() × cols`, row-major).
