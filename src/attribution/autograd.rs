@@ -944,6 +944,12 @@ impl SharedForward {
         })
     }
 
+    /// Backward passes run so far (one per distinct target; a method asked again of a target
+    /// reuses its gradient).
+    pub fn backward_passes(&self) -> usize {
+        self.done.len()
+    }
+
     /// Whether `context` is a prefix of this pass's sequence (so its targets can use it).
     pub fn covers(&self, context: &[u32]) -> bool {
         !context.is_empty() && self.ids.starts_with(context)
@@ -1186,6 +1192,13 @@ impl AutogradModel {
         let spare = self.budget.saturating_sub(inputs * chunk);
         let graphs = (spare / (block * chunk)).min(layers);
         (chunk, Keep { graphs })
+    }
+
+    /// The schedule the budget gives a batch of up to `inputs` inputs of `n` positions:
+    /// (inputs processed together, blocks that keep their graph; the others are recomputed).
+    pub fn schedule(&self, inputs: usize, n: usize) -> (usize, usize) {
+        let (chunk, keep) = self.plan(inputs, n);
+        (chunk, keep.graphs)
     }
 
     /// Set the activation budget in bytes (`--max-memory`; default

@@ -303,6 +303,17 @@ fn the_activation_budget_changes_the_schedule_not_the_scores() {
     tight.set_activation_budget(1);
     let roomy = autograd_model();
     assert!(roomy.activation_budget() >= 256 << 20);
+    let n = context.len();
+    assert_eq!(
+        tight.schedule(6, n),
+        (1, 0),
+        "one input at a time, every block recomputed"
+    );
+    let (batch, kept) = roomy.schedule(6, n);
+    assert!(
+        batch > 1 && kept == roomy.n_layer(),
+        "default: {batch} inputs, {kept} blocks kept"
+    );
     for method in [GradMethod::Saliency, ig(6)] {
         let a = attribute(
             roomy,
@@ -363,4 +374,9 @@ fn targets_on_one_sequence_share_a_forward_pass() {
             assert!((a.target_prob - b.target_prob).abs() < 1e-6);
         }
     }
+    assert_eq!(
+        shared.backward_passes(),
+        2,
+        "one backward pass per target; input×gradient reused saliency's gradient"
+    );
 }
