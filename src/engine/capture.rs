@@ -17,17 +17,12 @@
 //! decode's probability.
 
 use std::ffi::{CStr, c_void};
-use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
 
-use super::backend;
+use super::decoder::{ContextOptions, Decoder};
 use super::error::EngineError;
 use super::log;
 use super::model::Model;
@@ -226,9 +221,8 @@ pub struct AttentionCapture<'m> {
     ctx: *mut sys::llama_context,
     state: *mut CaptureState,
     batch: sys::llama_batch,
-    /// The ordinary context the logits come from, and its batch.
-    decode: LlamaContext<'m>,
-    decode_batch: LlamaBatch<'static>,
+    /// The ordinary decoder the logits come from.
+    decode: Decoder<'m>,
     n_max: usize,
     n_vocab: usize,
 }
@@ -249,19 +243,16 @@ impl<'m> AttentionCapture<'m> {
             n_ctx: u32::MAX as usize,
             trained: model.info().n_ctx_train as usize,
         })?;
-        // The decode path's context: llama.cpp's defaults (flash attention, f16 cache) and
-        // ubatches of at most 512 tokens, as the decoder's default batch.
-        let decode_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n))
-            .with_n_batch(n)
-            .with_n_ubatch(n.min(512))
-            .with_n_threads(threads.max(1))
-            .with_n_threads_batch(threads.max(1));
-        log::take_errors();
-        let decode = model
-            .raw()
-            .new_context(backend()?, decode_params)
-            .map_err(|e| EngineError::Context(format!("{e}; {}", log::take_errors().join("; "))))?;
+        // The decode path itself: llama.cpp's defaults (flash attention, f16 cache) in batches
+        // of at most 512 tokens, as the decoder runs.
+        let decode = Decoder::new(
+            model,
+            &ContextOptions {
+                n_ctx: n,
+                n_threads: threads.max(1),
+                n_batch: n.min(512),
+            },
+        )?;
         let state = Box::into_raw(Box::<CaptureState>::default());
         // SAFETY: plain constructor returning a struct by value.
         let mut params = unsafe { sys::llama_context_default_params() };
@@ -297,7 +288,6 @@ impl<'m> AttentionCapture<'m> {
             state,
             batch,
             decode,
-            decode_batch: LlamaBatch::new(n_max, 1),
             n_max,
             n_vocab: model.n_vocab(),
         })
@@ -423,31 +413,21 @@ impl<'m> AttentionCapture<'m> {
 }
 
 impl AttentionCapture<'_> {
-    /// The logits at each of `rows` after `tokens`, from the ordinary decode context.
+    /// The logits at each of `rows` after `tokens`, from the ordinary decoder.
     fn decode_logits(
         &mut self,
         tokens: &[i32],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let n = tokens.len();
-        self.decode.clear_kv_cache();
-        self.decode_batch.clear();
-        for (i, &tok) in tokens.iter().enumerate() {
-            self.decode_batch
-                .add(LlamaToken(tok), i as i32, &[0], rows.contains(&i))
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
-        }
-        log::take_errors();
-        self.decode.decode(&mut self.decode_batch).map_err(|e| {
-            EngineError::Decode(format!(
-                "{e} (decoding {n} tokens for the logits): {}",
-                log::take_errors().join("; ")
-            ))
-        })?;
-        Ok(rows
-            .iter()
-            .map(|&r| self.decode.get_logits_ith(r as i32)[..self.n_vocab].to_vec())
-            .collect())
+        let n_vocab = self.n_vocab;
+        let mut out = vec![Vec::new(); rows.len()];
+        self.decode
+            .eval_rows(tokens, &|i| rows.contains(&i), &mut |pos, logits| {
+                for (k, _) in rows.iter().enumerate().filter(|(_, r)| **r == pos) {
+                    out[k] = logits[..n_vocab].to_vec();
+                }
+            })?;
+        Ok(out)
     }
 }
 

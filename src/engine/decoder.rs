@@ -227,9 +227,20 @@ impl<'m> Decoder<'m> {
         tokens: &[i32],
         each: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), EngineError> {
+        self.eval_rows(tokens, &|_| true, each)
+    }
+
+    /// Decode `tokens` from an empty cache with logits at the positions `want` selects (and
+    /// the last), handing each row to `each(pos, logits)`. Leaves the cache holding `tokens`.
+    pub fn eval_rows(
+        &mut self,
+        tokens: &[i32],
+        want: &dyn Fn(usize) -> bool,
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
         self.check(tokens)?;
         self.truncate_cache(0)?;
-        self.decode_more(tokens, &|_| true, each)
+        self.decode_more(tokens, want, each)
     }
 
     fn last_logits(&self) -> &[f32] {
