@@ -1,12 +1,15 @@
 //! Gradient attribution (saliency, input×gradient, integrated gradients) through a
 //! differentiable forward pass of the llama family (llama, mistral, smollm) and qwen2/qwen3,
-//! written in candle on the CPU over the GGUF's own weights.
+//! in f32 on the CPU over the GGUF's own weights: the forward pass and its vector-Jacobian
+//! product are written out by hand (the transformer block in [`super::block`]), not recorded
+//! as a graph.
 //!
 //! Memory: the weights stay in the file's (quantised or 16-bit) form, memory-mapped; every
 //! matmul expands its weight a cache-sized tile at a time into a buffer each thread reuses,
-//! forward and backward alike, so no weight matrix is ever expanded whole (the embedding reads only the context's rows). Activations live
-//! within a budget ([`AutogradModel::set_activation_budget`], `--max-memory`): the backward
-//! pass runs block by block, keeping each block's graph when the budget allows and otherwise
+//! forward and backward alike, so no weight matrix is ever expanded whole (the embedding
+//! reads only the context's rows). Activations live within a budget
+//! ([`AutogradModel::set_activation_budget`], `--max-memory`): the backward pass runs block by
+//! block, using each block's kept activations when the budget allows and otherwise
 //! recomputing one block at a time from its saved input (gradient checkpointing), and
 //! integrated gradients' interpolated inputs are batched to fit it.
 //!
@@ -19,9 +22,8 @@
 //!   query attention from `<arch>.attention.head_count_kv`;
 //! - output projection `output.weight`, or the tied `token_embd.weight` when absent.
 //!
-//! Only input gradients are computed: weights are plain (untracked) tensors, and every matmul
-//! with a weight goes through `FrozenLinear`, whose backward returns the input's gradient
-//! only, so no weight gradient is ever formed. Logits are computed at the last position only.
+//! Only input gradients are computed (the backward pass of `x · Wᵀ` is `g · W`; no weight
+//! gradient is ever formed). Logits are computed at the target's position only.
 //!
 //! Semantics (attribution.md, "What the numbers mean"): the target function is p(target) by
 //! default, gradients are taken with respect to the input embeddings; the Inseq aggregation is
@@ -31,15 +33,17 @@
 //! `llama` too) and on qwen2 and qwen3 copies of it made by the tests (NEOX RoPE, Q/K/V biases,
 //! per-head Q/K RMSNorm): parity with llama.cpp's qwen2 and qwen3 graphs, mean KL 0.004 nats.
 //!
-//! Threads: `main` sets `CANDLE_NUM_THREADS=1` on ≤ 2 cores and `RAYON_NUM_THREADS` (see there).
+//! Threads: every product and element-wise step runs on the current rayon pool (the
+//! [`super::Attributor`]'s own when `-t` asks for fewer threads than cores).
 
 use std::ops::Range;
 use std::path::Path;
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::engine::{QMatrix, WeightFile};
 
+use super::block::{self, Acts, Dims, Layer, Rope, RopeStyle};
 use super::error::AttributionError;
 use super::legendre::gauss_legendre_unit;
 use super::watch::Watch;
@@ -56,61 +60,20 @@ const IG_MAX_BATCH: usize = 25;
 /// matmuls of smaller batches run well below the CPU's speed.
 const MIN_BATCH: usize = 4;
 
-type CResult<T> = candle_core::Result<T>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RopeStyle {
-    /// llama.cpp NORMAL: adjacent pairs (GGUF layout of llama-arch Q/K weights).
-    Interleaved,
-    /// llama.cpp NEOX: halves.
-    Neox,
-}
-
-/// RoPE tables and causal mask of one sequence length.
-struct Tables {
-    cos: Tensor,
-    sin: Tensor,
-    mask: Tensor,
-}
-
-struct Layer {
-    attn_norm: Tensor,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
-    bq: Option<Tensor>,
-    bk: Option<Tensor>,
-    bv: Option<Tensor>,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    wo: QMatrix,
-    ffn_norm: Tensor,
-    w_gate: QMatrix,
-    w_up: QMatrix,
-    w_down: QMatrix,
-}
-
 /// A model's weights in place in its GGUF file (memory-mapped, expanded per matmul), with a
 /// differentiable forward pass.
 pub struct AutogradModel {
     arch: String,
-    n_embd: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
+    dims: Dims,
     n_vocab: usize,
-    eps: f64,
-    rope_style: RopeStyle,
-    rope_dim: usize,
     /// Angular frequency of each rotated pair (len `rope_dim / 2`).
     inv_freq: Vec<f64>,
     tok_embd: QMatrix,
     output: QMatrix,
-    output_norm: Tensor,
-    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer<QMatrix>>,
     unk_id: u32,
     eos_id: Option<u32>,
-    device: Device,
     /// Bytes of activations one batch may keep (see [`AutogradModel::set_activation_budget`]).
     budget: usize,
 }
@@ -209,80 +172,6 @@ fn expand(w: &QMatrix, rows: Range<usize>) -> Vec<f32> {
     out
 }
 
-/// `x @ wᵀ` for a constant weight `w` ([out, in], in the file's form); the backward pass
-/// returns only the input's gradient (`grad @ w`), so no weight gradient is computed, and the
-/// graph keeps no expanded weight: each product expands it again, a cache-sized tile at a
-/// time ([`QMatrix::matmul_t`], [`QMatrix::matmul`]).
-struct FrozenLinear {
-    w: QMatrix,
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-linear: f32 input expected");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-linear: contiguous input expected");
-        };
-        let x = &data[start..end];
-        let m = layout.shape().dims().first().copied().unwrap_or(0);
-        let mut y = vec![0f32; m * self.w.rows()];
-        self.w.matmul_t(x, &mut y);
-        Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows()))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        let g = grad_res.flatten_all()?.to_vec1::<f32>()?;
-        let m = g.len() / self.w.rows().max(1);
-        let mut out = vec![0f32; m * self.w.cols()];
-        self.w.matmul(&g, &mut out);
-        Ok(Some(Tensor::from_vec(
-            out,
-            (m, self.w.cols()),
-            &Device::Cpu,
-        )?))
-    }
-}
-
-/// `x [.., in] @ wᵀ (+ b)` → `[.., out]`.
-fn linear(x: &Tensor, w: &QMatrix, b: Option<&Tensor>) -> CResult<Tensor> {
-    let dims = x.dims().to_vec();
-    let (lead, inner) = dims.split_at(dims.len() - 1);
-    let m: usize = lead.iter().product();
-    let x2 = x.contiguous()?.reshape((m, inner[0]))?;
-    let y = x2.apply_op1(FrozenLinear { w: w.clone() })?;
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = lead.to_vec();
-    out.push(w.rows());
-    y.reshape(out)
-}
-
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-}
-
-fn softmax_last(x: &Tensor) -> CResult<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-fn log_softmax_last(x: &Tensor) -> CResult<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
 fn meta_err(path: &Path, message: impl Into<String>) -> AttributionError {
     AttributionError::BadModel {
         path: path.to_path_buf(),
@@ -356,7 +245,7 @@ impl Gguf {
     }
 
     /// A vector (norm weight, bias) expanded to f32, checked to have `len` values.
-    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Tensor>, AttributionError> {
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, AttributionError> {
         let Some(dims) = self.file.dims(name) else {
             return Ok(None);
         };
@@ -367,10 +256,10 @@ impl Gguf {
             ));
         }
         let m = self.matrix(name, len)?;
-        Ok(Some(Tensor::from_vec(expand(&m, 0..1), len, &Device::Cpu)?))
+        Ok(Some(expand(&m, 0..1)))
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Tensor, AttributionError> {
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, AttributionError> {
         self.opt_vector(name, len)?
             .ok_or_else(|| meta_err(self.path(), format!("tensor {name} is missing")))
     }
@@ -457,10 +346,7 @@ impl AutogradModel {
             "qwen2" | "qwen3" => RopeStyle::Neox,
             _ => RopeStyle::Interleaved,
         };
-        let freq_factors: Option<Vec<f32>> = g
-            .opt_vector("rope_freqs.weight", rope_dim / 2)?
-            .map(|t| t.to_vec1::<f32>())
-            .transpose()?;
+        let freq_factors = g.opt_vector("rope_freqs.weight", rope_dim / 2)?;
         let inv_freq: Vec<f64> = (0..rope_dim / 2)
             .map(|i| {
                 let f = freq_scale * freq_base.powf(-2.0 * i as f64 / rope_dim as f64);
@@ -525,14 +411,15 @@ impl AutogradModel {
             .map(|x| x as u32);
         Ok(Self {
             arch,
-            n_embd,
-            n_head,
-            n_head_kv,
-            head_dim,
+            dims: Dims {
+                n_embd,
+                n_head,
+                n_head_kv,
+                head_dim,
+                eps: eps as f32,
+                rope_style,
+            },
             n_vocab,
-            eps,
-            rope_style,
-            rope_dim,
             inv_freq,
             tok_embd,
             output,
@@ -540,7 +427,6 @@ impl AutogradModel {
             layers,
             unk_id,
             eos_id,
-            device: Device::Cpu,
             budget: DEFAULT_ACTIVATION_BUDGET,
         })
     }
@@ -557,7 +443,7 @@ impl AutogradModel {
 
     /// Hidden size.
     pub fn n_embd(&self) -> usize {
-        self.n_embd
+        self.dims.n_embd
     }
 
     /// Number of transformer blocks.
@@ -585,160 +471,46 @@ impl AutogradModel {
         Ok(())
     }
 
-    /// Input embeddings of `ids`: `[1, n, n_embd]`.
-    pub fn embed(&self, ids: &[u32]) -> Result<Tensor, AttributionError> {
+    /// Input embeddings of `ids`: `n × n_embd` values, row-major.
+    fn embed(&self, ids: &[u32]) -> Result<Vec<f32>, AttributionError> {
         self.check_ids(ids)?;
-        let d = self.n_embd;
+        let d = self.dims.n_embd;
         let mut out = vec![0f32; ids.len() * d];
         for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
             self.tok_embd.dequantise(id as usize..id as usize + 1, row);
         }
-        Ok(Tensor::from_vec(out, (1, ids.len(), d), &self.device)?)
+        Ok(out)
     }
 
-    fn rope_tables(&self, n: usize) -> CResult<(Tensor, Tensor)> {
-        let half = self.rope_dim / 2;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for f in &self.inv_freq {
-                let theta = p as f64 * f;
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
-            }
-        }
-        let shape: &[usize] = match self.rope_style {
-            RopeStyle::Interleaved => &[1, n, 1, half, 1],
-            RopeStyle::Neox => &[1, n, 1, half],
-        };
-        Ok((
-            Tensor::from_vec(cos, shape, &self.device)?,
-            Tensor::from_vec(sin, shape, &self.device)?,
-        ))
-    }
-
-    /// RoPE on `x` `[b, n, heads, head_dim]`, llama.cpp's convention for this architecture.
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
-        let (b, n, h, hd) = x.dims4()?;
-        let rd = self.rope_dim;
-        let half = rd / 2;
-        let xr = if rd < hd {
-            x.narrow(3, 0, rd)?
-        } else {
-            x.clone()
-        };
-        let rotated = match self.rope_style {
-            RopeStyle::Interleaved => {
-                let xr = xr.reshape((b, n, h, half, 2))?;
-                let x0 = xr.narrow(4, 0, 1)?;
-                let x1 = xr.narrow(4, 1, 1)?;
-                let o0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-                let o1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-                Tensor::cat(&[o0, o1], 4)?.reshape((b, n, h, rd))?
-            }
-            RopeStyle::Neox => {
-                let x0 = xr.narrow(3, 0, half)?;
-                let x1 = xr.narrow(3, half, half)?;
-                let o0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-                let o1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-                Tensor::cat(&[o0, o1], 3)?
-            }
-        };
-        if rd < hd {
-            Tensor::cat(&[rotated, x.narrow(3, rd, hd - rd)?], 3)
-        } else {
-            Ok(rotated)
-        }
-    }
-
-    fn forward_last(&self, x: &Tensor) -> CResult<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let x = self.blocks(x, |_| Ok(()))?;
-        let last = x.narrow(1, n - 1, 1)?.reshape((b, d))?;
-        self.head(&last)
-    }
-
-    /// Final norm and output head: `[b, n_embd]` → `[b, n_vocab]`.
-    fn head(&self, last: &Tensor) -> CResult<Tensor> {
-        let last = rms_norm(last, &self.output_norm, self.eps)?;
-        linear(&last, &self.output, None)
-    }
-
-    /// RoPE tables and the causal mask for `n` positions.
-    fn tables(&self, n: usize) -> CResult<Tables> {
-        let (cos, sin) = self.rope_tables(n)?;
-        let mask: Vec<f32> = (0..n * n)
-            .map(|i| {
-                if i % n > i / n {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &self.device)?;
-        Ok(Tables { cos, sin, mask })
-    }
-
-    /// The residual stream through every block: `each` sees the output of each block in
-    /// order; returns the last one.
-    fn blocks(&self, x: &Tensor, mut each: impl FnMut(&Tensor) -> CResult<()>) -> CResult<Tensor> {
-        let t = self.tables(x.dim(1)?)?;
-        let mut x = x.clone();
+    /// The residual stream of `x` (sequences of `n` positions) through every block, forward
+    /// only: `each` sees the output of each block in order; returns the last one.
+    fn blocks(&self, mut x: Vec<f32>, n: usize, mut each: impl FnMut(&[f32])) -> Vec<f32> {
+        let rope = Rope::new(&self.inv_freq, n);
         for l in &self.layers {
-            x = self.block(l, &x, &t)?;
-            each(&x)?;
+            x = block::forward(&self.dims, l, &rope, n, &x).0;
+            each(&x);
         }
-        Ok(x)
+        x
     }
 
-    /// One transformer block on `x` `[b, n, n_embd]`.
-    fn block(&self, l: &Layer, x: &Tensor, t: &Tables) -> CResult<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let (h, hkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let rep = h / hkv;
-        let hn = rms_norm(x, &l.attn_norm, self.eps)?;
-        let mut q = linear(&hn, &l.wq, l.bq.as_ref())?.reshape((b, n, h, hd))?;
-        let mut k = linear(&hn, &l.wk, l.bk.as_ref())?.reshape((b, n, hkv, hd))?;
-        let v = linear(&hn, &l.wv, l.bv.as_ref())?.reshape((b, n, hkv, hd))?;
-        if let Some(w) = &l.q_norm {
-            q = rms_norm(&q, w, self.eps)?;
-        }
-        if let Some(w) = &l.k_norm {
-            k = rms_norm(&k, w, self.eps)?;
-        }
-        let q = self
-            .rope(&q, &t.cos, &t.sin)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = self.rope(&k, &t.cos, &t.sin)?.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?;
-        let (k, v) = if rep > 1 {
-            let k = k
-                .unsqueeze(2)?
-                .broadcast_as((b, hkv, rep, n, hd))?
-                .reshape((b, h, n, hd))?;
-            let v = v
-                .unsqueeze(2)?
-                .broadcast_as((b, hkv, rep, n, hd))?
-                .reshape((b, h, n, hd))?;
-            (k, v)
-        } else {
-            (k.contiguous()?, v.contiguous()?)
-        };
-        let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&t.mask)?;
-        let att = softmax_last(&att)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, h * hd))?;
-        let x = (x + linear(&o, &l.wo, None)?)?;
-        let hn = rms_norm(&x, &l.ffn_norm, self.eps)?;
-        let g = linear(&hn, &l.w_gate, None)?.silu()?;
-        let u = linear(&hn, &l.w_up, None)?;
-        x + linear(&(g * u)?, &l.w_down, None)?
+    /// Final norm and output head on rows of `n_embd` values: (1 / RMS per row, the normed
+    /// rows, the logits `rows × n_vocab`).
+    fn head(&self, rows: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let m = rows.len() / self.dims.n_embd;
+        let mut r = vec![0f32; m];
+        let mut hn = vec![0f32; rows.len()];
+        block::rms_norm(rows, &self.output_norm, self.dims.eps, &mut r, &mut hn);
+        let mut logits = vec![0f32; m * self.n_vocab];
+        self.output.matmul_t(&hn, &mut logits);
+        (r, hn, logits)
+    }
+
+    /// Logits at the last position of each sequence of `inputs` (embeddings, sequences of
+    /// `n` positions): `b × n_vocab`.
+    fn forward_last(&self, inputs: Vec<f32>, n: usize) -> Vec<f32> {
+        let top = self.blocks(inputs, n, |_| ());
+        let last = last_rows(&top, n, n - 1, self.dims.n_embd);
+        self.head(&last).2
     }
 
     /// The residual stream of `ids` after the embedding (layer 0) and after every block
@@ -749,43 +521,70 @@ impl AutogradModel {
             return Err(AttributionError::BadInput("the context is empty".into()));
         }
         let e = self.embed(ids)?;
-        let mut out = vec![e.flatten_all()?.to_vec1::<f32>()?];
-        self.blocks(&e, |x| {
-            out.push(x.flatten_all()?.to_vec1::<f32>()?);
-            Ok(())
-        })?;
+        let mut out = vec![e.clone()];
+        self.blocks(e, ids.len(), |x| out.push(x.to_vec()));
         Ok(out)
     }
 
     /// This engine's final norm and output head on one residual row (`n_embd` values): the
     /// lens logits of that row in f32.
     pub fn lens_logits(&self, residual: &[f32]) -> Result<Vec<f32>, AttributionError> {
-        let x = Tensor::from_slice(residual, (1, residual.len()), &self.device)?;
-        Ok(self.head(&x)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-
-    /// Logits at the last position of each sequence: `embeddings` `[b, n, n_embd]` →
-    /// `[b, n_vocab]`. Differentiable with respect to `embeddings`.
-    pub fn logits_last(&self, embeddings: &Tensor) -> Result<Tensor, AttributionError> {
-        let (_, n, d) = embeddings.dims3()?;
-        if n == 0 || d != self.n_embd {
+        if residual.len() != self.dims.n_embd {
             return Err(AttributionError::BadInput(format!(
-                "embeddings of shape {:?} do not fit the model (n_embd {})",
-                embeddings.dims(),
-                self.n_embd
+                "a residual row of {} values does not fit the model (n_embd {})",
+                residual.len(),
+                self.dims.n_embd
             )));
         }
-        Ok(self.forward_last(embeddings)?)
+        Ok(self.head(residual).2)
     }
 }
 
-fn target_value(logits: &Tensor, target: u32, f: TargetFn) -> CResult<Tensor> {
-    let t = target as usize;
-    match f {
-        TargetFn::Logit => logits.narrow(1, t, 1),
-        TargetFn::Prob => softmax_last(logits)?.narrow(1, t, 1),
-        TargetFn::Logprob => log_softmax_last(logits)?.narrow(1, t, 1),
+/// Row `row` of each sequence of `n` rows of `d` values.
+fn last_rows(x: &[f32], n: usize, row: usize, d: usize) -> Vec<f32> {
+    x.chunks_exact(n * d)
+        .flat_map(|s| &s[row * d..(row + 1) * d])
+        .copied()
+        .collect()
+}
+
+/// The target function of one row of logits and its gradient with respect to them.
+fn target_grad(logits: &[f32], target: usize, f: TargetFn) -> (f32, Vec<f32>) {
+    let mut g = vec![0f32; logits.len()];
+    if f == TargetFn::Logit {
+        g[target] = 1.0;
+        return (logits[target], g);
     }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for (g, &z) in g.iter_mut().zip(logits) {
+        *g = (z - max).exp();
+        sum += f64::from(*g);
+    }
+    let inv = (1.0 / sum) as f32;
+    g.iter_mut().for_each(|p| *p *= inv); // g = softmax
+    let p_t = g[target];
+    match f {
+        // d p_t / dz = p_t (δ_t − p)
+        TargetFn::Prob => {
+            g.iter_mut().for_each(|p| *p *= -p_t);
+            g[target] += p_t;
+            (p_t, g)
+        }
+        // d log p_t / dz = δ_t − p
+        _ => {
+            g.iter_mut().for_each(|p| *p = -*p);
+            g[target] += 1.0;
+            ((logits[target] - max) - sum.ln() as f32, g)
+        }
+    }
+}
+
+/// p(target) of one row of logits.
+fn prob_of(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&z| f64::from((z - max).exp())).sum();
+    f64::from((logits[target as usize] - max).exp()) / sum
 }
 
 /// Next-token logits after `context` under the autograd forward (for parity checks).
@@ -793,126 +592,114 @@ pub fn next_token_logits(
     model: &AutogradModel,
     context: &[u32],
 ) -> Result<Vec<f32>, AttributionError> {
-    next_token_logits_inner(model, context)
-}
-
-fn next_token_logits_inner(
-    model: &AutogradModel,
-    context: &[u32],
-) -> Result<Vec<f32>, AttributionError> {
     if context.is_empty() {
         return Err(AttributionError::BadInput("the context is empty".into()));
     }
     let e = model.embed(context)?;
-    Ok(model.logits_last(&e)?.squeeze(0)?.to_vec1::<f32>()?)
+    Ok(model.forward_last(e, context.len()))
 }
 
-/// How the backward pass gets each block's activations: the first `graphs` blocks keep their
-/// graph from the forward pass; the others keep only their input and are recomputed, one
-/// block at a time, during the backward pass (gradient checkpointing).
+/// How the backward pass gets each block's activations: the first `graphs` blocks keep them
+/// from the forward pass; the others keep only their input and are recomputed, one block at
+/// a time, during the backward pass (gradient checkpointing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Keep {
     graphs: usize,
 }
 
-/// A block's part of the forward pass, as the backward pass needs it.
-enum Saved {
-    /// The block's input (a leaf) and its output, with the graph between them.
-    Graph(Var, Tensor),
-    /// The block's input only.
-    Input(Tensor),
+/// A block's part of the forward pass, as the backward pass needs it: its input, and its
+/// activations unless they are to be recomputed.
+struct Saved {
+    input: Vec<f32>,
+    acts: Option<Acts>,
 }
 
-/// A forward pass kept for backward passes: the blocks' graphs or inputs (see [`Keep`]) and
-/// the residual stream at the top, for inputs `[b, n, d]` (rows independent). Each backward
-/// pass starts from one position's target function, so the targets of one sequence (e.g.
-/// every completion token of `--all`, or saliency and input×gradient of one target) share
-/// the forward pass and differ only in the seed.
+/// A forward pass kept for backward passes: the blocks' inputs and activations (see
+/// [`Keep`]) and the residual stream at the top, for `b` sequences of `n` positions (rows
+/// independent). Each backward pass starts from one position's target function, so the
+/// targets of one sequence (e.g. every completion token of `--all`, or saliency and
+/// input×gradient of one target) share the forward pass and differ only in the seed.
 struct Pass {
     saved: Vec<Saved>,
-    top: Var,
-    tables: Tables,
+    top: Vec<f32>,
+    rope: Rope,
+    n: usize,
 }
 
 impl Pass {
-    fn new(model: &AutogradModel, inputs: &Tensor, keep: Keep) -> Result<Self, AttributionError> {
-        let t = model.tables(inputs.dim(1)?)?;
+    fn new(model: &AutogradModel, inputs: Vec<f32>, n: usize, keep: Keep) -> Self {
+        let rope = Rope::new(&model.inv_freq, n);
         let mut saved = Vec::with_capacity(model.layers.len());
-        let mut x = inputs.detach();
+        let mut x = inputs;
         for (i, l) in model.layers.iter().enumerate() {
-            if i < keep.graphs {
-                let v = Var::from_tensor(&x)?;
-                let y = model.block(l, v.as_tensor(), &t)?;
-                x = y.detach();
-                saved.push(Saved::Graph(v, y));
-            } else {
-                let y = model.block(l, &x, &t)?;
-                saved.push(Saved::Input(std::mem::replace(&mut x, y)));
-            }
+            let (y, acts) = block::forward(&model.dims, l, &rope, n, &x);
+            saved.push(Saved {
+                input: std::mem::replace(&mut x, y),
+                acts: (i < keep.graphs).then_some(acts),
+            });
         }
-        Ok(Self {
+        Self {
             saved,
-            top: Var::from_tensor(&x)?,
-            tables: t,
-        })
+            top: x,
+            rope,
+            n,
+        }
     }
 
-    /// The target function at position `row` of every input, its gradient w.r.t. the
-    /// inputs `[b, n, d]` (zero after `row`: the model is causal) and the logits at `row`
-    /// (detached).
+    /// The target function at position `row` of every sequence, its gradient w.r.t. the
+    /// inputs (`b × n × n_embd`; zero after `row`: the model is causal) and the logits at
+    /// `row` (`b × n_vocab`).
     fn backward(
         &self,
         model: &AutogradModel,
         row: usize,
         target: u32,
         f: TargetFn,
-    ) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
-        let (b, _, d) = self.top.as_tensor().dims3()?;
-        let last = self.top.as_tensor().narrow(1, row, 1)?.reshape((b, d))?;
-        let logits = model.head(&last)?;
-        let vals = target_value(&logits, target, f)?;
-        let no_grad = || AttributionError::Compute("no gradient reached the input".into());
-        let mut g = vals
-            .sum_all()?
-            .backward()?
-            .get(self.top.as_tensor())
-            .ok_or_else(no_grad)?
-            .clone();
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, n, v) = (model.dims.n_embd, self.n, model.n_vocab);
+        let last = last_rows(&self.top, n, row, d);
+        let (r, _, logits) = model.head(&last);
+        let (vals, dz): (Vec<f32>, Vec<Vec<f32>>) = logits
+            .par_chunks(v)
+            .map(|z| target_grad(z, target as usize, f))
+            .unzip();
+        let dz = dz.concat();
+        let mut gh = vec![0f32; last.len()];
+        model.output.matmul(&dz, &mut gh);
+        drop(dz);
+        let mut g_last = vec![0f32; last.len()];
+        block::rms_norm_backward(&last, &model.output_norm, &r, &gh, &mut g_last);
+        let mut g = vec![0f32; self.top.len()];
+        for (s, gl) in g.chunks_exact_mut(n * d).zip(g_last.chunks_exact(d)) {
+            s[row * d..(row + 1) * d].copy_from_slice(gl);
+        }
         for (l, part) in model.layers.iter().zip(&self.saved).rev() {
             let recomputed;
-            let (v, y) = match part {
-                Saved::Graph(v, y) => (v, y),
-                Saved::Input(x) => {
-                    let v = Var::from_tensor(x)?;
-                    let y = model.block(l, v.as_tensor(), &self.tables)?;
-                    recomputed = (v, y);
-                    (&recomputed.0, &recomputed.1)
+            let acts = match &part.acts {
+                Some(a) => a,
+                None => {
+                    recomputed = block::forward(&model.dims, l, &self.rope, n, &part.input).1;
+                    &recomputed
                 }
             };
-            // d(Σ y·g)/dx is the block's vector-Jacobian product with the gradient above it.
-            g = (y * &g)?
-                .sum_all()?
-                .backward()?
-                .get(v.as_tensor())
-                .ok_or_else(no_grad)?
-                .clone();
+            g = block::backward(&model.dims, l, &self.rope, n, &part.input, acts, &g);
         }
-        Ok((vals.flatten_all()?.to_vec1::<f32>()?, g, logits.detach()))
+        (vals, g, logits)
     }
 }
 
-/// Target function values and their gradients w.r.t. `inputs` `[b, n, d]` (rows independent),
-/// one block at a time backwards (see [`Keep`]). Returns the values, the gradient and the
-/// logits (detached).
+/// Target function values and their gradients w.r.t. `inputs` (sequences of `n` positions,
+/// rows independent), one block at a time backwards (see [`Keep`]). Returns the values, the
+/// gradient and the logits.
 fn value_and_grad(
     model: &AutogradModel,
-    inputs: &Tensor,
+    inputs: Vec<f32>,
+    n: usize,
     target: u32,
     f: TargetFn,
     keep: Keep,
-) -> Result<(Vec<f32>, Tensor, Tensor), AttributionError> {
-    let n = inputs.dim(1)?;
-    Pass::new(model, inputs, keep)?.backward(model, n - 1, target, f)
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    Pass::new(model, inputs, n, keep).backward(model, n - 1, target, f)
 }
 
 /// The forward pass of one token sequence, kept so that gradient attributions of targets
@@ -921,12 +708,15 @@ fn value_and_grad(
 /// one more backward pass.
 pub struct SharedForward {
     ids: Vec<u32>,
-    embeddings: Tensor,
+    embeddings: Vec<f32>,
     pass: Pass,
-    /// Gradients already computed: (predicting position, target, function) → (gradient
-    /// `[1, row + 1, d]`, p(target)).
-    done: Vec<((usize, u32, TargetFn), Tensor, f64)>,
+    /// Gradients already computed.
+    done: Vec<Done>,
 }
+
+/// A gradient a [`SharedForward`] computed: for (predicting position, target, function), the
+/// gradient of the first `row + 1` positions and p(target).
+type Done = ((usize, u32, TargetFn), Vec<f32>, f64);
 
 impl SharedForward {
     /// The forward pass of `ids` (within the model's activation budget).
@@ -938,7 +728,7 @@ impl SharedForward {
         let (_, keep) = model.plan(1, ids.len());
         Ok(Self {
             ids: ids.to_vec(),
-            pass: Pass::new(model, &e, keep)?,
+            pass: Pass::new(model, e.clone(), ids.len(), keep),
             embeddings: e,
             done: Vec::new(),
         })
@@ -972,42 +762,55 @@ impl SharedForward {
             ));
         }
         model.check_ids(&[target])?;
-        let n = context.len();
+        let (n, d) = (context.len(), model.dims.n_embd);
         let key = (n - 1, target, f);
-        let (g, p) = match self.done.iter().find(|(k, _, _)| *k == key) {
-            Some((_, g, p)) => (g.clone(), *p),
+        let at = match self.done.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
             None => {
-                let (_, g, logits) = self.pass.backward(model, n - 1, target, f)?;
-                let g = g.narrow(1, 0, n)?;
-                let p = prob_of(&logits, target)?;
-                self.done.push((key, g.clone(), p));
-                (g, p)
+                let (_, mut g, logits) = self.pass.backward(model, n - 1, target, f);
+                g.truncate(n * d);
+                let p = prob_of(&logits, target);
+                self.done.push((key, g, p));
+                self.done.len() - 1
             }
         };
-        let attr = match method {
-            GradMethod::Saliency => g,
-            GradMethod::InputXGradient => (self.embeddings.narrow(1, 0, n)? * &g)?,
+        let (_, g, p) = &self.done[at];
+        let attr: Vec<f32> = match method {
+            GradMethod::Saliency => g.clone(),
+            GradMethod::InputXGradient => {
+                g.iter().zip(&self.embeddings).map(|(g, e)| g * e).collect()
+            }
             GradMethod::IntegratedGradients { .. } => {
                 return Err(AttributionError::BadInput(
                     "integrated gradients does not share a forward pass".into(),
                 ));
             }
         };
-        let (scores, raw) = aggregate(&attr, agg)?;
+        let (scores, raw) = aggregate(&attr, d, agg);
         Ok(GradAttribution {
             scores,
             raw,
-            target_prob: p,
+            target_prob: *p,
             completeness_error: None,
         })
     }
 }
 
-/// Per-token scores of an attribution `[1, n, d]`: (aggregated as asked, signed sums).
-fn aggregate(attr: &Tensor, agg: Agg) -> Result<(Vec<f64>, Vec<f64>), AttributionError> {
-    let attr = attr.squeeze(0)?.to_dtype(DType::F64)?; // [n, d]
-    let raw = attr.sum(1)?.to_vec1::<f64>()?;
-    let l2 = attr.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+/// Per-token scores of an attribution (`n × d` values): (aggregated as asked, signed sums).
+fn aggregate(attr: &[f32], d: usize, agg: Agg) -> (Vec<f64>, Vec<f64>) {
+    let raw: Vec<f64> = attr
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|&x| f64::from(x)).sum())
+        .collect();
+    let l2: Vec<f64> = attr
+        .chunks_exact(d)
+        .map(|r| {
+            r.iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
     let scores = match agg {
         Agg::Sum => raw.clone(),
         Agg::L2 => l2,
@@ -1020,15 +823,7 @@ fn aggregate(attr: &Tensor, agg: Agg) -> Result<(Vec<f64>, Vec<f64>), Attributio
             }
         }
     };
-    Ok((scores, raw))
-}
-
-fn prob_of(logits: &Tensor, target: u32) -> Result<f64, AttributionError> {
-    let p = softmax_last(&logits.narrow(0, 0, 1)?)?
-        .narrow(1, target as usize, 1)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(p[0] as f64)
+    (scores, raw)
 }
 
 /// Attribute `target` (the token predicted after `context`) to each context token.
@@ -1068,19 +863,19 @@ pub fn attribute_watched(
     }
     model.check_ids(&[target])?;
     watch.check()?;
-    let e = model.embed(context)?; // [1, n, d]
-    let (_, n, d) = e.dims3()?;
+    let e = model.embed(context)?; // n × d
+    let (n, d) = (context.len(), model.dims.n_embd);
     let (attr, target_prob, completeness) = match method {
         GradMethod::Saliency | GradMethod::InputXGradient => {
             watch.add_total(1);
             let (_, keep) = model.plan(1, n);
-            let (_, g, logits) = value_and_grad(model, &e, target, target_fn, keep)?;
+            let (_, g, logits) = value_and_grad(model, e.clone(), n, target, target_fn, keep);
             watch.advance(1);
-            let p = prob_of(&logits, target)?;
+            let p = prob_of(&logits, target);
             let attr = if method == GradMethod::Saliency {
                 g
             } else {
-                (&e * &g)?
+                g.iter().zip(&e).map(|(g, e)| g * e).collect()
             };
             (attr, p, None)
         }
@@ -1091,44 +886,41 @@ pub fn attribute_watched(
                 ));
             }
             let b = baseline_embeddings(model, context, &e, &baseline)?;
-            let diff = (&e - &b)?;
+            let diff: Vec<f32> = e.iter().zip(&b).map(|(e, b)| e - b).collect();
             let (alphas, weights) = gauss_legendre_unit(steps);
             let (chunk, keep) = model.plan(steps.min(IG_MAX_BATCH), n);
-            let mut acc = Tensor::zeros((1, n, d), DType::F32, &model.device)?;
+            let mut acc = vec![0f32; n * d];
             watch.add_total(steps as u64);
             for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
                 watch.check()?;
-                let k = a_chunk.len();
-                let a = Tensor::from_vec(
-                    a_chunk.iter().map(|&a| a as f32).collect::<Vec<_>>(),
-                    (k, 1, 1),
-                    &model.device,
-                )?;
-                let w = Tensor::from_vec(
-                    w_chunk.iter().map(|&w| w as f32).collect::<Vec<_>>(),
-                    (k, 1, 1),
-                    &model.device,
-                )?;
-                let inputs = b.broadcast_add(&diff.broadcast_mul(&a)?)?;
-                let (_, g, _) = value_and_grad(model, &inputs, target, target_fn, keep)?;
-                acc = (acc + g.broadcast_mul(&w)?.sum_keepdim(0)?)?;
-                watch.advance(k as u64);
+                let inputs: Vec<f32> = a_chunk
+                    .iter()
+                    .flat_map(|&a| {
+                        let a = a as f32;
+                        b.iter().zip(&diff).map(move |(b, df)| b + df * a)
+                    })
+                    .collect();
+                let (_, g, _) = value_and_grad(model, inputs, n, target, target_fn, keep);
+                for (gs, &w) in g.chunks_exact(n * d).zip(w_chunk) {
+                    let w = w as f32;
+                    acc.iter_mut().zip(gs).for_each(|(a, g)| *a += g * w);
+                }
+                watch.advance(a_chunk.len() as u64);
             }
             watch.check()?;
-            let attr = (&diff * &acc)?;
-            // f(input) and f(baseline) in one forward of two rows.
-            let ends = Tensor::cat(&[&e, &b], 0)?;
-            let logits = model.logits_last(&ends)?;
-            let f = target_value(&logits, target, target_fn)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let p = prob_of(&logits, target)?;
-            let sum: f64 = attr.sum_all()?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
-            let err = (sum - (f[0] as f64 - f[1] as f64)).abs();
+            let attr: Vec<f32> = diff.iter().zip(&acc).map(|(df, a)| df * a).collect();
+            // f(input) and f(baseline) in one forward of two sequences.
+            let logits = model.forward_last([e.as_slice(), b.as_slice()].concat(), n);
+            let v = model.n_vocab;
+            let f0 = target_grad(&logits[..v], target as usize, target_fn).0;
+            let f1 = target_grad(&logits[v..], target as usize, target_fn).0;
+            let p = prob_of(&logits[..v], target);
+            let sum: f64 = attr.iter().map(|&x| f64::from(x)).sum();
+            let err = (sum - (f64::from(f0) - f64::from(f1))).abs();
             (attr, p, Some(err))
         }
     };
-    let (scores, raw) = aggregate(&attr, agg)?;
+    let (scores, raw) = aggregate(&attr, d, agg);
     Ok(GradAttribution {
         scores,
         raw,
@@ -1140,11 +932,11 @@ pub fn attribute_watched(
 fn baseline_embeddings(
     model: &AutogradModel,
     context: &[u32],
-    e: &Tensor,
+    e: &[f32],
     baseline: &Baseline,
-) -> Result<Tensor, AttributionError> {
+) -> Result<Vec<f32>, AttributionError> {
     match baseline {
-        Baseline::Zero => Ok(e.zeros_like()?),
+        Baseline::Zero => Ok(vec![0f32; e.len()]),
         Baseline::Token { id, keep } => {
             let ids: Vec<u32> = context
                 .iter()
@@ -1156,26 +948,26 @@ fn baseline_embeddings(
 }
 
 impl AutogradModel {
-    /// Bytes of activations one input keeps for the backward pass of one block over `n`
-    /// positions (attention maps dominate on long contexts, per-token activations on short
-    /// ones).
+    /// Bytes one input keeps for the backward pass of one block over `n` positions: the
+    /// block's input and its activations ([`Acts`]).
     fn block_bytes(&self, n: usize) -> usize {
-        4 * (4 * self.n_head * n * n + n * (16 * self.n_embd + 8 * self.ffn_dim()))
+        4 * (n * self.dims.n_embd + Acts::floats(&self.dims, self.ffn_dim(), n))
     }
 
     /// How to run a batch of up to `most` inputs of `n` positions within the budget: how many
-    /// inputs at a time, and how many blocks keep their graph (the others are recomputed in
-    /// the backward pass). Batches of [`MIN_BATCH`] inputs at least (or `most`) when the
-    /// blocks' inputs fit, for matmuls big enough to run at speed; then as many blocks'
-    /// graphs as the rest of the budget holds; with a budget too small for even that, one
-    /// input at a time.
+    /// inputs at a time, and how many blocks keep their activations (the others are
+    /// recomputed in the backward pass). Batches of [`MIN_BATCH`] inputs at least (or `most`)
+    /// when the blocks' inputs fit, for matmuls big enough to run at speed; then as many
+    /// blocks' activations as the rest of the budget holds; with a budget too small for even
+    /// that, one input at a time.
     fn plan(&self, most: usize, n: usize) -> (usize, Keep) {
         let most = most.max(1);
         let layers = self.n_layer();
         let block = self.block_bytes(n).max(1);
-        // Per input: every block's graph, or only the blocks' inputs and one block's graph.
+        // Per input: every block's activations, or only the blocks' inputs and one block's
+        // activations.
         let all = block * layers;
-        let inputs = 4 * n * self.n_embd * (layers + 1) + block;
+        let inputs = 4 * n * self.dims.n_embd * (layers + 1) + block;
         if all * most <= self.budget {
             return (most, Keep { graphs: layers });
         }
@@ -1195,7 +987,8 @@ impl AutogradModel {
     }
 
     /// The schedule the budget gives a batch of up to `inputs` inputs of `n` positions:
-    /// (inputs processed together, blocks that keep their graph; the others are recomputed).
+    /// (inputs processed together, blocks that keep their activations; the others are
+    /// recomputed).
     pub fn schedule(&self, inputs: usize, n: usize) -> (usize, usize) {
         let (chunk, keep) = self.plan(inputs, n);
         (chunk, keep.graphs)
@@ -1217,6 +1010,39 @@ impl AutogradModel {
     fn ffn_dim(&self) -> usize {
         self.layers
             .first()
-            .map_or(4 * self.n_embd, |l| l.w_up.rows())
+            .map_or(4 * self.dims.n_embd, |l| block::Weight::rows(&l.w_up))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_gradients_match_finite_differences() {
+        let z: Vec<f32> = (0..7).map(|i| (i as f32 * 1.3).sin() * 2.0).collect();
+        for f in [TargetFn::Prob, TargetFn::Logprob, TargetFn::Logit] {
+            let (v, g) = target_grad(&z, 3, f);
+            let p = prob_of(&z, 3);
+            let want = match f {
+                TargetFn::Prob => p,
+                TargetFn::Logprob => p.ln(),
+                TargetFn::Logit => f64::from(z[3]),
+            };
+            assert!((f64::from(v) - want).abs() < 1e-6, "{f:?}: {v} vs {want}");
+            for i in 0..z.len() {
+                let h = 1e-3f32;
+                let (mut zp, mut zm) = (z.clone(), z.clone());
+                zp[i] += h;
+                zm[i] -= h;
+                let fd = f64::from(target_grad(&zp, 3, f).0 - target_grad(&zm, 3, f).0)
+                    / f64::from(2.0 * h);
+                assert!(
+                    (fd - f64::from(g[i])).abs() < 1e-3,
+                    "{f:?} logit {i}: {} vs {fd}",
+                    g[i]
+                );
+            }
+        }
     }
 }

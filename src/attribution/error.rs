@@ -21,8 +21,6 @@ pub enum AttributionError {
     BadModel { path: PathBuf, message: String },
     #[error("{0}")]
     BadInput(String),
-    #[error("autograd computation failed: {0}")]
-    Compute(String),
     #[error(
         "the model produced non-finite numbers (NaN or infinity) attributing token {id} after {context_len} tokens"
     )]
@@ -39,11 +37,9 @@ impl AttributionError {
         match self {
             Self::UnsupportedArchitecture { .. } | Self::BadInput(_) | Self::Gguf { .. } => true,
             Self::Engine(e) => e.is_input(),
-            Self::Io { .. }
-            | Self::BadModel { .. }
-            | Self::Compute(_)
-            | Self::Cancelled
-            | Self::NonFinite { .. } => false,
+            Self::Io { .. } | Self::BadModel { .. } | Self::Cancelled | Self::NonFinite { .. } => {
+                false
+            }
         }
     }
 
@@ -53,22 +49,12 @@ impl AttributionError {
             Self::UnsupportedArchitecture { .. } => {
                 Some("pass --method attention or --method occlusion".into())
             }
-            Self::Compute(_) => Some(
-                "integrated gradients on long contexts needs memory: lower --steps or use saliency"
-                    .into(),
-            ),
             Self::NonFinite { .. } => Some(
                 "the model file's weights or this back end produce invalid numbers: try another model file, or the CPU back end".into(),
             ),
             Self::Engine(e) => e.hint(),
             _ => None,
         }
-    }
-}
-
-impl From<candle_core::Error> for AttributionError {
-    fn from(e: candle_core::Error) -> Self {
-        AttributionError::Compute(e.to_string())
     }
 }
 

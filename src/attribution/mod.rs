@@ -1,14 +1,15 @@
 //! Token attribution: how much each context token contributed to a target token.
 //!
 //! Submodules, one per engine: `autograd` (saliency, input×gradient, integrated gradients
-//! through a differentiable forward pass in candle over the GGUF's own weights, expanded to
-//! f32 a tile at a time),
+//! through ntv's own forward and backward passes over the GGUF's own weights, expanded to
+//! f32 a tile at a time; the transformer block's passes are in `block`),
 //! with `legendre` (Gauss–Legendre quadrature for integrated gradients) and `error`.
 //! `attention` and `occlusion` run through llama.cpp; `runner` puts the engines behind one
 //! entry point ([`Attributor`]).
 
 pub mod attention;
 pub mod autograd;
+mod block;
 pub mod error;
 pub mod legendre;
 pub mod occlusion;

@@ -92,7 +92,7 @@ pub enum Engine {
     /// llama.cpp on the model file's own (possibly quantised) weights.
     #[serde(rename = "llama.cpp")]
     LlamaCpp,
-    /// The autograd forward (candle, f32 arithmetic) over the model file's own weights.
+    /// ntv's own forward and backward passes (f32 arithmetic) over the model file's own weights.
     #[serde(rename = "autograd")]
     Autograd,
 }
@@ -242,8 +242,8 @@ pub struct Attributor<'m> {
     /// The last saliency / input×gradient forward pass, kept for the next targets on the
     /// same sequence (dropped before integrated gradients, which needs the budget).
     shared: Option<SharedForward>,
-    /// The autograd engine's threads when fewer than the cores were asked for (`-t`): candle's
-    /// matmuls split their work on the current rayon pool.
+    /// The autograd engine's threads when fewer than the cores were asked for (`-t`): its
+    /// products and element-wise steps split their work on the current rayon pool.
     pool: Option<rayon::ThreadPool>,
 }
 

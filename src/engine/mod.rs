@@ -9,6 +9,7 @@ mod error;
 mod gguf;
 mod grammar;
 mod lens;
+pub(crate) mod linalg;
 mod log;
 mod model;
 mod occlude;

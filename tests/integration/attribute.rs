@@ -15,7 +15,7 @@ const METHODS: [&str; 5] = [
     "integrated_gradients",
 ];
 
-/// The engine that runs each method: llama.cpp for attention and occlusion, candle's autograd
+/// The engine that runs each method: llama.cpp for attention and occlusion, the autograd engine
 /// for the gradient methods.
 fn engine_of(method: &str) -> &'static str {
     match method {

@@ -1,4 +1,4 @@
-//! The autograd attribution engine (candle, f32 products over the GGUF's weights expanded tile
+//! The autograd attribution engine (ntv's own f32 passes over the GGUF's weights expanded tile
 //! by tile) on the real test model: parity of its forward with llama.cpp, the public worked
 //! example, IG's completeness, and the activation budget (blocks kept or recomputed, batches
 //! of interpolated inputs) leaving the numbers as they are.
