@@ -39,10 +39,12 @@ Inseq asked for weights) and the gradient methods run on `sdpa`.
 
 Known Inseq behaviour, not a failure: Inseq's output leaves out context tokens equal to the
 tokenizer's pad id (`<|im_end|>` for the test model), so its score lists are shorter than
-`context_len`; the model still reads every token (its p(target) equals the full-sequence one).
+`context_len`; the model still reads every token (with `--with-probability`, Inseq's probability
+step score equals the full-sequence p(target) computed here). Integrated gradients runs its 50
+interpolated inputs as one batch (Captum's default): the process peaks at ~5.4 GB.
 
-Prerequisites: Python 3.10+ with torch (CPU), inseq 0.7, transformers (5.x works; inseq's own pin
-may ask for 4.x), accelerate and gguf (transformers needs both to read a GGUF); the model file
+Prerequisites: Python 3.10+ with torch (CPU), inseq 0.7 (0.7.1 needs transformers >= 4.53; run
+with 5.24), accelerate and gguf (transformers needs both to read a GGUF); the model file
 (`~/.cache/ntv/models/SmolLM2-135M-Instruct.Q4_1.gguf`); an ntv binary (`cargo build --release`).
 No network: nothing is downloaded (HF_HUB_OFFLINE is set).
 
@@ -327,6 +329,10 @@ def main():
                 f"{None if scores is None else tuple(scores.shape)}, expected the one target "
                 f"{seq['target']} after the context"
             )
+        if "step_scores" in kw:
+            p_inseq = float(sa.step_scores["probability"][0])
+            if abs(p_inseq - seq["p_target"]) > args.p_tolerance:
+                fail(f"{method}: Inseq's p(target) {p_inseq:.5f}, {seq['p_target']:.5f} here")
         return ms
 
     doc = {
