@@ -409,24 +409,27 @@ impl QMatrix {
                 for (r, out) in rows.clone().zip(buf.chunks_exact_mut(k)) {
                     self.dequantise_part(r, 0..k, out);
                 }
-                // SAFETY: gemm reads `x` (m × k, row stride k) and the tile (rows.len() × k,
-                // read as its transpose: element (kk, j) at j·k + kk), both alive and of those
-                // sizes, and writes the m × rows.len() block of `y` at columns `rows` (row
-                // stride n): inside `y` (checked above), and no other task writes those
-                // columns. `y` outlives the parallel loop.
+                // The product is computed transposed, yᵀ = tile · xᵀ, so that gemm's long
+                // dimension is the weight's rows (its kernels are vectorised along it; a
+                // saliency pass has only a few dozen tokens) and xᵀ needs no packing.
+                // SAFETY: gemm reads the tile (rows.len() × k, row stride k) and xᵀ (k × m:
+                // element (kk, i) at i·k + kk of `x`), both alive and of those sizes, and writes
+                // the rows.len() × m block yᵀ, i.e. `y`'s columns `rows` (element (j, i) at
+                // i·n + rows.start + j): inside `y` (checked above), and no other task writes
+                // those columns. `y` outlives the parallel loop.
                 unsafe {
                     gemm::gemm(
-                        m,
                         rows.len(),
+                        m,
                         k,
                         dst.get().add(rows.start),
-                        1,
                         n as isize,
+                        1,
                         false,
-                        x.as_ptr(),
+                        buf.as_ptr(),
                         1,
                         k as isize,
-                        buf.as_ptr(),
+                        x.as_ptr(),
                         k as isize,
                         1,
                         0.0,
@@ -469,26 +472,28 @@ impl QMatrix {
                     for (r, row) in (r0..r1).zip(buf.chunks_exact_mut(w)) {
                         self.dequantise_part(r, cols.clone(), row);
                     }
-                    // SAFETY: gemm reads `g`'s columns r0..r1 (m × (r1 − r0), row stride k)
-                    // and the tile ((r1 − r0) × w, row stride w), both alive and of those
-                    // sizes, and accumulates into the m × w block of `out` at columns `cols`
-                    // (row stride n): inside `out` (checked above) and written by this task
-                    // only. `out` outlives the parallel loop.
+                    // Transposed, outᵀ += tileᵀ · gᵀ: both operands are then read along
+                    // gemm's vectorised dimension and neither is packed.
+                    // SAFETY: gemm reads tileᵀ (w × (r1 − r0): element (c, r) at r·w + c of
+                    // the tile) and gᵀ ((r1 − r0) × m: element (r, i) at i·k + r0 + r of `g`),
+                    // both alive and of those sizes, and accumulates into outᵀ's w × m block
+                    // (element (c, i) at i·n + cols.start + c): inside `out` (checked above)
+                    // and written by this task only. `out` outlives the parallel loop.
                     unsafe {
                         gemm::gemm(
-                            m,
                             w,
+                            m,
                             r1 - r0,
                             dst.get().add(cols.start),
-                            1,
                             n as isize,
+                            1,
                             r0 > 0,
-                            g.as_ptr().add(r0),
-                            1,
-                            k as isize,
                             buf.as_ptr(),
-                            1,
                             w as isize,
+                            1,
+                            g.as_ptr().add(r0),
+                            k as isize,
+                            1,
                             1.0,
                             1.0,
                             false,

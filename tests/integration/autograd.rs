@@ -9,7 +9,7 @@ use ntv::attribution::{
     Agg, AttributionError, AutogradModel, Baseline, GradMethod, SharedForward, TargetFn, attribute,
     next_token_logits,
 };
-use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model};
+use ntv::engine::{ContextOptions, Decoder, LoadOptions, Model, WeightFile};
 use serde_json::Value;
 
 use crate::util::{KNOWN_IDS, attribution_example, model, spearman};
@@ -379,4 +379,55 @@ fn targets_on_one_sequence_share_a_forward_pass() {
         2,
         "one backward pass per target; input×gradient reused saliency's gradient"
     );
+}
+
+/// The tiled products over a weight in place (`x · Wᵀ` forward, `g · W` backward) equal the
+/// same products over the whole matrix dequantised, for a single row, a saliency-sized batch
+/// and an integrated-gradients-sized one, on a Q4_1 block weight and the Q8_0 embedding.
+#[test]
+fn weight_products_match_the_dequantised_matrix() {
+    let file = WeightFile::open(model()).expect("open GGUF");
+    for (name, cols) in [("blk.3.ffn_down.weight", 1536), ("token_embd.weight", 576)] {
+        let w = file.matrix(name, cols).expect("readable").expect("present");
+        // The embedding has 49,152 rows: its first 2,000 are enough and keep the test short.
+        let rows = w.rows().min(2000);
+        let mut dense = vec![0f32; w.rows() * cols];
+        w.dequantise(0..w.rows(), &mut dense);
+        for m in [1usize, 25, 70] {
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
+            let mut y = vec![0f32; m * w.rows()];
+            w.matmul_t(&x, &mut y);
+            for i in 0..m {
+                for j in (0..rows).step_by(37) {
+                    let want: f64 = (0..cols)
+                        .map(|c| f64::from(x[i * cols + c]) * f64::from(dense[j * cols + c]))
+                        .sum();
+                    let got = f64::from(y[i * w.rows() + j]);
+                    assert!(
+                        (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "{name} x·Wᵀ m={m} ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+            let g: Vec<f32> = (0..m * w.rows())
+                .map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0)
+                .collect();
+            let mut out = vec![0f32; m * cols];
+            w.matmul(&g, &mut out);
+            for i in 0..m {
+                for c in (0..cols).step_by(13) {
+                    let want: f64 = (0..w.rows())
+                        .map(|r| f64::from(g[i * w.rows() + r]) * f64::from(dense[r * cols + c]))
+                        .sum();
+                    let got = f64::from(out[i * cols + c]);
+                    assert!(
+                        (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "{name} g·W m={m} ({i},{c}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }
