@@ -23,7 +23,9 @@
 //!     included, one-shot saliency and integrated gradients against their warm in-batch
 //!     times, and the gradient methods' peak RSS against file + 1.5 B/parameter + the
 //!     activation budget, on the test model and on a synthetic 1.6 B-parameter Q4_0 llama
-//!     the benchmark writes (`NTV_BENCH_SYNTH`: its path, default `target/tmp/`).
+//!     the benchmark writes (`NTV_BENCH_SYNTH`: its path, default `target/tmp/`); with
+//!     `NTV_BENCH_INSEQ_PYTHON` (a Python with Inseq), `benches/inseq_baseline.py` runs the
+//!     same requests in Inseq right after, for ratios against a baseline run side by side.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -1632,6 +1634,62 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         u.ru_minflt,
         secs(&u.ru_stime)
     );
+
+    // 12d. Inseq side by side (benches/inseq_baseline.py), when a Python with Inseq is given.
+    let Some(python) = std::env::var_os("NTV_BENCH_INSEQ_PYTHON") else {
+        println!(
+            "\n12d. Inseq side by side: skipped (set NTV_BENCH_INSEQ_PYTHON to a Python with torch, inseq, transformers, accelerate and gguf)"
+        );
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/inseq_baseline.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--model", m, "--ntv", exe, "-t", &t])
+        .current_dir(dir.path())
+        .output()
+        .expect("run benches/inseq_baseline.py");
+    assert!(
+        out.status.success(),
+        "inseq_baseline.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base: serde_json::Value = serde_json::from_slice(&out.stdout).expect("baseline JSON");
+    let inseq_sums = &base["mixed"]["sum_of_medians_ms"];
+    println!(
+        "\n12d. Inseq {} (torch {}, f32 on the same dequantised weights, same token ids), run after the above on this machine, {threads} threads:",
+        base["versions"]["inseq"].as_str().unwrap_or("?"),
+        base["versions"]["torch"].as_str().unwrap_or("?")
+    );
+    println!("| measure | ntv ms | Inseq ms | ntv / Inseq |");
+    println!("|---|---:|---:|---:|");
+    for me in methods {
+        let ntv: f64 = recs
+            .iter()
+            .filter(|r| r["method"] == me)
+            .filter_map(|r| r["elapsed_ms"].as_f64())
+            .sum();
+        let inseq = inseq_sums[me].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| 12a {me}, per-target sum | {ntv:.0} | {inseq:.0} | {:.2} |",
+            ntv / inseq
+        );
+    }
+    let inseq_total = inseq_sums["total"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "| 12a whole ntv process (load and warm-ups included) vs Inseq's per-target medians | {wall:.0} | {inseq_total:.0} | **{:.2}** |",
+        wall / inseq_total
+    );
+    for me in ["saliency", "integrated_gradients"] {
+        let inseq = base["short"]["methods"][me]["median_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let ntv = warm(me);
+        println!(
+            "| 12b {me}, warm per target, 25 tokens | {ntv:.0} | {inseq:.0} | **{:.2}** |",
+            ntv / inseq
+        );
+    }
 }
 
 /// Write (once) a llama GGUF of about 1.6 B parameters with random Q4_0 weights and the test
