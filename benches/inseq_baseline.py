@@ -214,6 +214,18 @@ def ntv_sequences(args):
     return out
 
 
+def sequence_fields(s):
+    """What a request's record says of its sequence: length, target and p(target) by engine."""
+    return {
+        "context_len": len(s["ids"]),
+        "target_id": s["target"],
+        "target_text": s["target_text"],
+        "p_target": s["p_target"],
+        "p_target_ntv": s["p_target_ntv"],
+        "p_target_llama_cpp": s["p_target_llama_cpp"],
+    }
+
+
 def main():
     args = parse_args()
     if args.print_batch:
@@ -365,12 +377,7 @@ def main():
                 "prompt_index": i,
                 "prompt": MIXED_PROMPTS[i],
                 "method": me,
-                "context_len": len(s["ids"]),
-                "target_id": s["target"],
-                "target_text": s["target_text"],
-                "p_target": s["p_target"],
-                "p_target_ntv": s["p_target_ntv"],
-                "p_target_llama_cpp": s["p_target_llama_cpp"],
+                **sequence_fields(s),
                 "runs_ms": [],
             }
             for i, s in enumerate(mixed)
@@ -400,12 +407,7 @@ def main():
         s = prepared[-1]
         short = {
             "prompt": SHORT_PROMPT,
-            "context_len": len(s["ids"]),
-            "target_id": s["target"],
-            "target_text": s["target_text"],
-            "p_target": s["p_target"],
-            "p_target_ntv": s["p_target_ntv"],
-            "p_target_llama_cpp": s["p_target_llama_cpp"],
+            **sequence_fields(s),
             "runs": args.short_runs,
             "methods": {},
         }

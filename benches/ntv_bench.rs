@@ -1473,15 +1473,16 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         "\n12a. mixed batch, {} requests (contexts of {lens:?} tokens × {methods:?}), one process:",
         recs.len()
     );
+    let method_sum = |me: &str| -> f64 {
+        recs.iter()
+            .filter(|r| r["method"] == me)
+            .filter_map(|r| r["elapsed_ms"].as_f64())
+            .sum()
+    };
     println!("| method | sum of per-target ms |");
     println!("|---|---:|");
     for me in methods {
-        let sum: f64 = recs
-            .iter()
-            .filter(|r| r["method"] == me)
-            .filter_map(|r| r["elapsed_ms"].as_f64())
-            .sum();
-        println!("| {me} | {sum:.0} |");
+        println!("| {me} | {:.0} |", method_sum(me));
     }
     println!(
         "\nprocess wall {:.1} s (user {:.1} s, sys {:.1} s), peak RSS {:.0} MB, {} minor page faults; Inseq's per-target medians on the same kind of batch sum to 48 s (issue 21's figure): ratio {:.2}",
@@ -1664,11 +1665,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     println!("| measure | ntv ms | Inseq ms | ntv / Inseq |");
     println!("|---|---:|---:|---:|");
     for me in methods {
-        let ntv: f64 = recs
-            .iter()
-            .filter(|r| r["method"] == me)
-            .filter_map(|r| r["elapsed_ms"].as_f64())
-            .sum();
+        let ntv = method_sum(me);
         let inseq = inseq_sums[me].as_f64().unwrap_or(f64::NAN);
         println!(
             "| 12a {me}, per-target sum | {ntv:.0} | {inseq:.0} | {:.2} |",
