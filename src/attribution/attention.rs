@@ -10,7 +10,7 @@
 
 use std::str::FromStr;
 
-use crate::engine::{AttentionCapture, AttentionRows};
+use crate::engine::{AttentionCapture, AttentionRows, Decoder};
 
 use super::error::AttributionError;
 
@@ -171,15 +171,17 @@ pub fn aggregate(
 }
 
 /// Attention attribution of `target` (any token id: a completion token or a candidate) after
-/// `context`: one decode with capture, then [`aggregate`].
+/// `context`: one decode with capture, then [`aggregate`]; p(target) from the ordinary
+/// decoder `logits` (see [`AttentionCapture::capture`]).
 pub fn attribute(
     capture: &mut AttentionCapture<'_>,
+    logits: &mut Decoder<'_>,
     context: &[i32],
     target: i32,
     opts: &AttentionOptions,
 ) -> Result<AttentionAttribution, AttributionError> {
     let last = context.len().saturating_sub(1);
-    Ok(attribute_many(capture, context, &[(last, target)], opts)?.remove(0))
+    Ok(attribute_many(capture, logits, context, &[(last, target)], opts)?.remove(0))
 }
 
 /// Several targets from one decode of `tokens`: `(p, target)` attributes `target` predicted at
@@ -187,12 +189,13 @@ pub fn attribute(
 /// decode of that prefix alone). Used for every completion token of a sequence at once.
 pub fn attribute_many(
     capture: &mut AttentionCapture<'_>,
+    logits: &mut Decoder<'_>,
     tokens: &[i32],
     targets: &[(usize, i32)],
     opts: &AttentionOptions,
 ) -> Result<Vec<AttentionAttribution>, AttributionError> {
     let positions: Vec<usize> = targets.iter().map(|&(p, _)| p).collect();
-    let all = capture.capture(tokens, &positions)?;
+    let all = capture.capture(tokens, &positions, logits)?;
     all.into_iter()
         .zip(targets)
         .map(|(rows, &(_, target))| {

@@ -9,7 +9,7 @@
 //! Every result carries one score per context token, the engine that computed it and the
 //! target's probability under that engine.
 
-use crate::engine::{AttentionCapture, Model, Occluder};
+use crate::engine::{AttentionCapture, ContextOptions, Decoder, Model, Occluder};
 
 use super::AttributionError;
 use super::attention::{self, AttentionOptions};
@@ -234,6 +234,12 @@ pub struct Attributor<'m> {
     max_tokens: usize,
     capture: Option<AttentionCapture<'m>>,
     capture_len: usize,
+    /// The ordinary decoder: it finds default targets ([`Attributor::next_logits`]) and gives
+    /// attention its p(target), so a context it chose a target for is not decoded again.
+    decoder: Option<Decoder<'m>>,
+    decoder_len: usize,
+    /// The largest logical batch the decoder may use.
+    n_batch: u32,
     occluder: Option<Occluder<'m>>,
     occluder_len: usize,
     autograd: Option<AutogradModel>,
@@ -253,8 +259,10 @@ fn room(n: usize, max: usize) -> usize {
 }
 
 impl<'m> Attributor<'m> {
-    /// Engines for `model` with `threads` CPU threads, for contexts of at most `max_tokens`.
-    pub fn new(model: &'m Model, threads: i32, max_tokens: usize) -> Self {
+    /// Engines for `model` with the threads of `ctx`, for contexts of at most `ctx.n_ctx`
+    /// tokens.
+    pub fn new(model: &'m Model, ctx: &ContextOptions) -> Self {
+        let (threads, max_tokens) = (ctx.n_threads, ctx.n_ctx as usize);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pool = (threads >= 1 && (threads as usize) < cores)
             .then(|| {
@@ -271,6 +279,9 @@ impl<'m> Attributor<'m> {
             max_tokens,
             capture: None,
             capture_len: 0,
+            decoder: None,
+            decoder_len: 0,
+            n_batch: ctx.n_batch.max(1),
             occluder: None,
             occluder_len: 0,
             autograd: None,
@@ -317,14 +328,38 @@ impl<'m> Attributor<'m> {
         Ok(())
     }
 
-    fn capture(&mut self, n: usize) -> Result<&mut AttentionCapture<'m>, AttributionError> {
+    fn ensure_capture(&mut self, n: usize) -> Result<(), AttributionError> {
         if self.capture.is_none() || self.capture_len < n {
             self.capture = None; // free the old context first
             let len = room(n, self.max_tokens);
             self.capture = Some(AttentionCapture::new(self.model, len, self.threads)?);
             self.capture_len = len;
         }
-        Ok(self.capture.as_mut().expect("created above"))
+        Ok(())
+    }
+
+    fn ensure_decoder(&mut self, n: usize) -> Result<(), AttributionError> {
+        if self.decoder.is_none() || self.decoder_len < n {
+            self.decoder = None; // free the old context first
+            let len = room(n, self.max_tokens);
+            let opts = ContextOptions {
+                n_ctx: len as u32,
+                n_threads: self.threads,
+                n_batch: self.n_batch.min(len as u32),
+            };
+            self.decoder = Some(Decoder::new(self.model, &opts)?);
+            self.decoder_len = len;
+        }
+        Ok(())
+    }
+
+    /// The model's next-token logits after `context`, from the ordinary decoder (which keeps
+    /// the context in its KV cache for the next request, and for attention's p(target)).
+    pub fn next_logits(&mut self, context: &[i32]) -> Result<&[f32], AttributionError> {
+        self.check_len(context.len())?;
+        self.ensure_decoder(context.len())?;
+        let dec = self.decoder.as_mut().expect("created above");
+        Ok(dec.eval(context)?)
     }
 
     fn occluder(&mut self, n: usize) -> Result<&mut Occluder<'m>, AttributionError> {
@@ -396,8 +431,11 @@ impl<'m> Attributor<'m> {
                     targets.iter().map(|t| (t.context_len - 1, t.id)).collect();
                 opts.watch.add_total(1);
                 opts.watch.check()?;
-                let cap = self.capture(longest)?;
-                let out = attention::attribute_many(cap, &tokens[..longest], &rows, &aopts)?;
+                self.ensure_capture(longest)?;
+                self.ensure_decoder(longest)?;
+                let cap = self.capture.as_mut().expect("created above");
+                let dec = self.decoder.as_mut().expect("created above");
+                let out = attention::attribute_many(cap, dec, &tokens[..longest], &rows, &aopts)?;
                 opts.watch.advance(1);
                 Ok(out
                     .into_iter()

@@ -22,7 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_sys_2 as sys;
 
-use super::decoder::{ContextOptions, Decoder};
+use super::decoder::Decoder;
 use super::error::EngineError;
 use super::log;
 use super::model::Model;
@@ -221,8 +221,6 @@ pub struct AttentionCapture<'m> {
     ctx: *mut sys::llama_context,
     state: *mut CaptureState,
     batch: sys::llama_batch,
-    /// The ordinary decoder the logits come from.
-    decode: Decoder<'m>,
     n_max: usize,
     n_vocab: usize,
 }
@@ -243,16 +241,6 @@ impl<'m> AttentionCapture<'m> {
             n_ctx: u32::MAX as usize,
             trained: model.info().n_ctx_train as usize,
         })?;
-        // The decode path itself: llama.cpp's defaults (flash attention, f16 cache) in batches
-        // of at most 512 tokens, as the decoder runs.
-        let decode = Decoder::new(
-            model,
-            &ContextOptions {
-                n_ctx: n,
-                n_threads: threads.max(1),
-                n_batch: n.min(512),
-            },
-        )?;
         let state = Box::into_raw(Box::<CaptureState>::default());
         // SAFETY: plain constructor returning a struct by value.
         let mut params = unsafe { sys::llama_context_default_params() };
@@ -287,26 +275,36 @@ impl<'m> AttentionCapture<'m> {
             ctx,
             state,
             batch,
-            decode,
             n_max,
             n_vocab: model.n_vocab(),
         })
     }
 
     /// Attention from the last token of `tokens` (the position predicting the next token) to
-    /// every position of `tokens`.
-    pub fn capture_last(&mut self, tokens: &[i32]) -> Result<AttentionRows, EngineError> {
+    /// every position of `tokens`; the logits come from `logits` (see
+    /// [`AttentionCapture::capture`]).
+    pub fn capture_last(
+        &mut self,
+        tokens: &[i32],
+        logits: &mut Decoder<'_>,
+    ) -> Result<AttentionRows, EngineError> {
         let last = tokens.len().saturating_sub(1);
-        Ok(self.capture(tokens, &[last])?.remove(0))
+        Ok(self.capture(tokens, &[last], logits)?.remove(0))
     }
 
     /// Attention rows for the query positions `rows` (each `< tokens.len()`), one decode of
     /// `tokens` in one ubatch. Row `p` is what a context of `tokens[..=p]` gives (causal mask),
     /// so one call serves every completion token of a sequence.
+    ///
+    /// The rows' logits come from `logits`, an ordinary decoder (flash attention, as every
+    /// decode runs), not from this context: they are the decode's own. A decoder that holds
+    /// `tokens` already (e.g. the one that chose the target) gives the last position's logits
+    /// without decoding again.
     pub fn capture(
         &mut self,
         tokens: &[i32],
         rows: &[usize],
+        logits: &mut Decoder<'_>,
     ) -> Result<Vec<AttentionRows>, EngineError> {
         let n = tokens.len();
         if n == 0 {
@@ -372,7 +370,7 @@ impl<'m> AttentionCapture<'m> {
                     .into(),
             ));
         }
-        let logits = self.decode_logits(tokens, rows)?;
+        let logits = self.decode_logits(logits, tokens, rows)?;
         // SAFETY: as above; the decode of the logits context does not run the callback.
         let st = unsafe { &mut *self.state };
         let n_layer = (self.model.info().n_layer as usize).max(st.layers.len());
@@ -413,20 +411,25 @@ impl<'m> AttentionCapture<'m> {
 }
 
 impl AttentionCapture<'_> {
-    /// The logits at each of `rows` after `tokens`, from the ordinary decoder.
+    /// The logits at each of `rows` after `tokens`, from the ordinary decoder `dec`.
     fn decode_logits(
-        &mut self,
+        &self,
+        dec: &mut Decoder<'_>,
         tokens: &[i32],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let n_vocab = self.n_vocab;
+        if let [row] = rows
+            && row + 1 == tokens.len()
+        {
+            return Ok(vec![dec.eval(tokens)?[..n_vocab].to_vec()]);
+        }
         let mut out = vec![Vec::new(); rows.len()];
-        self.decode
-            .eval_rows(tokens, &|i| rows.contains(&i), &mut |pos, logits| {
-                for (k, _) in rows.iter().enumerate().filter(|(_, r)| **r == pos) {
-                    out[k] = logits[..n_vocab].to_vec();
-                }
-            })?;
+        dec.eval_rows(tokens, &|i| rows.contains(&i), &mut |pos, logits| {
+            for (k, _) in rows.iter().enumerate().filter(|(_, r)| **r == pos) {
+                out[k] = logits[..n_vocab].to_vec();
+            }
+        })?;
         Ok(out)
     }
 }
@@ -442,16 +445,6 @@ impl Drop for AttentionCapture<'_> {
             drop(Box::from_raw(self.state));
         }
     }
-}
-
-/// One-shot: attention rows from the last token of `context` to every context position,
-/// `[layer][head][position]`, plus the logits there.
-pub fn attention_rows(
-    model: &Model,
-    context: &[i32],
-    threads: i32,
-) -> Result<AttentionRows, EngineError> {
-    AttentionCapture::new(model, context.len(), threads)?.capture_last(context)
 }
 
 /// Fills `b` with `tokens` as one sequence from position 0, asking for the outputs of the

@@ -230,8 +230,9 @@ impl<'m> Decoder<'m> {
         self.eval_rows(tokens, &|_| true, each)
     }
 
-    /// Decode `tokens` from an empty cache with logits at the positions `want` selects (and
-    /// the last), handing each row to `each(pos, logits)`. Leaves the cache holding `tokens`.
+    /// Decode `tokens` with logits at the positions `want` selects (and the last), handing
+    /// each row to `each(pos, logits)`. What the cache holds of `tokens` before the first
+    /// selected position is kept, not decoded again. Leaves the cache holding `tokens`.
     pub fn eval_rows(
         &mut self,
         tokens: &[i32],
@@ -239,8 +240,19 @@ impl<'m> Decoder<'m> {
         each: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), EngineError> {
         self.check(tokens)?;
-        self.truncate_cache(0)?;
-        self.decode_more(tokens, want, each)
+        let lcp = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let first = (0..tokens.len())
+            .find(|&p| want(p))
+            .unwrap_or(tokens.len() - 1);
+        let keep = lcp.min(first);
+        // Whatever is cached past `keep` is decoded again (its logits are gone).
+        self.truncate_cache(keep)?;
+        self.decode_more(&tokens[keep..], want, each)
     }
 
     fn last_logits(&self) -> &[f32] {

@@ -17,7 +17,7 @@ mod quantize;
 mod samplers;
 mod state;
 
-pub use capture::{AttentionCapture, AttentionRows, attention_rows};
+pub use capture::{AttentionCapture, AttentionRows};
 pub use decoder::{ContextOptions, Decoder};
 pub use error::EngineError;
 pub use gguf::{QMatrix, WeightFile};

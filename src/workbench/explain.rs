@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::attribution::request::{Merged, Resolved, TargetSel, resolve_targets};
 use crate::attribution::{Attributor, Method, Options, Outcome, Target};
 use crate::driver::pill;
-use crate::engine::{ContextOptions, Decoder, Model};
+use crate::engine::{ContextOptions, Model};
 use crate::error::{Error, Result, input_err};
 use crate::record::{
     AttentionSelection, AttributionRecord, AttributionTarget, ScoredToken, TargetKind, TokenPill,
@@ -33,11 +33,7 @@ impl Job {
 /// The attribution engines of one model, created on first use and kept for later targets.
 pub struct Explainer<'m> {
     model: &'m Model,
-    ctx: ContextOptions,
     attributor: Attributor<'m>,
-    /// Context for the most probable next token (default candidate targets), kept so a batch
-    /// reuses the KV prefix its requests share.
-    next: Option<Decoder<'m>>,
     /// Where notes for the user go (the front-end's stderr), and whether the long-occlusion
     /// note was given already (once per explainer).
     notice: Option<Box<dyn FnMut(String) + 'm>>,
@@ -51,9 +47,7 @@ impl<'m> Explainer<'m> {
     pub fn new(model: &'m Model, ctx: &ContextOptions) -> Self {
         Self {
             model,
-            ctx: ctx.clone(),
-            attributor: Attributor::new(model, ctx.n_threads, ctx.n_ctx as usize),
-            next: None,
+            attributor: Attributor::new(model, ctx),
             notice: None,
             noted_long_occlusion: false,
         }
@@ -117,13 +111,11 @@ impl<'m> Explainer<'m> {
         }
     }
 
-    /// The most probable next token after `context`.
+    /// The most probable next token after `context` (the attributor's decoder keeps the
+    /// context, so a batch reuses the KV prefix its requests share and attention does not
+    /// decode it again).
     fn top_next(&mut self, context: &[i32]) -> Result<i32> {
-        let dec = match &mut self.next {
-            Some(d) => d,
-            None => self.next.insert(Decoder::new(self.model, &self.ctx)?),
-        };
-        let logits = dec.eval(context)?;
+        let logits = self.attributor.next_logits(context)?;
         logits
             .iter()
             .enumerate()

@@ -45,6 +45,19 @@ fn cases() -> Vec<(Vec<i32>, i32, Vec<f64>)> {
 }
 
 /// Probabilities of logits, in f64.
+/// The ordinary decoder attention takes its logits from (one thread, contexts of up to 64).
+fn logits_decoder(m: &Model) -> Decoder<'_> {
+    Decoder::new(
+        m,
+        &ContextOptions {
+            n_ctx: 64,
+            n_threads: 1,
+            n_batch: 64,
+        },
+    )
+    .unwrap()
+}
+
 fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
@@ -57,7 +70,8 @@ fn attention_rows_are_distributions_for_every_layer_and_head() {
     let m = load();
     let ctx = known();
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
-    let rows = cap.capture_last(&ctx).unwrap();
+    let mut lg = logits_decoder(&m);
+    let rows = cap.capture_last(&ctx, &mut lg).unwrap();
     let (n_layer, n_head) = (m.info().n_layer as usize, m.info().n_head as usize);
     assert_eq!(rows.n_layer, n_layer);
     assert_eq!(rows.n_head, n_head);
@@ -89,12 +103,12 @@ fn attention_rows_are_distributions_for_every_layer_and_head() {
     let top = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     assert_eq!(top(&rows.logits), top(plain));
     // A second capture on the same context (cache cleared in between) gives the same rows.
-    let again = cap.capture_last(&ctx[..10]).unwrap();
+    let again = cap.capture_last(&ctx[..10], &mut lg).unwrap();
     assert_eq!(again.n_pos, 10);
     let s: f32 = again.row(3, 2).iter().sum();
     assert!((s - 1.0).abs() < 1e-3);
     // Several query positions in one decode: row p equals a capture of the prefix ..=p.
-    let multi = cap.capture(&ctx, &[9, ctx.len() - 1]).unwrap();
+    let multi = cap.capture(&ctx, &[9, ctx.len() - 1], &mut lg).unwrap();
     let diff = multi[0]
         .data
         .iter()
@@ -106,17 +120,25 @@ fn attention_rows_are_distributions_for_every_layer_and_head() {
         "row 9 of the full decode vs the 10-token prefix: {diff}"
     );
     // Bad input is refused, not a crash.
-    assert!(cap.capture_last(&[]).is_err());
-    assert!(cap.capture_last(&[1, 999_999]).is_err());
-    assert!(cap.capture(&ctx, &[ctx.len()]).is_err());
+    assert!(cap.capture_last(&[], &mut lg).is_err());
+    assert!(cap.capture_last(&[1, 999_999], &mut lg).is_err());
+    assert!(cap.capture(&ctx, &[ctx.len()], &mut lg).is_err());
 }
 
 #[test]
 fn attention_reproduces_the_public_example_ranking() {
     let m = load();
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
+    let mut lg = logits_decoder(&m);
     for (ctx, target, reference) in cases() {
-        let a = attention::attribute(&mut cap, &ctx, target, &AttentionOptions::default()).unwrap();
+        let a = attention::attribute(
+            &mut cap,
+            &mut lg,
+            &ctx,
+            target,
+            &AttentionOptions::default(),
+        )
+        .unwrap();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite() && *x >= 0.0));
         assert!((a.scores.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -242,6 +264,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
     let m = load();
     let ctx = known();
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
+    let mut lg = logits_decoder(&m);
     let mut occ = Occluder::new(&m, 64, 1).unwrap();
     let mut dec = Decoder::new(
         &m,
@@ -256,7 +279,14 @@ fn candidate_targets_as_well_as_completion_tokens() {
     // 504 = "The" (the completion's first token), 7042 and 12 = arbitrary candidates.
     for target in [504, 7042, 12] {
         let want = plain[target as usize];
-        let a = attention::attribute(&mut cap, &ctx, target, &AttentionOptions::default()).unwrap();
+        let a = attention::attribute(
+            &mut cap,
+            &mut lg,
+            &ctx,
+            target,
+            &AttentionOptions::default(),
+        )
+        .unwrap();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite()));
         assert!(a.target_prob > 0.0 && a.target_prob < 1.0);
@@ -289,7 +319,16 @@ fn candidate_targets_as_well_as_completion_tokens() {
         }
     }
     // Out-of-vocabulary targets are refused.
-    assert!(attention::attribute(&mut cap, &ctx, 1 << 20, &AttentionOptions::default()).is_err());
+    assert!(
+        attention::attribute(
+            &mut cap,
+            &mut lg,
+            &ctx,
+            1 << 20,
+            &AttentionOptions::default()
+        )
+        .is_err()
+    );
     assert!(
         occlusion::attribute(&mut occ, &ctx, -1, TargetFn::Logprob, OcclusionAgg::Raw).is_err()
     );
@@ -300,6 +339,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
 /// `ctx`. Returns the largest |Δp| seen.
 fn attention_vs_decode(m: &Model, ctx: &[i32], label: &str) -> f64 {
     let mut cap = AttentionCapture::new(m, 64, 1).unwrap();
+    let mut lg = logits_decoder(m);
     let mut dec = Decoder::new(
         m,
         &ContextOptions {
@@ -314,8 +354,14 @@ fn attention_vs_decode(m: &Model, ctx: &[i32], label: &str) -> f64 {
     order.sort_by(|&a, &b| plain[b].total_cmp(&plain[a]));
     let mut worst = 0f64;
     for &target in &order[..2] {
-        let a = attention::attribute(&mut cap, ctx, target as i32, &AttentionOptions::default())
-            .unwrap();
+        let a = attention::attribute(
+            &mut cap,
+            &mut lg,
+            ctx,
+            target as i32,
+            &AttentionOptions::default(),
+        )
+        .unwrap();
         let d = (a.target_prob - plain[target]).abs();
         eprintln!(
             "{label}: target {target}: p decode {:.4}, p attention {:.4}, |Δp| {d:.4}",

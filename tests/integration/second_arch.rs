@@ -96,7 +96,13 @@ fn check_architecture(path: &Path, arch: &str) {
     // Attention rows from llama.cpp's qwen2 graph are distributions over the context.
     let ids: Vec<i32> = KNOWN_IDS.iter().map(|&i| i as i32).collect();
     let mut cap = AttentionCapture::new(&lm, ids.len(), 1).expect("capture context");
-    let rows = cap.capture_last(&ids).expect("capture");
+    let opts = ntv::engine::ContextOptions {
+        n_ctx: 64,
+        n_threads: 1,
+        n_batch: 64,
+    };
+    let mut lg = ntv::engine::Decoder::new(&lm, &opts).expect("decoder");
+    let rows = cap.capture_last(&ids, &mut lg).expect("capture");
     assert_eq!(rows.layers.len(), lm.info().n_layer as usize);
     for &l in &rows.layers {
         for h in 0..rows.n_head {
