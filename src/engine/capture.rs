@@ -7,8 +7,9 @@
 //! Every decode starts from an empty cache holding one sequence, so KV cell `j` holds position
 //! `j`; the cells past the context are masked and checked to be (numerically) zero.
 //!
-//! The logits (and so p(target)) come from a second, ordinary context: llama.cpp's default
-//! flash attention and f16 KV cache, as the decoder and the occluder run. Without flash
+//! The logits (and so p(target)) come from an ordinary decoder the caller passes in (the
+//! attributor's, which also chose the default target, so the context is usually in its KV
+//! cache already): llama.cpp's default flash attention and f16 KV cache, as every decode runs. Without flash
 //! attention the forward sums in another order, and through the quantised matmuls that moved
 //! p(target) by up to 0.018 (public example: 0.119 vs the decode's 0.138). An f32 KV cache in
 //! the capture context was measured not to close the gap (still up to 0.018 on the same
