@@ -125,6 +125,15 @@ impl<'m> Decoder<'m> {
         Ok(())
     }
 
+    /// How many leading tokens of `tokens` the cache holds.
+    fn common_prefix(&self, tokens: &[i32]) -> usize {
+        self.cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
     /// Drop everything from position `keep` on from the cache.
     fn truncate_cache(&mut self, keep: usize) -> Result<(), EngineError> {
         if keep < self.cached.len() {
@@ -185,12 +194,7 @@ impl<'m> Decoder<'m> {
     /// everything is cached, the last token is decoded again to get its logits back.
     pub fn eval(&mut self, tokens: &[i32]) -> Result<&[f32], EngineError> {
         self.check(tokens)?;
-        let lcp = self
-            .cached
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let lcp = self.common_prefix(tokens);
         if lcp == tokens.len() && lcp == self.cached.len() && self.last_row.is_some() {
             return Ok(self.last_logits());
         }
@@ -240,12 +244,7 @@ impl<'m> Decoder<'m> {
         each: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), EngineError> {
         self.check(tokens)?;
-        let lcp = self
-            .cached
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let lcp = self.common_prefix(tokens);
         let first = (0..tokens.len())
             .find(|&p| want(p))
             .unwrap_or(tokens.len() - 1);
