@@ -409,3 +409,35 @@ fn attention_and_decode_give_the_same_target_probability_on_qwen3() {
     ));
     assert!(worst <= 0.01, "|p_attention - p_decode| up to {worst:.4}");
 }
+
+/// Attention's p(target) comes from the ordinary decoder it is given: a context that decoder
+/// holds already (it chose the target) is not decoded again, and for several rows only what
+/// follows the first row asked for is.
+#[test]
+fn attention_reuses_a_context_the_decoder_holds() {
+    let m = load();
+    let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
+    let mut lg = logits_decoder(&m);
+    let ctx = known();
+    assert!(ctx.len() > 10);
+    let want = lg.eval(&ctx).unwrap().to_vec();
+    let before = lg.decoded_total();
+    let rows = cap.capture_last(&ctx, &mut lg).unwrap();
+    assert_eq!(
+        lg.decoded_total(),
+        before,
+        "the held context was decoded again"
+    );
+    assert_eq!(rows.logits[..], want[..rows.logits.len()]);
+    let before = lg.decoded_total();
+    let two = cap.capture(&ctx, &[9, ctx.len() - 1], &mut lg).unwrap();
+    assert_eq!(lg.decoded_total() - before, ctx.len() - 9);
+    // Decoded again in another batch: equal to rounding.
+    let worst = two[1]
+        .logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "logits moved by {worst}");
+}
