@@ -43,6 +43,7 @@ use rayon::prelude::*;
 
 use crate::engine::{QMatrix, WeightFile};
 
+use super::attention::softmax_prob;
 use super::block::{self, Acts, Dims, Layer, Rope, RopeStyle};
 use super::error::AttributionError;
 use super::legendre::gauss_legendre_unit;
@@ -580,13 +581,6 @@ fn target_grad(logits: &[f32], target: usize, f: TargetFn) -> (f32, Vec<f32>) {
     }
 }
 
-/// p(target) of one row of logits.
-fn prob_of(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&z| f64::from((z - max).exp())).sum();
-    f64::from((logits[target as usize] - max).exp()) / sum
-}
-
 /// Next-token logits after `context` under the autograd forward (for parity checks).
 pub fn next_token_logits(
     model: &AutogradModel,
@@ -769,7 +763,7 @@ impl SharedForward {
             None => {
                 let (_, mut g, logits) = self.pass.backward(model, n - 1, target, f);
                 g.truncate(n * d);
-                let p = prob_of(&logits, target);
+                let p = softmax_prob(&logits, target as i32);
                 self.done.push((key, g, p));
                 self.done.len() - 1
             }
@@ -871,7 +865,7 @@ pub fn attribute_watched(
             let (_, keep) = model.plan(1, n);
             let (_, g, logits) = value_and_grad(model, e.clone(), n, target, target_fn, keep);
             watch.advance(1);
-            let p = prob_of(&logits, target);
+            let p = softmax_prob(&logits, target as i32);
             let attr = if method == GradMethod::Saliency {
                 g
             } else {
@@ -914,7 +908,7 @@ pub fn attribute_watched(
             let v = model.n_vocab;
             let f0 = target_grad(&logits[..v], target as usize, target_fn).0;
             let f1 = target_grad(&logits[v..], target as usize, target_fn).0;
-            let p = prob_of(&logits[..v], target);
+            let p = softmax_prob(&logits[..v], target as i32);
             let sum: f64 = attr.iter().map(|&x| f64::from(x)).sum();
             let err = (sum - (f64::from(f0) - f64::from(f1))).abs();
             (attr, p, Some(err))
@@ -996,8 +990,8 @@ impl AutogradModel {
 
     /// Set the activation budget in bytes (`--max-memory`; default
     /// [`DEFAULT_ACTIVATION_BUDGET`]): what one batch of inputs may keep for the backward pass.
-    /// Weights are not part of it (they stay in the file; one tile of at most 16 MiB is
-    /// expanded at a time). One input is always processed, whatever the budget.
+    /// Weights are not part of it (they stay in the file; each thread expands a tile of about
+    /// 1 MiB at a time). One input is always processed, whatever the budget.
     pub fn set_activation_budget(&mut self, bytes: usize) {
         self.budget = bytes;
     }
@@ -1023,7 +1017,7 @@ mod tests {
         let z: Vec<f32> = (0..7).map(|i| (i as f32 * 1.3).sin() * 2.0).collect();
         for f in [TargetFn::Prob, TargetFn::Logprob, TargetFn::Logit] {
             let (v, g) = target_grad(&z, 3, f);
-            let p = prob_of(&z, 3);
+            let p = softmax_prob(&z, 3);
             let want = match f {
                 TargetFn::Prob => p,
                 TargetFn::Logprob => p.ln(),

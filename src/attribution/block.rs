@@ -396,7 +396,7 @@ fn attention_backward(
                 let gob = View::rows(&go[(s * h + head) * n * hd..][..n * hd], hd);
                 // dP = dO · Vᵀ; dV += Pᵀ · dO.
                 matmul(n, n, hd, &mut gs, n, false, gob, vh.t(), 1.0);
-                matmul(n, hd, n, gv, hd, r > 0, View::cols(&pb, n), gob, 1.0);
+                matmul(n, hd, n, gv, hd, r > 0, View::rows(&pb, n).t(), gob, 1.0);
                 // dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale.
                 for (row, (g, pr)) in gs.chunks_exact_mut(n).zip(pb.chunks_exact(n)).enumerate() {
                     let dot: f32 = g[..=row].iter().zip(&pr[..=row]).map(|(g, p)| g * p).sum();
@@ -407,7 +407,7 @@ fn attention_backward(
                 }
                 // dQ = dS · K; dK += dSᵀ · Q.
                 matmul(n, hd, n, gqh, hd, false, View::rows(&gs, n), kh, 1.0);
-                matmul(n, hd, n, gk, hd, r > 0, View::cols(&gs, n), qh, 1.0);
+                matmul(n, hd, n, gk, hd, r > 0, View::rows(&gs, n).t(), qh, 1.0);
             }
         });
     (gq, gk, gv)

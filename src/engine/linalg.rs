@@ -17,15 +17,6 @@ impl<'a> View<'a> {
         Self { data, rs, cs: 1 }
     }
 
-    /// The transpose of [`View::rows`]: element `(i, j)` is `data[j * rs + i]`.
-    pub fn cols(data: &'a [f32], rs: usize) -> Self {
-        Self {
-            data,
-            rs: 1,
-            cs: rs,
-        }
-    }
-
     /// The transposed view.
     pub fn t(self) -> Self {
         Self {
@@ -141,7 +132,7 @@ mod tests {
         let b: Vec<f32> = (0..60).map(|i| (i as f32 * 0.91).cos()).collect();
         // lhs: 4 × 3 columns 2..5 of rows of 12; rhs: the transpose of 5 rows of 7 (3 × 5).
         let lhs = View::rows(&a[2..], 12);
-        let rhs = View::cols(&b[1..], 7);
+        let rhs = View::rows(&b[1..], 7).t();
         let want = naive(4, 5, 3, lhs, rhs);
         let mut dst = vec![9f32; 4 * 8];
         matmul(4, 5, 3, &mut dst, 8, false, lhs, rhs, 1.0);
