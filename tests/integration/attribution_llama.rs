@@ -58,6 +58,16 @@ fn logits_decoder(m: &Model) -> Decoder<'_> {
     .unwrap()
 }
 
+/// Attention attribution with the default options.
+fn attend(
+    cap: &mut AttentionCapture<'_>,
+    lg: &mut Decoder<'_>,
+    ctx: &[i32],
+    target: i32,
+) -> Result<attention::AttentionAttribution, ntv::attribution::AttributionError> {
+    attention::attribute(cap, lg, ctx, target, &AttentionOptions::default())
+}
+
 fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
@@ -131,14 +141,7 @@ fn attention_reproduces_the_public_example_ranking() {
     let mut cap = AttentionCapture::new(&m, 64, 1).unwrap();
     let mut lg = logits_decoder(&m);
     for (ctx, target, reference) in cases() {
-        let a = attention::attribute(
-            &mut cap,
-            &mut lg,
-            &ctx,
-            target,
-            &AttentionOptions::default(),
-        )
-        .unwrap();
+        let a = attend(&mut cap, &mut lg, &ctx, target).unwrap();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite() && *x >= 0.0));
         assert!((a.scores.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -279,14 +282,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
     // 504 = "The" (the completion's first token), 7042 and 12 = arbitrary candidates.
     for target in [504, 7042, 12] {
         let want = plain[target as usize];
-        let a = attention::attribute(
-            &mut cap,
-            &mut lg,
-            &ctx,
-            target,
-            &AttentionOptions::default(),
-        )
-        .unwrap();
+        let a = attend(&mut cap, &mut lg, &ctx, target).unwrap();
         assert_eq!(a.scores.len(), ctx.len());
         assert!(a.scores.iter().all(|x| x.is_finite()));
         assert!(a.target_prob > 0.0 && a.target_prob < 1.0);
@@ -319,16 +315,7 @@ fn candidate_targets_as_well_as_completion_tokens() {
         }
     }
     // Out-of-vocabulary targets are refused.
-    assert!(
-        attention::attribute(
-            &mut cap,
-            &mut lg,
-            &ctx,
-            1 << 20,
-            &AttentionOptions::default()
-        )
-        .is_err()
-    );
+    assert!(attend(&mut cap, &mut lg, &ctx, 1 << 20).is_err());
     assert!(
         occlusion::attribute(&mut occ, &ctx, -1, TargetFn::Logprob, OcclusionAgg::Raw).is_err()
     );
@@ -354,14 +341,7 @@ fn attention_vs_decode(m: &Model, ctx: &[i32], label: &str) -> f64 {
     order.sort_by(|&a, &b| plain[b].total_cmp(&plain[a]));
     let mut worst = 0f64;
     for &target in &order[..2] {
-        let a = attention::attribute(
-            &mut cap,
-            &mut lg,
-            ctx,
-            target as i32,
-            &AttentionOptions::default(),
-        )
-        .unwrap();
+        let a = attend(&mut cap, &mut lg, ctx, target as i32).unwrap();
         let d = (a.target_prob - plain[target]).abs();
         eprintln!(
             "{label}: target {target}: p decode {:.4}, p attention {:.4}, |Δp| {d:.4}",
