@@ -488,7 +488,7 @@ impl AutogradModel {
     fn blocks(&self, mut x: Vec<f32>, n: usize, mut each: impl FnMut(&[f32])) -> Vec<f32> {
         let rope = Rope::new(&self.inv_freq, n);
         for l in &self.layers {
-            x = block::forward(&self.dims, l, &rope, n, &x).0;
+            x = block::forward(&self.dims, l, &rope, n, &x, None).0;
             each(&x);
         }
         x
@@ -510,7 +510,7 @@ impl AutogradModel {
     /// `n` positions): `b × n_vocab`.
     fn forward_last(&self, inputs: Vec<f32>, n: usize) -> Vec<f32> {
         let top = self.blocks(inputs, n, |_| ());
-        let last = last_rows(&top, n, n - 1, self.dims.n_embd);
+        let last = block::pick_rows(&top, n, n - 1, self.dims.n_embd);
         self.head(&last).2
     }
 
@@ -539,14 +539,6 @@ impl AutogradModel {
         }
         Ok(self.head(residual).2)
     }
-}
-
-/// Row `row` of each sequence of `n` rows of `d` values.
-fn last_rows(x: &[f32], n: usize, row: usize, d: usize) -> Vec<f32> {
-    x.chunks_exact(n * d)
-        .flat_map(|s| &s[row * d..(row + 1) * d])
-        .copied()
-        .collect()
 }
 
 /// The target function of one row of logits and its gradient with respect to them.
@@ -612,21 +604,31 @@ struct Saved {
 /// [`Keep`]) and the residual stream at the top, for `b` sequences of `n` positions (rows
 /// independent). Each backward pass starts from one position's target function, so the
 /// targets of one sequence (e.g. every completion token of `--all`, or saliency and
-/// input×gradient of one target) share the forward pass and differ only in the seed.
+/// input×gradient of one target) share the forward pass and differ only in the seed. A pass
+/// for one position's targets alone (`only`) runs the last block on that position only.
 struct Pass {
     saved: Vec<Saved>,
     top: Vec<f32>,
     rope: Rope,
     n: usize,
+    only: Option<usize>,
 }
 
 impl Pass {
-    fn new(model: &AutogradModel, inputs: Vec<f32>, n: usize, keep: Keep) -> Self {
+    fn new(
+        model: &AutogradModel,
+        inputs: Vec<f32>,
+        n: usize,
+        keep: Keep,
+        only: Option<usize>,
+    ) -> Self {
         let rope = Rope::new(&model.inv_freq, n);
-        let mut saved = Vec::with_capacity(model.layers.len());
+        let layers = model.layers.len();
+        let mut saved = Vec::with_capacity(layers);
         let mut x = inputs;
         for (i, l) in model.layers.iter().enumerate() {
-            let (y, acts) = block::forward(&model.dims, l, &rope, n, &x);
+            let rows = if i + 1 == layers { only } else { None };
+            let (y, acts) = block::forward(&model.dims, l, &rope, n, &x, rows);
             saved.push(Saved {
                 input: std::mem::replace(&mut x, y),
                 acts: (i < keep.graphs).then_some(acts),
@@ -637,12 +639,16 @@ impl Pass {
             top: x,
             rope,
             n,
+            only,
         }
     }
 
     /// The target function at position `row` of every sequence, its gradient w.r.t. the
     /// inputs (`b × n × n_embd`; zero after `row`: the model is causal) and the logits at
     /// `row` (`b × n_vocab`).
+    ///
+    /// # Panics
+    /// When the pass was made for another position alone.
     fn backward(
         &self,
         model: &AutogradModel,
@@ -651,7 +657,13 @@ impl Pass {
         f: TargetFn,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (d, n, v) = (model.dims.n_embd, self.n, model.n_vocab);
-        let last = last_rows(&self.top, n, row, d);
+        let last = match self.only {
+            Some(r) => {
+                assert_eq!(r, row, "a pass for position {r} alone");
+                self.top.clone()
+            }
+            None => block::pick_rows(&self.top, n, row, d),
+        };
         let (r, _, logits) = model.head(&last);
         let (vals, dz): (Vec<f32>, Vec<Vec<f32>>) = logits
             .par_chunks(v)
@@ -661,22 +673,23 @@ impl Pass {
         let mut gh = vec![0f32; last.len()];
         model.output.matmul(&dz, &mut gh);
         drop(dz);
-        let mut g_last = vec![0f32; last.len()];
-        block::rms_norm_backward(&last, &model.output_norm, &r, &gh, &mut g_last);
-        let mut g = vec![0f32; self.top.len()];
-        for (s, gl) in g.chunks_exact_mut(n * d).zip(g_last.chunks_exact(d)) {
-            s[row * d..(row + 1) * d].copy_from_slice(gl);
+        let mut g = vec![0f32; last.len()];
+        block::rms_norm_backward(&last, &model.output_norm, &r, &gh, &mut g);
+        if self.only.is_none() {
+            g = block::place_rows(&g, n, row, d);
         }
-        for (l, part) in model.layers.iter().zip(&self.saved).rev() {
+        let layers = model.layers.len();
+        for (i, (l, part)) in model.layers.iter().zip(&self.saved).enumerate().rev() {
+            let rows = if i + 1 == layers { self.only } else { None };
             let recomputed;
             let acts = match &part.acts {
                 Some(a) => a,
                 None => {
-                    recomputed = block::forward(&model.dims, l, &self.rope, n, &part.input).1;
+                    recomputed = block::forward(&model.dims, l, &self.rope, n, &part.input, rows).1;
                     &recomputed
                 }
             };
-            g = block::backward(&model.dims, l, &self.rope, n, &part.input, acts, &g);
+            g = block::backward(&model.dims, l, &self.rope, n, &part.input, acts, &g, rows);
         }
         (vals, g, logits)
     }
@@ -693,7 +706,7 @@ fn value_and_grad(
     f: TargetFn,
     keep: Keep,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    Pass::new(model, inputs, n, keep).backward(model, n - 1, target, f)
+    Pass::new(model, inputs, n, keep, Some(n - 1)).backward(model, n - 1, target, f)
 }
 
 /// The forward pass of one token sequence, kept so that gradient attributions of targets
@@ -722,7 +735,7 @@ impl SharedForward {
         let (_, keep) = model.plan(1, ids.len());
         Ok(Self {
             ids: ids.to_vec(),
-            pass: Pass::new(model, e.clone(), ids.len(), keep),
+            pass: Pass::new(model, e.clone(), ids.len(), keep, None),
             embeddings: e,
             done: Vec::new(),
         })

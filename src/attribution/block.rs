@@ -486,14 +486,39 @@ fn swiglu_backward(gate: &[f32], up: &[f32], ga: &mut [f32]) -> Vec<f32> {
     gu
 }
 
+/// Row `row` of each sequence of `n` rows of `width` values.
+pub(super) fn pick_rows(x: &[f32], n: usize, row: usize, width: usize) -> Vec<f32> {
+    x.chunks_exact(n * width)
+        .flat_map(|s| &s[row * width..(row + 1) * width])
+        .copied()
+        .collect()
+}
+
+/// The inverse of [`pick_rows`]: `rows` (one of `width` values per sequence) placed at row
+/// `row` of sequences of `n` rows, zeros elsewhere.
+pub(super) fn place_rows(rows: &[f32], n: usize, row: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows.len() * n];
+    for (s, r) in out
+        .chunks_exact_mut(n * width)
+        .zip(rows.chunks_exact(width))
+    {
+        s[row * width..(row + 1) * width].copy_from_slice(r);
+    }
+    out
+}
+
 /// The block on `x` (`b·n` rows of `n_embd`; `b` sequences of `n` positions, RoPE tables for
-/// at least `n`): its output and what its backward pass needs.
+/// at least `n`): its output and what its backward pass needs. With `only = Some(row)` the
+/// output is position `row` of each sequence alone (`b` rows): attention still reads every
+/// position's K and V, but the output projection and the MLP, most of a block's products, run
+/// on those rows only. That is all the last block has to compute for one target.
 pub(super) fn forward<W: Weight>(
     dm: &Dims,
     l: &Layer<W>,
     rope: &Rope,
     n: usize,
     x: &[f32],
+    only: Option<usize>,
 ) -> (Vec<f32>, Acts) {
     let d = dm.n_embd;
     let m = x.len() / d;
@@ -504,22 +529,29 @@ pub(super) fn forward<W: Weight>(
     let q = project(&l.wq, l.bq.as_deref(), &hn, m);
     let k = project(&l.wk, l.bk.as_deref(), &hn, m);
     let v = project(&l.wv, l.bv.as_deref(), &hn, m);
+    drop(hn);
     let (qr, _) = qk_forward(dm, rope, n, &q, qw, l.q_norm.as_deref());
     let (kr, _) = qk_forward(dm, rope, n, &k, kw, l.k_norm.as_deref());
     let oh = attention(dm, n, &qr, &kr, &v);
     drop((qr, kr));
     let o = regroup(&oh, n, dm.n_head, dm.head_dim, true);
     drop(oh);
-    let mut x2 = vec![0f32; m * d];
-    l.wo.matmul_t(&o, &mut x2);
-    add(&mut x2, x);
-    let mut r2 = vec![0f32; m];
-    rms_norm(&x2, &l.ffn_norm, dm.eps, &mut r2, &mut hn);
-    let gate = project(&l.w_gate, None, &hn, m);
-    let up = project(&l.w_up, None, &hn, m);
-    drop(hn);
+    // The residual stream after attention: x2 = x + wo(o), on the rows asked for.
+    let (mut x2, o) = match only {
+        Some(row) => (pick_rows(x, n, row, d), pick_rows(&o, n, row, qw)),
+        None => (x.to_vec(), o),
+    };
+    let mr = x2.len() / d;
+    let mut t = vec![0f32; mr * d];
+    l.wo.matmul_t(&o, &mut t);
+    drop(o);
+    add(&mut x2, &t);
+    let mut r2 = vec![0f32; mr];
+    rms_norm(&x2, &l.ffn_norm, dm.eps, &mut r2, &mut t);
+    let gate = project(&l.w_gate, None, &t, mr);
+    let up = project(&l.w_up, None, &t, mr);
     let act = swiglu(&gate, &up);
-    let mut y = vec![0f32; m * d];
+    let mut y = t;
     l.w_down.matmul_t(&act, &mut y);
     add(&mut y, &x2);
     let acts = Acts {
@@ -536,7 +568,8 @@ pub(super) fn forward<W: Weight>(
 }
 
 /// The gradient of the block's input `x` from the gradient `gy` of its output, with the
-/// activations [`forward`] returned for `x`.
+/// activations [`forward`] returned for `x` and the same `only` (then `gy` has `b` rows).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward<W: Weight>(
     dm: &Dims,
     l: &Layer<W>,
@@ -545,17 +578,19 @@ pub(super) fn backward<W: Weight>(
     x: &[f32],
     a: &Acts,
     gy: &[f32],
+    only: Option<usize>,
 ) -> Vec<f32> {
     let d = dm.n_embd;
     let m = x.len() / d;
+    let mr = gy.len() / d;
     let (h, hkv, hd) = (dm.n_head, dm.n_head_kv, dm.head_dim);
     let (qw, kw) = (dm.q_width(), dm.kv_width());
     // MLP: y = x2 + down(silu(gate) ⊙ up).
     let mut gg = vec![0f32; a.gate.len()];
     l.w_down.matmul(gy, &mut gg);
     let gu = swiglu_backward(&a.gate, &a.up, &mut gg);
-    let mut gh = vec![0f32; m * d];
-    let mut t = vec![0f32; m * d];
+    let mut gh = vec![0f32; mr * d];
+    let mut t = vec![0f32; mr * d];
     l.w_gate.matmul(&gg, &mut gh);
     l.w_up.matmul(&gu, &mut t);
     drop((gg, gu));
@@ -563,8 +598,12 @@ pub(super) fn backward<W: Weight>(
     let mut gx = gy.to_vec();
     rms_norm_backward(&a.x2, &l.ffn_norm, &a.r2, &gh, &mut gx);
     // Attention: x2 = x + wo(attention(q, k, v)).
-    let mut go = vec![0f32; m * qw];
+    let mut go = vec![0f32; mr * qw];
     l.wo.matmul(&gx, &mut go);
+    let (go, mut gx) = match only {
+        Some(row) => (place_rows(&go, n, row, qw), place_rows(&gx, n, row, d)),
+        None => (go, gx),
+    };
     let goh = regroup(&go, n, h, hd, false);
     drop(go);
     let (qr, rq) = qk_forward(dm, rope, n, &a.q, qw, l.q_norm.as_deref());
@@ -576,7 +615,13 @@ pub(super) fn backward<W: Weight>(
     let gv = regroup(&gv, n, hkv, hd, true);
     let gq = qk_backward(dm, rope, n, &a.q, &rq, qw, l.q_norm.as_deref(), gq);
     let gk = qk_backward(dm, rope, n, &a.k, &rk, kw, l.k_norm.as_deref(), gk);
-    // The attention output's projection, then Q, K and V's (biases have no input gradient).
+    // The attention output's projection, then Q, K and V's (biases have no input gradient);
+    // the products overwrite `gh` and `t`.
+    let (mut gh, mut t) = if mr == m {
+        (gh, t)
+    } else {
+        (vec![0f32; m * d], vec![0f32; m * d])
+    };
     l.wq.matmul(&gq, &mut gh);
     l.wk.matmul(&gk, &mut t);
     add(&mut gh, &t);
@@ -718,7 +763,7 @@ mod tests {
 
     /// Σ y ⊙ c for the block's output y at input x.
     fn loss(c: &Case, l: &Layer<Dense>, rope: &Rope, n: usize, x: &[f32], w: &[f32]) -> f64 {
-        let (y, _) = forward(&c.dims, l, rope, n, x);
+        let (y, _) = forward(&c.dims, l, rope, n, x, None);
         y.iter()
             .zip(w)
             .map(|(y, w)| f64::from(*y) * f64::from(*w))
@@ -752,8 +797,8 @@ mod tests {
             let d = c.dims.n_embd;
             let x = values(b * n * d, 20 + ci as u32, 1.5);
             let w = values(b * n * d, 30 + ci as u32, 1.0);
-            let (_, acts) = forward(&c.dims, &l, &rope, n, &x);
-            let g = backward(&c.dims, &l, &rope, n, &x, &acts, &w);
+            let (_, acts) = forward(&c.dims, &l, &rope, n, &x, None);
+            let g = backward(&c.dims, &l, &rope, n, &x, &acts, &w, None);
             let mut worst = 0f64;
             for i in 0..x.len() {
                 let h = 1e-2f32;
@@ -775,6 +820,38 @@ mod tests {
     }
 
     #[test]
+    fn one_row_of_the_block_is_that_row_of_the_whole_block() {
+        let (b, n) = (3, 6);
+        for (ci, c) in cases().iter().enumerate() {
+            let l = layer(c);
+            let rope = rope_of(c, n);
+            let d = c.dims.n_embd;
+            let x = values(b * n * d, 50 + ci as u32, 1.5);
+            let (y, acts) = forward(&c.dims, &l, &rope, n, &x, None);
+            for row in [0, 2, n - 1] {
+                let (yr, ar) = forward(&c.dims, &l, &rope, n, &x, Some(row));
+                assert_eq!(yr.len(), b * d);
+                for (a, w) in yr.iter().zip(&pick_rows(&y, n, row, d)) {
+                    assert!((a - w).abs() < 1e-5, "case {ci}, row {row}: {a} vs {w}");
+                }
+                // The gradient from that row alone, against the whole block's with a seed
+                // that is zero on every other row.
+                let gr = values(b * d, 60 + row as u32, 1.0);
+                let got = backward(&c.dims, &l, &rope, n, &x, &ar, &gr, Some(row));
+                let seed = place_rows(&gr, n, row, d);
+                let want = backward(&c.dims, &l, &rope, n, &x, &acts, &seed, None);
+                assert!(want.iter().any(|&g| g != 0.0));
+                for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - w).abs() < 1e-5 * (1.0 + w.abs()),
+                        "case {ci}, row {row}, input {i}: {a} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_model_is_causal_and_sequences_are_independent() {
         let (b, n) = (2, 5);
         for c in cases() {
@@ -782,16 +859,16 @@ mod tests {
             let rope = rope_of(&c, n);
             let d = c.dims.n_embd;
             let x = values(b * n * d, 40, 1.5);
-            let (y, _) = forward(&c.dims, &l, &rope, n, &x);
+            let (y, _) = forward(&c.dims, &l, &rope, n, &x, None);
             // Change position 2 of sequence 0: rows 0–1 and all of sequence 1 stay as they were.
             let mut x2 = x.clone();
             x2[2 * d..3 * d].iter_mut().for_each(|v| *v += 0.5);
-            let (y2, _) = forward(&c.dims, &l, &rope, n, &x2);
+            let (y2, _) = forward(&c.dims, &l, &rope, n, &x2, None);
             assert_eq!(y[..2 * d], y2[..2 * d]);
             assert_eq!(y[n * d..], y2[n * d..]);
             assert!(y[2 * d..3 * d] != y2[2 * d..3 * d]);
             // A sequence alone gives what it gives in the batch (to rounding).
-            let (alone, _) = forward(&c.dims, &l, &rope, n, &x[n * d..]);
+            let (alone, _) = forward(&c.dims, &l, &rope, n, &x[n * d..], None);
             for (a, b) in alone.iter().zip(&y[n * d..]) {
                 assert!((a - b).abs() < 1e-5);
             }
