@@ -1500,12 +1500,16 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     let mut lines = String::new();
     // The timed requests are other sequences of the same length: a repeated sequence would
     // reuse the kept forward pass (saliency) and time only a backward pass.
+    let timed = [
+        "The capital of Spain is",
+        "The capital of Italy is",
+        "The capital of Japan is",
+        "The capital of China is",
+        "The capital of Egypt is",
+    ];
     for me in ["saliency", "integrated_gradients"] {
-        for (id, p) in [
-            ("warm", prompt),
-            ("timed", "The capital of Spain is"),
-            ("timed", "The capital of Italy is"),
-        ] {
+        let requests = std::iter::once(("warm", prompt)).chain(timed.map(|p| ("timed", p)));
+        for (id, p) in requests {
             lines.push_str(&format!(
                 "{}\n",
                 json!({"id": id, "prompt": p, "token": 504, "method": me})
@@ -1514,36 +1518,49 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     }
     std::fs::write(&warm_file, lines).expect("write batch");
     let wf = warm_file.to_str().expect("utf-8");
-    let (_, _, out) = run_usage(
-        exe,
-        &[
-            "attribute",
-            "--no-session",
-            "-t",
-            &t,
-            "-m",
-            m,
-            "--batch",
-            wf,
-        ],
-        dir.path(),
-    );
-    let warm = |me: &str| {
-        median(
-            records(&out)
-                .iter()
-                .filter(|r| r["method"] == me && r["id"] == "timed")
-                .filter_map(|r| r["elapsed_ms"].as_f64())
-                .collect(),
-        )
+    // One process of warm requests; run again after the Inseq baseline (12d), so that a drift
+    // in the machine's speed over the minutes between the two sides favours neither.
+    let warm_batch = || {
+        let (_, _, out) = run_usage(
+            exe,
+            &[
+                "attribute",
+                "--no-session",
+                "-t",
+                &t,
+                "-m",
+                m,
+                "--batch",
+                wf,
+            ],
+            dir.path(),
+        );
+        let recs = records(&out);
+        assert_eq!(
+            recs.len(),
+            2 * (1 + timed.len()),
+            "every warm request answered"
+        );
+        recs
     };
+    let mut warm_recs = warm_batch();
+    let warm_ms = |recs: &[serde_json::Value], me: &str| -> Vec<f64> {
+        recs.iter()
+            .filter(|r| r["method"] == me && r["id"] == "timed")
+            .filter_map(|r| r["elapsed_ms"].as_f64())
+            .collect()
+    };
+    let warm = |recs: &[serde_json::Value], me: &str| median(warm_ms(recs, me));
     let file_bytes = std::fs::metadata(path).map_or(0, |x| x.len());
     let n_params = {
         let model = Model::load(path, &LoadOptions::default()).expect("load");
         model.info().n_params
     };
     let bound = |file: u64, params: u64| file as f64 + 1.5 * params as f64 + budget as f64;
-    println!("\n12b. one-shot processes (`ntv attribute -p {prompt:?} --token 504`), median of 3:");
+    println!(
+        "\n12b. one-shot processes (`ntv attribute -p {prompt:?} --token 504`), median of 3; warm: median of {} requests after a warm-up, in one process:",
+        timed.len()
+    );
     println!(
         "| method | one-shot wall ms | warm in-batch ms | one-shot / warm | peak RSS MB | bound MB (file + 1.5 B/param + budget) | minor faults | sys s |"
     );
@@ -1577,7 +1594,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         }
         let u = last.expect("three runs");
         let w = median(walls);
-        let wm = warm(me);
+        let wm = warm(&warm_recs, me);
         println!(
             "| {me} | {w:.0} | {wm:.0} | {:.2} | {:.0} | {:.0} | {} | {:.2} |",
             w / wm,
@@ -1646,7 +1663,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/inseq_baseline.py");
     let out = Command::new(python)
         .arg(&script)
-        .args(["--model", m, "--ntv", exe, "-t", &t])
+        .args(["--model", m, "--ntv", exe, "-t", &t, "--short-runs", "5"])
         .current_dir(dir.path())
         .output()
         .expect("run benches/inseq_baseline.py");
@@ -1677,13 +1694,30 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         "| 12a whole ntv process (load and warm-ups included) vs Inseq's per-target medians | {wall:.0} | {inseq_total:.0} | **{:.2}** |",
         wall / inseq_total
     );
-    for me in ["saliency", "integrated_gradients"] {
-        let inseq = base["short"]["methods"][me]["median_ms"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        let ntv = warm(me);
+    // ntv's warm requests again, now that Inseq has run: the median of both runs' requests.
+    let before: Vec<Vec<f64>> = ["saliency", "integrated_gradients"]
+        .iter()
+        .map(|me| warm_ms(&warm_recs, me))
+        .collect();
+    warm_recs.extend(warm_batch());
+    for (me, before) in ["saliency", "integrated_gradients"].into_iter().zip(before) {
+        let inseq = &base["short"]["methods"][me];
+        let runs: Vec<String> = inseq["runs_ms"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_f64())
+                    .map(|v| format!("{v:.0}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let inseq = inseq["median_ms"].as_f64().unwrap_or(f64::NAN);
+        let ntv = warm(&warm_recs, me);
         println!(
-            "| 12b {me}, warm per target, 25 tokens | {ntv:.0} | {inseq:.0} | **{:.2}** |",
+            "| 12b {me}, warm per target, 25 tokens (ntv before Inseq {:.0}, after {:.0}; Inseq runs {}) | {ntv:.0} | {inseq:.0} | **{:.2}** |",
+            median(before),
+            median(warm_ms(&warm_recs, me)[timed.len()..].to_vec()),
+            runs.join(" "),
             ntv / inseq
         );
     }
