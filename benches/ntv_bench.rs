@@ -25,7 +25,10 @@
 //!     activation budget, on the test model and on a synthetic 1.6 B-parameter Q4_0 llama
 //!     the benchmark writes (`NTV_BENCH_SYNTH`: its path, default `target/tmp/`); with
 //!     `NTV_BENCH_INSEQ_PYTHON` (a Python with Inseq), `benches/inseq_baseline.py` runs the
-//!     same requests in Inseq right after, for ratios against a baseline run side by side.
+//!     same requests in Inseq right after, for ratios against a baseline run side by side;
+//! 13. the gradient engine's tiled weight products on one block's matrices of the test model
+//!     and of the synthetic llama, at a saliency pass's rows and an integrated-gradients
+//!     batch's, in GFLOP/s.
 //!
 //! Environment: NTV_BENCH_THREADS (default: available cores), NTV_BENCH_TOKENS (default 96),
 //! NTV_BENCH_ROUNDS (default 9), NTV_TEST_MODEL (default: the cached default model),
@@ -534,6 +537,10 @@ fn main() {
     // 12. Attribution at scale.
     if want(12) {
         attribution_at_scale(exe, &path, threads);
+    }
+    // 13. The gradient engine's weight products, per matrix of a block.
+    if want(13) {
+        weight_products(&path, threads);
     }
     println!("\nmodel load in-process: {load_ms:.0} ms");
 }
@@ -1720,6 +1727,90 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
             runs.join(" "),
             ntv / inseq
         );
+    }
+}
+
+/// Section 13: the tiled weight products of the gradient engine (`QMatrix::matmul_t`, the
+/// forward, and `QMatrix::matmul`, the backward) on one block's matrices of the test model and
+/// of the 1.6 B synthetic llama (written by 12c's code if absent), for the rows of a saliency
+/// pass (32) and of an integrated-gradients batch (25 inputs × 25 positions): the fastest of
+/// many runs, in ms and GFLOP/s (2·rows·rows_W·cols_W per product).
+fn weight_products(path: &std::path::Path, threads: i32) {
+    use ntv::engine::WeightFile;
+    let synth = std::env::var_os("NTV_BENCH_SYNTH").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/tmp/synthetic-llama-1.6b-q4_0.gguf")
+        },
+        PathBuf::from,
+    );
+    synthetic_llama(path, &synth);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1) as usize)
+        .build()
+        .expect("thread pool");
+    println!("\n## 13. weight products of one block (fastest run; {threads} threads)");
+    println!("| model | rows | matrix | type | forward ms | GFLOP/s | backward ms | GFLOP/s |");
+    println!("|---|---:|---|---|---:|---:|---:|---:|");
+    for (label, file) in [("test model", path), ("synthetic 1.6 B", synth.as_path())] {
+        pool.install(|| {
+            let wf = WeightFile::open(file).expect("open GGUF");
+            for m in [32usize, 625] {
+                let (mut tf, mut tb, mut flops) = (0.0, 0.0, 0.0);
+                for name in [
+                    "attn_q",
+                    "attn_k",
+                    "attn_v",
+                    "attn_output",
+                    "ffn_gate",
+                    "ffn_up",
+                    "ffn_down",
+                ] {
+                    let name = format!("blk.3.{name}.weight");
+                    let cols = wf.dims(&name).expect("a block matrix")[0];
+                    let w = wf.matrix(&name, cols).expect("readable").expect("present");
+                    let x: Vec<f32> = (0..m * cols)
+                        .map(|i| (i % 97) as f32 / 97.0 - 0.5)
+                        .collect();
+                    let g: Vec<f32> = (0..m * w.rows())
+                        .map(|i| (i % 89) as f32 / 89.0 - 0.5)
+                        .collect();
+                    let (mut y, mut out) = (vec![0f32; m * w.rows()], vec![0f32; m * cols]);
+                    let reps = if m < 100 { 60 } else { 8 };
+                    let fastest = |f: &mut dyn FnMut()| {
+                        f();
+                        (0..reps)
+                            .map(|_| {
+                                let t = Instant::now();
+                                f();
+                                t.elapsed().as_secs_f64()
+                            })
+                            .fold(f64::MAX, f64::min)
+                    };
+                    let f = fastest(&mut || w.matmul_t(&x, &mut y));
+                    let b = fastest(&mut || w.matmul(&g, &mut out));
+                    black_box((&y, &out));
+                    let fl = 2.0 * (m * cols * w.rows()) as f64;
+                    (tf, tb, flops) = (tf + f, tb + b, flops + fl);
+                    println!(
+                        "| {label} | {m} | {name} {}×{cols} | {} | {:.2} | {:.0} | {:.2} | {:.0} |",
+                        w.rows(),
+                        w.type_name(),
+                        f * 1e3,
+                        fl / f / 1e9,
+                        b * 1e3,
+                        fl / b / 1e9
+                    );
+                }
+                println!(
+                    "| {label} | {m} | **the block** | | {:.2} | **{:.0}** | {:.2} | **{:.0}** |",
+                    tf * 1e3,
+                    flops / tf / 1e9,
+                    tb * 1e3,
+                    flops / tb / 1e9
+                );
+            }
+        });
     }
 }
 
