@@ -1441,6 +1441,12 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
             .collect()
     };
 
+    // `ntv attribute` on the test model with these arguments after the common ones.
+    let attribute = |extra: &[&str]| {
+        let args = [&["attribute", "--no-session", "-t", &t, "-m", m][..], extra].concat();
+        run_usage(exe, &args, dir.path())
+    };
+
     // 12a. The mixed batch: five chat contexts of 30–49 tokens × four methods, one process.
     let prompts = [
         "What is the capital of France? Answer in one word.",
@@ -1462,11 +1468,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         .collect();
     std::fs::write(&file, text).expect("write batch");
     let f = file.to_str().expect("utf-8");
-    let (wall, u, out) = run_usage(
-        exe,
-        &["attribute", "--no-session", "-t", &t, "-m", m, "--batch", f],
-        dir.path(),
-    );
+    let (wall, u, out) = attribute(&["--batch", f]);
     let recs = records(&out);
     let lens: Vec<u64> = recs
         .iter()
@@ -1528,20 +1530,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     // One process of warm requests; run again after the Inseq baseline (12d), so that a drift
     // in the machine's speed over the minutes between the two sides favours neither.
     let warm_batch = || {
-        let (_, _, out) = run_usage(
-            exe,
-            &[
-                "attribute",
-                "--no-session",
-                "-t",
-                &t,
-                "-m",
-                m,
-                "--batch",
-                wf,
-            ],
-            dir.path(),
-        );
+        let (_, _, out) = attribute(&["--batch", wf]);
         let recs = records(&out);
         assert_eq!(
             recs.len(),
@@ -1576,26 +1565,9 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         let mut walls = Vec::new();
         let mut last = None;
         for _ in 0..3 {
-            let (w, u, _) = run_usage(
-                exe,
-                &[
-                    "attribute",
-                    "--no-session",
-                    "-t",
-                    &t,
-                    "-m",
-                    m,
-                    "-p",
-                    prompt,
-                    "--token",
-                    "504",
-                    "--method",
-                    me,
-                    "--format",
-                    "json",
-                ],
-                dir.path(),
-            );
+            let (w, u, _) = attribute(&[
+                "-p", prompt, "--token", "504", "--method", me, "--format", "json",
+            ]);
             walls.push(w);
             last = Some(u);
         }
