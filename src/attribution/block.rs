@@ -27,21 +27,29 @@ const ROWS_PER_TASK: usize = 8;
 /// A constant weight matrix `W` (`rows × cols`) of a linear layer `y = x · Wᵀ`.
 pub(super) trait Weight: Sync {
     fn rows(&self) -> usize;
-    /// `y = x · Wᵀ` (`x`: m × cols, `y`: m × rows; overwritten).
-    fn matmul_t(&self, x: &[f32], y: &mut [f32]);
-    /// `out = g · W` (`g`: m × rows, `out`: m × cols; overwritten).
-    fn matmul(&self, g: &[f32], out: &mut [f32]);
+    /// `y = x · Wᵀ` (`x`: m × cols, `y`: m × rows), or `y += x · Wᵀ` with `add`.
+    fn matmul_t(&self, x: &[f32], y: &mut [f32], add: bool);
+    /// `out = g · W` (`g`: m × rows, `out`: m × cols), or `out += g · W` with `add`.
+    fn matmul(&self, g: &[f32], out: &mut [f32], add: bool);
 }
 
 impl Weight for QMatrix {
     fn rows(&self) -> usize {
         QMatrix::rows(self)
     }
-    fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
-        QMatrix::matmul_t(self, x, y);
+    fn matmul_t(&self, x: &[f32], y: &mut [f32], add: bool) {
+        if add {
+            QMatrix::matmul_t_add(self, x, y);
+        } else {
+            QMatrix::matmul_t(self, x, y);
+        }
     }
-    fn matmul(&self, g: &[f32], out: &mut [f32]) {
-        QMatrix::matmul(self, g, out);
+    fn matmul(&self, g: &[f32], out: &mut [f32], add: bool) {
+        if add {
+            QMatrix::matmul_add(self, g, out);
+        } else {
+            QMatrix::matmul(self, g, out);
+        }
     }
 }
 
@@ -207,17 +215,10 @@ pub(super) fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], g: &[f32], gx: 
         });
 }
 
-/// `a += b`, element-wise.
-fn add(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(4096)
-        .zip(b.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
-}
-
 /// `x · Wᵀ (+ bias)` for `m` rows.
 fn project<W: Weight>(w: &W, bias: Option<&[f32]>, x: &[f32], m: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * w.rows()];
-    w.matmul_t(x, &mut y);
+    w.matmul_t(x, &mut y, false);
     if let Some(b) = bias {
         y.par_chunks_mut(b.len())
             .with_min_len(ROWS_PER_TASK)
@@ -542,18 +543,18 @@ pub(super) fn forward<W: Weight>(
         None => (x.to_vec(), o),
     };
     let mr = x2.len() / d;
-    let mut t = vec![0f32; mr * d];
-    l.wo.matmul_t(&o, &mut t);
+    l.wo.matmul_t(&o, &mut x2, true);
     drop(o);
-    add(&mut x2, &t);
     let mut r2 = vec![0f32; mr];
-    rms_norm(&x2, &l.ffn_norm, dm.eps, &mut r2, &mut t);
-    let gate = project(&l.w_gate, None, &t, mr);
-    let up = project(&l.w_up, None, &t, mr);
+    let mut hn = vec![0f32; mr * d];
+    rms_norm(&x2, &l.ffn_norm, dm.eps, &mut r2, &mut hn);
+    let gate = project(&l.w_gate, None, &hn, mr);
+    let up = project(&l.w_up, None, &hn, mr);
     let act = swiglu(&gate, &up);
-    let mut y = t;
-    l.w_down.matmul_t(&act, &mut y);
-    add(&mut y, &x2);
+    // y = x2 + down(act).
+    hn.copy_from_slice(&x2);
+    let mut y = hn;
+    l.w_down.matmul_t(&act, &mut y, true);
     let acts = Acts {
         r1,
         q,
@@ -587,19 +588,17 @@ pub(super) fn backward<W: Weight>(
     let (qw, kw) = (dm.q_width(), dm.kv_width());
     // MLP: y = x2 + down(silu(gate) ⊙ up).
     let mut gg = vec![0f32; a.gate.len()];
-    l.w_down.matmul(gy, &mut gg);
+    l.w_down.matmul(gy, &mut gg, false);
     let gu = swiglu_backward(&a.gate, &a.up, &mut gg);
     let mut gh = vec![0f32; mr * d];
-    let mut t = vec![0f32; mr * d];
-    l.w_gate.matmul(&gg, &mut gh);
-    l.w_up.matmul(&gu, &mut t);
+    l.w_gate.matmul(&gg, &mut gh, false);
+    l.w_up.matmul(&gu, &mut gh, true);
     drop((gg, gu));
-    add(&mut gh, &t);
     let mut gx = gy.to_vec();
     rms_norm_backward(&a.x2, &l.ffn_norm, &a.r2, &gh, &mut gx);
     // Attention: x2 = x + wo(attention(q, k, v)).
     let mut go = vec![0f32; mr * qw];
-    l.wo.matmul(&gx, &mut go);
+    l.wo.matmul(&gx, &mut go, false);
     let (go, mut gx) = match only {
         Some(row) => (place_rows(&go, n, row, qw), place_rows(&gx, n, row, d)),
         None => (go, gx),
@@ -615,18 +614,12 @@ pub(super) fn backward<W: Weight>(
     let gv = regroup(&gv, n, hkv, hd, true);
     let gq = qk_backward(dm, rope, n, &a.q, &rq, qw, l.q_norm.as_deref(), gq);
     let gk = qk_backward(dm, rope, n, &a.k, &rk, kw, l.k_norm.as_deref(), gk);
-    // The attention output's projection, then Q, K and V's (biases have no input gradient);
-    // the products overwrite `gh` and `t`.
-    let (mut gh, mut t) = if mr == m {
-        (gh, t)
-    } else {
-        (vec![0f32; m * d], vec![0f32; m * d])
-    };
-    l.wq.matmul(&gq, &mut gh);
-    l.wk.matmul(&gk, &mut t);
-    add(&mut gh, &t);
-    l.wv.matmul(&gv, &mut t);
-    add(&mut gh, &t);
+    // The attention output's projection, then Q, K and V's (biases have no input gradient),
+    // summed by the products themselves.
+    let mut gh = if mr == m { gh } else { vec![0f32; m * d] };
+    l.wq.matmul(&gq, &mut gh, false);
+    l.wk.matmul(&gk, &mut gh, true);
+    l.wv.matmul(&gv, &mut gh, true);
     rms_norm_backward(x, &l.attn_norm, &a.r1, &gh, &mut gx);
     gx
 }
@@ -646,19 +639,22 @@ mod tests {
         fn rows(&self) -> usize {
             self.rows
         }
-        fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
+        fn matmul_t(&self, x: &[f32], y: &mut [f32], add: bool) {
             for (x, y) in x.chunks_exact(self.cols).zip(y.chunks_exact_mut(self.rows)) {
                 for (y, w) in y.iter_mut().zip(self.w.chunks_exact(self.cols)) {
-                    *y = x.iter().zip(w).map(|(x, w)| x * w).sum();
+                    let dot: f32 = x.iter().zip(w).map(|(x, w)| x * w).sum();
+                    *y = if add { *y + dot } else { dot };
                 }
             }
         }
-        fn matmul(&self, g: &[f32], out: &mut [f32]) {
+        fn matmul(&self, g: &[f32], out: &mut [f32], add: bool) {
             for (g, o) in g
                 .chunks_exact(self.rows)
                 .zip(out.chunks_exact_mut(self.cols))
             {
-                o.fill(0.0);
+                if !add {
+                    o.fill(0.0);
+                }
                 for (&g, w) in g.iter().zip(self.w.chunks_exact(self.cols)) {
                     o.iter_mut().zip(w).for_each(|(o, w)| *o += g * w);
                 }

@@ -439,6 +439,19 @@ impl QMatrix {
     /// # Panics
     /// When `x` is not whole rows of `cols` values or `y` has not `m × rows` values.
     pub fn matmul_t(&self, x: &[f32], y: &mut [f32]) {
+        self.product_t(x, y, false);
+    }
+
+    /// `y += x · Wᵀ`, as [`QMatrix::matmul_t`] but added to what `y` holds (a residual
+    /// connection or a sum of products without a pass of its own).
+    ///
+    /// # Panics
+    /// As [`QMatrix::matmul_t`].
+    pub fn matmul_t_add(&self, x: &[f32], y: &mut [f32]) {
+        self.product_t(x, y, true);
+    }
+
+    fn product_t(&self, x: &[f32], y: &mut [f32], add: bool) {
         let (k, n) = (self.cols, self.m.rows);
         assert!(k > 0 && x.len().is_multiple_of(k));
         let m = x.len() / k;
@@ -478,14 +491,14 @@ impl QMatrix {
                         dst.get().add(rows.start),
                         n as isize,
                         1,
-                        false,
+                        add,
                         buf.as_ptr(),
                         1,
                         stride as isize,
                         x.as_ptr(),
                         k as isize,
                         1,
-                        0.0,
+                        if add { 1.0 } else { 0.0 },
                         1.0,
                         false,
                         false,
@@ -504,6 +517,18 @@ impl QMatrix {
     /// # Panics
     /// When `g` is not whole rows of `rows` values or `out` has not `m × cols` values.
     pub fn matmul(&self, g: &[f32], out: &mut [f32]) {
+        self.product(g, out, false);
+    }
+
+    /// `out += g · W`, as [`QMatrix::matmul`] but added to what `out` holds.
+    ///
+    /// # Panics
+    /// As [`QMatrix::matmul`].
+    pub fn matmul_add(&self, g: &[f32], out: &mut [f32]) {
+        self.product(g, out, true);
+    }
+
+    fn product(&self, g: &[f32], out: &mut [f32], add: bool) {
         let (n, k) = (self.cols, self.m.rows);
         assert!(k > 0 && g.len().is_multiple_of(k));
         let m = g.len() / k;
@@ -540,7 +565,7 @@ impl QMatrix {
                             dst.get().add(cols.start),
                             n as isize,
                             1,
-                            r0 > 0,
+                            add || r0 > 0,
                             buf.as_ptr(),
                             w as isize,
                             1,
