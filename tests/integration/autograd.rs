@@ -414,10 +414,11 @@ fn weight_products_match_the_dequantised_matrix() {
             // Added to what the output holds: the product twice.
             let mut twice = y.clone();
             w.matmul_t_add(&x, &mut twice);
+            // Rounded like the products above: their sums run over thousands of terms.
             for (t, y) in twice.iter().zip(&y) {
                 assert!(
-                    (t - 2.0 * y).abs() <= 1e-5 * (1.0 + y.abs()),
-                    "{name} x·Wᵀ added"
+                    (t - 2.0 * y).abs() <= 1e-3 * (1.0 + y.abs()),
+                    "{name} x·Wᵀ added, m={m}: {t} vs twice {y}"
                 );
             }
             let g: Vec<f32> = (0..m * w.rows())
@@ -429,8 +430,8 @@ fn weight_products_match_the_dequantised_matrix() {
             w.matmul_add(&g, &mut twice);
             for (t, o) in twice.iter().zip(&out) {
                 assert!(
-                    (t - 2.0 * o).abs() <= 1e-5 * (1.0 + o.abs()),
-                    "{name} g·W added"
+                    (t - 2.0 * o).abs() <= 1e-3 * (1.0 + o.abs()),
+                    "{name} g·W added, m={m}: {t} vs twice {o}"
                 );
             }
             for i in 0..m {
