@@ -164,11 +164,11 @@ impl GgufMeta {
     }
 }
 
-/// How the values of a tensor type become f32s. Q4_0 and Q4_1 have loops of ntv's own, which
-/// the compiler vectorises: ggml's reference dequantisers of those two types are scalar code
-/// (~0.5 ns a value here, against ~0.08 ns for its Q8_0), and expanding weights is a quarter of
-/// a saliency pass. Every other type goes through ggml's CPU dequantiser (the values
-/// llama.cpp's kernels stand for); f32 is copied as it is.
+/// How the values of a tensor type become f32s. Q4_0 and Q4_1 have loops of ntv's own over
+/// fixed-size blocks: ggml's reference dequantisers of those two types are scalar code (0.50–0.58
+/// ns a value here, 0.34 ns for these loops; ggml's Q8_0 takes 0.07), and expanding weights was
+/// a quarter of a saliency pass. Every other type goes through ggml's CPU dequantiser (the
+/// values llama.cpp's kernels stand for); f32 is copied as it is.
 #[derive(Clone, Copy)]
 pub(super) enum Expand {
     F32,
@@ -239,7 +239,8 @@ impl Expand {
 }
 
 /// One block of 32 4-bit quants (`qs`: value j in the low nibble of byte j, value 16 + j in
-/// its high one) into `out`, through `f`. Fixed sizes, so the compiler unrolls and vectorises.
+/// its high one) into `out`, through `f`. Fixed sizes, so the compiler can unroll the loop and
+/// drop the bounds checks.
 #[inline(always)]
 fn nibbles(qs: &[u8], out: &mut [f32], f: impl Fn(f32) -> f32) {
     let qs: &[u8; 16] = qs.try_into().expect("16 bytes of quants");
