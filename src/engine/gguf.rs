@@ -184,17 +184,30 @@ impl Expand {
             sys::GGML_TYPE_F32 => Self::F32,
             sys::GGML_TYPE_Q4_0 => Self::Q4_0,
             sys::GGML_TYPE_Q4_1 => Self::Q4_1,
-            _ => {
-                // SAFETY: ggml's static type table; non-null for every valid type.
-                let traits = unsafe { &*sys::ggml_get_type_traits(ty) };
-                let f = traits
-                    .to_float
-                    .ok_or_else(|| format!("ggml cannot dequantise type {}", type_name(ty)))?;
-                // SAFETY: plain queries of ggml's type table for a valid type.
-                let (blck, bytes) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_type_size(ty)) };
-                Self::Ggml(f, blck.max(1) as usize, bytes)
-            }
+            _ => Self::ggml(ty)?,
         })
+    }
+
+    /// ggml's CPU dequantiser of `ty`, whichever type it is.
+    fn ggml(ty: sys::ggml_type) -> Result<Self, String> {
+        // SAFETY: ggml's static type table; non-null for every valid type.
+        let traits = unsafe { &*sys::ggml_get_type_traits(ty) };
+        let f = traits
+            .to_float
+            .ok_or_else(|| format!("ggml cannot dequantise type {}", type_name(ty)))?;
+        // SAFETY: plain queries of ggml's type table for a valid type.
+        let (blck, bytes) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_type_size(ty)) };
+        Ok(Self::Ggml(f, blck.max(1) as usize, bytes))
+    }
+
+    /// Values per block of the type, and bytes per block.
+    pub(super) fn block(self) -> (usize, usize) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Ggml(_, blck, bytes) => (blck, bytes),
+        }
     }
 
     /// The values of `src` (whole blocks of the type) into `out`.
@@ -202,9 +215,11 @@ impl Expand {
     /// # Panics
     /// When `src` does not hold exactly `out.len()` values.
     pub(super) fn run(self, src: &[u8], out: &mut [f32]) {
+        let (blck, bytes) = self.block();
+        assert!(out.len().is_multiple_of(blck));
+        assert_eq!(src.len(), out.len() / blck * bytes);
         match self {
             Self::F32 => {
-                assert_eq!(src.len(), 4 * out.len());
                 for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
@@ -213,27 +228,23 @@ impl Expand {
             // 4-bit quants, value j in the low nibble of byte j, value 16 + j in its high one;
             // the value is (q − 8)·d (Q4_0) or q·d + m (Q4_1).
             Self::Q4_0 => {
-                assert_eq!(src.len() * 32, out.len() * 18);
-                for (b, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+                for (b, o) in src.chunks_exact(bytes).zip(out.chunks_exact_mut(blck)) {
                     let d = f16_at(b, 0);
                     nibbles(&b[2..18], o, |q| (q - 8.0) * d);
                 }
             }
             Self::Q4_1 => {
-                assert_eq!(src.len() * 32, out.len() * 20);
-                for (b, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+                for (b, o) in src.chunks_exact(bytes).zip(out.chunks_exact_mut(blck)) {
                     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
                     nibbles(&b[4..20], o, |q| q * d + m);
                 }
             }
-            Self::Ggml(f, blck, bytes) => {
-                assert!(out.len().is_multiple_of(blck));
-                assert_eq!(src.len(), out.len() / blck * bytes);
-                // SAFETY: `src` is exactly out.len() / blck whole blocks of the type (checked
-                // above), i.e. out.len() values, which `out` has room for; ggml's row
-                // dequantisers are pure functions of their input.
-                unsafe { f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64) }
-            }
+            // SAFETY: `src` is exactly out.len() / blck whole blocks of the type (checked
+            // above), i.e. out.len() values, which `out` has room for; ggml's row dequantisers
+            // are pure functions of their input.
+            Self::Ggml(f, ..) => unsafe {
+                f(src.as_ptr().cast(), out.as_mut_ptr(), out.len() as i64)
+            },
         }
     }
 }
@@ -361,13 +372,12 @@ impl WeightFile {
             return Ok(None);
         };
         let expand = Expand::of(m.ty).map_err(|e| corrupt(&self.meta.path, e))?;
-        // SAFETY: plain queries of ggml's type table for a valid type (checked by `matrix`).
-        let (blck, block_bytes) = unsafe { (sys::ggml_blck_size(m.ty), sys::ggml_type_size(m.ty)) };
+        let (blck, block_bytes) = expand.block();
         Ok(Some(QMatrix {
             map: Arc::clone(&self.map),
             m,
             cols,
-            blck: blck.max(1) as usize,
+            blck,
             block_bytes,
             expand,
             name: name.to_string(),
@@ -642,17 +652,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// ggml's own dequantiser of `ty`, whatever [`Expand::of`] picks.
-    fn ggml(ty: sys::ggml_type) -> Expand {
-        // SAFETY: ggml's static type table; non-null for every valid type.
-        let f = unsafe { &*sys::ggml_get_type_traits(ty) }
-            .to_float
-            .expect("ggml dequantises the type");
-        // SAFETY: plain queries of ggml's type table for a valid type.
-        let (blck, bytes) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_type_size(ty)) };
-        Expand::Ggml(f, blck as usize, bytes)
-    }
-
     #[test]
     fn the_own_dequantisers_give_ggmls_values() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -661,6 +660,13 @@ mod tests {
             assert!(
                 !matches!(own, Expand::Ggml(..)),
                 "{} has its own loop",
+                type_name(ty)
+            );
+            let theirs = Expand::ggml(ty).expect("ggml dequantises the type");
+            assert_eq!(
+                own.block(),
+                theirs.block(),
+                "{}'s block layout",
                 type_name(ty)
             );
             let blocks = 64;
@@ -685,7 +691,7 @@ mod tests {
             }
             let (mut got, mut want) = (vec![0f32; blocks * 32], vec![0f32; blocks * 32]);
             own.run(&src, &mut got);
-            ggml(ty).run(&src, &mut want);
+            theirs.run(&src, &mut want);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 // ggml's C may fuse q·d + m into one rounding: one ulp apart at most.
                 assert!(
