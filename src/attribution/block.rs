@@ -38,18 +38,10 @@ impl Weight for QMatrix {
         QMatrix::rows(self)
     }
     fn matmul_t(&self, x: &[f32], y: &mut [f32], add: bool) {
-        if add {
-            QMatrix::matmul_t_add(self, x, y);
-        } else {
-            QMatrix::matmul_t(self, x, y);
-        }
+        self.product_t(x, y, add);
     }
     fn matmul(&self, g: &[f32], out: &mut [f32], add: bool) {
-        if add {
-            QMatrix::matmul_add(self, g, out);
-        } else {
-            QMatrix::matmul(self, g, out);
-        }
+        self.product(g, out, add);
     }
 }
 

@@ -462,7 +462,8 @@ impl QMatrix {
         self.product_t(x, y, true);
     }
 
-    fn product_t(&self, x: &[f32], y: &mut [f32], add: bool) {
+    /// `y = x · Wᵀ`, or `y += x · Wᵀ` with `add` (the body of both).
+    pub(crate) fn product_t(&self, x: &[f32], y: &mut [f32], add: bool) {
         let (k, n) = (self.cols, self.m.rows);
         assert!(k > 0 && x.len().is_multiple_of(k));
         let m = x.len() / k;
@@ -478,9 +479,9 @@ impl QMatrix {
             tr = tr.min(n.div_ceil(2 * threads)).max(8);
         }
         let dst = Shared(y.as_mut_ptr());
+        let stride = padded_stride(k);
         (0..n.div_ceil(tr)).into_par_iter().for_each(|t| {
             let rows = t * tr..((t + 1) * tr).min(n);
-            let stride = padded_stride(k);
             with_tile(rows.len() * stride, |buf| {
                 for (r, out) in rows.clone().zip(buf.chunks_exact_mut(stride)) {
                     self.dequantise_part(r, 0..k, &mut out[..k]);
@@ -539,7 +540,8 @@ impl QMatrix {
         self.product(g, out, true);
     }
 
-    fn product(&self, g: &[f32], out: &mut [f32], add: bool) {
+    /// `out = g · W`, or `out += g · W` with `add` (the body of both).
+    pub(crate) fn product(&self, g: &[f32], out: &mut [f32], add: bool) {
         let (n, k) = (self.cols, self.m.rows);
         assert!(k > 0 && g.len().is_multiple_of(k));
         let m = g.len() / k;
