@@ -411,29 +411,27 @@ fn weight_products_match_the_dequantised_matrix() {
                     );
                 }
             }
-            // Added to what the output holds: the product twice.
-            let mut twice = y.clone();
-            w.matmul_t_add(&x, &mut twice);
-            // Rounded like the products above: their sums run over thousands of terms.
-            for (t, y) in twice.iter().zip(&y) {
-                assert!(
-                    (t - 2.0 * y).abs() <= 1e-3 * (1.0 + y.abs()),
-                    "{name} x·Wᵀ added, m={m}: {t} vs twice {y}"
-                );
-            }
+            // Added to what the output holds: the product twice, rounded like the products
+            // above (their sums run over thousands of terms).
+            let twice = |once: &[f32], added: &[f32], what: &str| {
+                for (t, o) in added.iter().zip(once) {
+                    assert!(
+                        (t - 2.0 * o).abs() <= 1e-3 * (1.0 + o.abs()),
+                        "{name} {what} added, m={m}: {t} vs twice {o}"
+                    );
+                }
+            };
+            let mut added = y.clone();
+            w.matmul_t_add(&x, &mut added);
+            twice(&y, &added, "x·Wᵀ");
             let g: Vec<f32> = (0..m * w.rows())
                 .map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0)
                 .collect();
             let mut out = vec![0f32; m * cols];
             w.matmul(&g, &mut out);
-            let mut twice = out.clone();
-            w.matmul_add(&g, &mut twice);
-            for (t, o) in twice.iter().zip(&out) {
-                assert!(
-                    (t - 2.0 * o).abs() <= 1e-3 * (1.0 + o.abs()),
-                    "{name} g·W added, m={m}: {t} vs twice {o}"
-                );
-            }
+            let mut added = out.clone();
+            w.matmul_add(&g, &mut added);
+            twice(&out, &added, "g·W");
             for i in 0..m {
                 for c in (0..cols).step_by(13) {
                     let want: f64 = (0..w.rows())
