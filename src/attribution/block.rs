@@ -4,8 +4,9 @@
 //! per-head RMSNorm, RoPE, causal grouped-query attention, output projection, RMSNorm, SwiGLU
 //! MLP, two residual adds), so its vector-Jacobian product is written out by hand rather than
 //! recorded as a graph of generic tensor ops. A block keeps what its backward pass needs and
-//! nothing else: per position, Q, K and V before RoPE, the second residual, the MLP's gate and
-//! up projections and the two norms' scales (about a fifth of what a recorded graph of the
+//! nothing else: per position, Q and K as attention used them (after RoPE; before a per-head
+//! norm where there is one, the norm and RoPE then being recomputed), V, the second residual,
+//! the MLP's gate and up projections and the two norms' scales (about a fifth of what a recorded graph of the
 //! same block held); the attention probabilities are recomputed, one head at a time, so the
 //! memory kept grows linearly with the context. Every element-wise step runs fused, over all
 //! cores.
@@ -13,6 +14,8 @@
 //! Layout: `b` sequences of `n` positions are `m = b·n` rows of a row-major matrix; a row of
 //! Q is `n_head` heads of `head_dim` values (K and V: `n_head_kv` heads). The weights are
 //! [`Weight`]s (the GGUF's matrices in place, expanded tile by tile as each product runs).
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 use wide::f32x8;
@@ -23,6 +26,23 @@ use crate::engine::linalg::{View, matmul};
 /// Rows per parallel task of the element-wise steps (below this, splitting costs more than it
 /// saves).
 const ROWS_PER_TASK: usize = 8;
+
+/// `len` zeros, written over all cores. The engine's buffers are megabytes (an
+/// integrated-gradients batch of 625 rows: 1.4 MB per 576-wide activation, 3.8 MB per MLP
+/// one) and the allocator hands back memory it has had before, which `vec![0.0; len]` clears
+/// on the calling core alone while the others wait.
+pub(super) fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    rayon::iter::repeat_n(0f32, len).collect_into_vec(&mut v);
+    v
+}
+
+/// A copy of `x`, written over all cores (as [`zeros`]).
+pub(super) fn copied(x: &[f32]) -> Vec<f32> {
+    let mut v = Vec::with_capacity(x.len());
+    x.par_iter().copied().collect_into_vec(&mut v);
+    v
+}
 
 /// A constant weight matrix `W` (`rows × cols`) of a linear layer `y = x · Wᵀ`.
 pub(super) trait Weight: Sync {
@@ -148,7 +168,9 @@ impl Rope {
 pub(super) struct Acts {
     /// 1 / RMS of the block's input, per row.
     r1: Vec<f32>,
-    /// Q, K (before their per-head norm and RoPE, biases added) and V.
+    /// Q and K (biases added) as attention used them, after RoPE, when they have no per-head
+    /// norm; with one, before the norm (the norm's backward pass needs its input, and the
+    /// backward pass recomputes the norm and RoPE). V.
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -209,7 +231,7 @@ pub(super) fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], g: &[f32], gx: 
 
 /// `x · Wᵀ (+ bias)` for `m` rows.
 fn project<W: Weight>(w: &W, bias: Option<&[f32]>, x: &[f32], m: usize) -> Vec<f32> {
-    let mut y = vec![0f32; m * w.rows()];
+    let mut y = zeros(m * w.rows());
     w.matmul_t(x, &mut y, false);
     if let Some(b) = bias {
         y.par_chunks_mut(b.len())
@@ -219,30 +241,63 @@ fn project<W: Weight>(w: &W, bias: Option<&[f32]>, x: &[f32], m: usize) -> Vec<f
     y
 }
 
-/// Q or K as attention uses it: after the optional per-head RMSNorm, then RoPE. Returns it
-/// and the norm's 1 / RMS per head (empty without a norm).
-fn qk_forward(
+/// Q or K with a per-head RMSNorm (weights `w`) as attention uses it: normed, then turned by
+/// RoPE. Returns it and the norm's 1 / RMS per head.
+fn qk_normed(
     dm: &Dims,
     rope: &Rope,
     n: usize,
     pre: &[f32],
     width: usize,
-    norm: Option<&[f32]>,
+    w: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (mut out, r) = match norm {
-        Some(w) => {
-            let mut out = vec![0f32; pre.len()];
-            let mut r = vec![0f32; pre.len() / dm.head_dim];
-            rms_norm(pre, w, dm.eps, &mut r, &mut out);
-            (out, r)
-        }
-        None => (pre.to_vec(), Vec::new()),
-    };
+    let mut out = zeros(pre.len());
+    let mut r = vec![0f32; pre.len() / dm.head_dim];
+    rms_norm(pre, w, dm.eps, &mut r, &mut out);
     rope.apply(dm, &mut out, width, n, false);
     (out, r)
 }
 
-/// The gradient of Q or K before [`qk_forward`] from the gradient `g` after it.
+/// Q or K as attention uses it, from its projection `pre`, and `pre` itself where the backward
+/// pass needs it (with a per-head norm). Without a norm RoPE turns `pre` in place.
+fn qk_attended(
+    dm: &Dims,
+    rope: &Rope,
+    n: usize,
+    mut pre: Vec<f32>,
+    width: usize,
+    norm: Option<&[f32]>,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    match norm {
+        None => {
+            rope.apply(dm, &mut pre, width, n, false);
+            (pre, None)
+        }
+        Some(w) => (qk_normed(dm, rope, n, &pre, width, w).0, Some(pre)),
+    }
+}
+
+/// Q or K as attention used it, from what [`Acts`] kept of it: that itself without a per-head
+/// norm, else recomputed (with the norm's 1 / RMS per head; empty without a norm).
+fn qk_kept<'a>(
+    dm: &Dims,
+    rope: &Rope,
+    n: usize,
+    kept: &'a [f32],
+    width: usize,
+    norm: Option<&[f32]>,
+) -> (Cow<'a, [f32]>, Vec<f32>) {
+    match norm {
+        None => (Cow::Borrowed(kept), Vec::new()),
+        Some(w) => {
+            let (out, r) = qk_normed(dm, rope, n, kept, width, w);
+            (Cow::Owned(out), r)
+        }
+    }
+}
+
+/// The gradient of Q or K before [`qk_attended`] from the gradient `g` after it (`pre`: its
+/// input, read only with a norm).
 #[allow(clippy::too_many_arguments)]
 fn qk_backward(
     dm: &Dims,
@@ -257,7 +312,7 @@ fn qk_backward(
     rope.apply(dm, &mut g, width, n, true);
     match norm {
         Some(w) => {
-            let mut gx = vec![0f32; g.len()];
+            let mut gx = zeros(g.len());
             rms_norm_backward(pre, w, r, &g, &mut gx);
             gx
         }
@@ -268,7 +323,7 @@ fn qk_backward(
 /// Row-major `[b·n, heads·hd]` (heads side by side) → head-major `[b, heads, n, hd]`, or back
 /// (`to_rows`).
 fn regroup(src: &[f32], n: usize, heads: usize, hd: usize, to_rows: bool) -> Vec<f32> {
-    let mut dst = vec![0f32; src.len()];
+    let mut dst = zeros(src.len());
     if to_rows {
         dst.par_chunks_mut(heads * hd)
             .enumerate()
@@ -339,7 +394,7 @@ fn score_scale(dm: &Dims) -> f32 {
 fn attention(dm: &Dims, n: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let (h, hd) = (dm.n_head, dm.head_dim);
     let scale = score_scale(dm);
-    let mut out = vec![0f32; q.len()];
+    let mut out = zeros(q.len());
     out.par_chunks_mut(n * hd).enumerate().for_each(|(i, ob)| {
         let (qh, kh, vh) = head_views(dm, n, i / h, i % h, q, k, v);
         PROBS.with(|buf| {
@@ -372,9 +427,9 @@ fn attention_backward(
     let (h, hkv, hd) = (dm.n_head, dm.n_head_kv, dm.head_dim);
     let rep = h / hkv;
     let scale = score_scale(dm);
-    let mut gq = vec![0f32; q.len()];
-    let mut gk = vec![0f32; k.len()];
-    let mut gv = vec![0f32; v.len()];
+    let mut gq = zeros(q.len());
+    let mut gk = zeros(k.len());
+    let mut gv = zeros(v.len());
     gq.par_chunks_mut(rep * n * hd)
         .zip(gk.par_chunks_mut(n * hd))
         .zip(gv.par_chunks_mut(n * hd))
@@ -431,7 +486,7 @@ const SIGMOID_RUN: usize = 256;
 
 /// SiLU(gate) ⊙ up.
 fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
+    let mut out = zeros(gate.len());
     out.par_chunks_mut(MLP_CHUNK)
         .zip(gate.par_chunks(MLP_CHUNK))
         .zip(up.par_chunks(MLP_CHUNK))
@@ -455,7 +510,7 @@ fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
 /// The gradients of [`swiglu`]'s gate and up from its output's gradient `ga` (turned into the
 /// gate's in place; the up's is returned).
 fn swiglu_backward(gate: &[f32], up: &[f32], ga: &mut [f32]) -> Vec<f32> {
-    let mut gu = vec![0f32; ga.len()];
+    let mut gu = zeros(ga.len());
     ga.par_chunks_mut(MLP_CHUNK)
         .zip(gu.par_chunks_mut(MLP_CHUNK))
         .zip(gate.par_chunks(MLP_CHUNK))
@@ -517,28 +572,30 @@ pub(super) fn forward<W: Weight>(
     let m = x.len() / d;
     let (qw, kw) = (dm.q_width(), dm.kv_width());
     let mut r1 = vec![0f32; m];
-    let mut hn = vec![0f32; m * d];
+    let mut hn = zeros(m * d);
     rms_norm(x, &l.attn_norm, dm.eps, &mut r1, &mut hn);
     let q = project(&l.wq, l.bq.as_deref(), &hn, m);
     let k = project(&l.wk, l.bk.as_deref(), &hn, m);
     let v = project(&l.wv, l.bv.as_deref(), &hn, m);
     drop(hn);
-    let (qr, _) = qk_forward(dm, rope, n, &q, qw, l.q_norm.as_deref());
-    let (kr, _) = qk_forward(dm, rope, n, &k, kw, l.k_norm.as_deref());
+    let (qr, q) = qk_attended(dm, rope, n, q, qw, l.q_norm.as_deref());
+    let (kr, k) = qk_attended(dm, rope, n, k, kw, l.k_norm.as_deref());
     let oh = attention(dm, n, &qr, &kr, &v);
-    drop((qr, kr));
+    // What the backward pass keeps of Q and K (see [`Acts`]).
+    let q = q.unwrap_or(qr);
+    let k = k.unwrap_or(kr);
     let o = regroup(&oh, n, dm.n_head, dm.head_dim, true);
     drop(oh);
     // The residual stream after attention: x2 = x + wo(o), on the rows asked for.
     let (mut x2, o) = match only {
         Some(row) => (pick_rows(x, n, row, d), pick_rows(&o, n, row, qw)),
-        None => (x.to_vec(), o),
+        None => (copied(x), o),
     };
     let mr = x2.len() / d;
     l.wo.matmul_t(&o, &mut x2, true);
     drop(o);
     let mut r2 = vec![0f32; mr];
-    let mut hn = vec![0f32; mr * d];
+    let mut hn = zeros(mr * d);
     rms_norm(&x2, &l.ffn_norm, dm.eps, &mut r2, &mut hn);
     let gate = project(&l.w_gate, None, &hn, mr);
     let up = project(&l.w_up, None, &hn, mr);
@@ -579,17 +636,17 @@ pub(super) fn backward<W: Weight>(
     let (h, hkv, hd) = (dm.n_head, dm.n_head_kv, dm.head_dim);
     let (qw, kw) = (dm.q_width(), dm.kv_width());
     // MLP: y = x2 + down(silu(gate) ⊙ up).
-    let mut gg = vec![0f32; a.gate.len()];
+    let mut gg = zeros(a.gate.len());
     l.w_down.matmul(gy, &mut gg, false);
     let gu = swiglu_backward(&a.gate, &a.up, &mut gg);
-    let mut gh = vec![0f32; mr * d];
+    let mut gh = zeros(mr * d);
     l.w_gate.matmul(&gg, &mut gh, false);
     l.w_up.matmul(&gu, &mut gh, true);
     drop((gg, gu));
-    let mut gx = gy.to_vec();
+    let mut gx = copied(gy);
     rms_norm_backward(&a.x2, &l.ffn_norm, &a.r2, &gh, &mut gx);
     // Attention: x2 = x + wo(attention(q, k, v)).
-    let mut go = vec![0f32; mr * qw];
+    let mut go = zeros(mr * qw);
     l.wo.matmul(&gx, &mut go, false);
     let (go, mut gx) = match only {
         Some(row) => (place_rows(&go, n, row, qw), place_rows(&gx, n, row, d)),
@@ -597,8 +654,8 @@ pub(super) fn backward<W: Weight>(
     };
     let goh = regroup(&go, n, h, hd, false);
     drop(go);
-    let (qr, rq) = qk_forward(dm, rope, n, &a.q, qw, l.q_norm.as_deref());
-    let (kr, rk) = qk_forward(dm, rope, n, &a.k, kw, l.k_norm.as_deref());
+    let (qr, rq) = qk_kept(dm, rope, n, &a.q, qw, l.q_norm.as_deref());
+    let (kr, rk) = qk_kept(dm, rope, n, &a.k, kw, l.k_norm.as_deref());
     let (gq, gk, gv) = attention_backward(dm, n, &qr, &kr, &a.v, &goh);
     drop((qr, kr, goh));
     let gq = regroup(&gq, n, h, hd, true);
@@ -608,7 +665,7 @@ pub(super) fn backward<W: Weight>(
     let gk = qk_backward(dm, rope, n, &a.k, &rk, kw, l.k_norm.as_deref(), gk);
     // The attention output's projection, then Q, K and V's (biases have no input gradient),
     // summed by the products themselves.
-    let mut gh = if mr == m { gh } else { vec![0f32; m * d] };
+    let mut gh = if mr == m { gh } else { zeros(m * d) };
     l.wq.matmul(&gq, &mut gh, false);
     l.wk.matmul(&gk, &mut gh, true);
     l.wv.matmul(&gv, &mut gh, true);
