@@ -643,6 +643,22 @@ impl Pass {
         }
     }
 
+    /// Takes the last sequences out of a pass for one position (`only`), keeping the first
+    /// `keep` for the backward passes: returns the others' rows at the top (`n_embd` values
+    /// each), whose backward pass is then never run.
+    fn split_off(&mut self, keep: usize, d: usize) -> Vec<f32> {
+        assert!(self.only.is_some(), "a pass for one position");
+        let total = self.top.len() / d;
+        assert!(keep <= total);
+        for part in &mut self.saved {
+            part.input.truncate(part.input.len() / total * keep);
+            if let Some(a) = &mut part.acts {
+                a.truncate(keep, total);
+            }
+        }
+        self.top.split_off(keep * d)
+    }
+
     /// The target function at position `row` of every sequence, its gradient w.r.t. the
     /// inputs (`b × n × n_embd`; zero after `row`: the model is causal) and the logits at
     /// `row` (`b × n_vocab`).
@@ -895,29 +911,49 @@ pub fn attribute_watched(
             let b = baseline_embeddings(model, context, &e, &baseline)?;
             let diff: Vec<f32> = e.iter().zip(&b).map(|(e, b)| e - b).collect();
             let (alphas, weights) = gauss_legendre_unit(steps);
-            let (chunk, keep) = model.plan(steps.min(IG_MAX_BATCH), n);
+            // f(input) and f(baseline) (p(target) and the completeness check) ride along in the
+            // first batch's forward pass, two more sequences whose backward pass is not run,
+            // where the budget holds them; else they take a forward pass of their own.
+            let (chunk, keep) = model.plan(steps.min(IG_MAX_BATCH) + 2, n);
+            let ride = chunk > 2;
             let mut acc = vec![0f32; n * d];
+            let mut ends = None;
             watch.add_total(steps as u64);
-            for (a_chunk, w_chunk) in alphas.chunks(chunk).zip(weights.chunks(chunk)) {
+            let mut start = 0;
+            while start < steps {
+                let first = start == 0 && ride;
+                let len = (if first { chunk - 2 } else { chunk }).min(steps - start);
+                let (a_chunk, w_chunk) =
+                    (&alphas[start..start + len], &weights[start..start + len]);
                 watch.check()?;
-                let inputs: Vec<f32> = a_chunk
+                let mut inputs: Vec<f32> = a_chunk
                     .iter()
                     .flat_map(|&a| {
                         let a = a as f32;
                         b.iter().zip(&diff).map(move |(b, df)| b + df * a)
                     })
                     .collect();
-                let (_, g, _) = value_and_grad(model, inputs, n, target, target_fn, keep);
+                if first {
+                    inputs.extend_from_slice(&e);
+                    inputs.extend_from_slice(&b);
+                }
+                let mut pass = Pass::new(model, inputs, n, keep, Some(n - 1));
+                if first {
+                    ends = Some(model.head(&pass.split_off(len, d)).2);
+                }
+                let (_, g, _) = pass.backward(model, n - 1, target, target_fn);
+                drop(pass);
                 for (gs, &w) in g.chunks_exact(n * d).zip(w_chunk) {
                     let w = w as f32;
                     acc.iter_mut().zip(gs).for_each(|(a, g)| *a += g * w);
                 }
-                watch.advance(a_chunk.len() as u64);
+                watch.advance(len as u64);
+                start += len;
             }
             watch.check()?;
             let attr: Vec<f32> = diff.iter().zip(&acc).map(|(df, a)| df * a).collect();
-            // f(input) and f(baseline) in one forward of two sequences.
-            let logits = model.forward_last([e.as_slice(), b.as_slice()].concat(), n);
+            let logits = ends
+                .unwrap_or_else(|| model.forward_last([e.as_slice(), b.as_slice()].concat(), n));
             let v = model.n_vocab;
             let f0 = target_grad(&logits[..v], target as usize, target_fn).0;
             let f1 = target_grad(&logits[v..], target as usize, target_fn).0;

@@ -183,6 +183,24 @@ pub(super) struct Acts {
 }
 
 impl Acts {
+    /// Keeps the values of the first `keep` of the `total` sequences they hold (each of their
+    /// buffers is sequence-major).
+    pub fn truncate(&mut self, keep: usize, total: usize) {
+        let Self {
+            r1,
+            q,
+            k,
+            v,
+            x2,
+            r2,
+            gate,
+            up,
+        } = self;
+        for b in [r1, q, k, v, x2, r2, gate, up] {
+            b.truncate(b.len() / total * keep);
+        }
+    }
+
     /// Values kept per sequence of `n` positions (what [`forward`] returns besides its output).
     pub fn floats(dm: &Dims, ffn: usize, n: usize) -> usize {
         n * (2 + dm.q_width() + 2 * dm.kv_width() + dm.n_embd + 2 * ffn)

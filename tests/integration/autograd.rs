@@ -294,7 +294,8 @@ fn unsupported_architecture_is_a_clear_error() {
 /// The activation budget changes how the backward pass runs, not what it computes: with a
 /// budget of one byte every block is recomputed from its saved input and integrated gradients
 /// takes its nodes one at a time; with the default every block keeps its graph and the nodes
-/// are batched. Saliency and IG scores agree to float rounding (the batched matmuls sum in
+/// are batched (f(input) and f(baseline) riding in the first batch). Saliency and IG scores,
+/// p(target) and IG's completeness error agree to float rounding (the batched matmuls sum in
 /// another order).
 #[test]
 fn the_activation_budget_changes_the_schedule_not_the_scores() {
@@ -342,6 +343,16 @@ fn the_activation_budget_changes_the_schedule_not_the_scores() {
             );
         }
         assert!((a.target_prob - b.target_prob).abs() < 1e-6);
+        // f(input) and f(baseline): in the default budget they ride in the first batch's
+        // forward pass, in the tight one they take a pass of their own.
+        match (a.completeness_error, b.completeness_error) {
+            (Some(x), Some(y)) => assert!(
+                (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+                "completeness {x} vs {y}"
+            ),
+            (None, None) => assert_eq!(method, GradMethod::Saliency),
+            other => panic!("{method:?}: completeness {other:?}"),
+        }
     }
 }
 
