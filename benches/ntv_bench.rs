@@ -25,7 +25,8 @@
 //!     activation budget, on the test model and on a synthetic 1.6 B-parameter Q4_0 llama
 //!     the benchmark writes (`NTV_BENCH_SYNTH`: its path, default `target/tmp/`); with
 //!     `NTV_BENCH_INSEQ_PYTHON` (a Python with Inseq), `benches/inseq_baseline.py` runs the
-//!     same requests in Inseq right after, for ratios against a baseline run side by side;
+//!     same requests in Inseq right after, for ratios against a baseline run side by side
+//!     (the short context in rounds alternating the two sides);
 //! 13. the gradient engine's tiled weight products on one block's matrices of the test model
 //!     and of the synthetic llama, at a saliency pass's rows and an integrated-gradients
 //!     batch's, in GFLOP/s.
@@ -52,6 +53,10 @@ fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Rounds of the short-context comparison of 12b/12d (one Inseq run and ntv's warm batches
+/// either side of it each).
+const SHORT_ROUNDS: usize = 3;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -1527,8 +1532,8 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     }
     std::fs::write(&warm_file, lines).expect("write batch");
     let wf = warm_file.to_str().expect("utf-8");
-    // One process of warm requests; run again after the Inseq baseline (12d), so that a drift
-    // in the machine's speed over the minutes between the two sides favours neither.
+    // One process of warm requests; run again in 12d between Inseq's runs, so that a drift in
+    // the machine's speed over the minutes between the two sides favours neither.
     let warm_batch = || {
         let (_, _, out) = attribute(&["--batch", wf]);
         let recs = records(&out);
@@ -1539,7 +1544,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         );
         recs
     };
-    let mut warm_recs = warm_batch();
+    let warm_recs = warm_batch();
     let warm_ms = |recs: &[serde_json::Value], me: &str| -> Vec<f64> {
         recs.iter()
             .filter(|r| r["method"] == me && r["id"] == "timed")
@@ -1640,18 +1645,22 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         return;
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/inseq_baseline.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .args(["--model", m, "--ntv", exe, "-t", &t, "--short-runs", "5"])
-        .current_dir(dir.path())
-        .output()
-        .expect("run benches/inseq_baseline.py");
-    assert!(
-        out.status.success(),
-        "inseq_baseline.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let base: serde_json::Value = serde_json::from_slice(&out.stdout).expect("baseline JSON");
+    let inseq = |extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(["--model", m, "--ntv", exe, "-t", &t, "--short-runs", "5"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .expect("run benches/inseq_baseline.py");
+        assert!(
+            out.status.success(),
+            "inseq_baseline.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("baseline JSON")
+    };
+    let base = inseq(&[]);
     let inseq_sums = &base["mixed"]["sum_of_medians_ms"];
     println!(
         "\n12d. Inseq {} (torch {}, f32 on the same dequantised weights, same token ids), run after the above on this machine, {threads} threads:",
@@ -1673,31 +1682,52 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         "| 12a whole ntv process (load and warm-ups included) vs Inseq's per-target medians | {wall:.0} | {inseq_total:.0} | **{:.2}** |",
         wall / inseq_total
     );
-    // ntv's warm requests again, now that Inseq has run: the median of both runs' requests.
-    let before: Vec<Vec<f64>> = ["saliency", "integrated_gradients"]
-        .iter()
-        .map(|me| warm_ms(&warm_recs, me))
-        .collect();
-    warm_recs.extend(warm_batch());
-    for (me, before) in ["saliency", "integrated_gradients"].into_iter().zip(before) {
-        let inseq = &base["short"]["methods"][me];
-        let runs: Vec<String> = inseq["runs_ms"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_f64())
-                    .map(|v| format!("{v:.0}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let inseq = inseq["median_ms"].as_f64().unwrap_or(f64::NAN);
-        let ntv = warm(&warm_recs, me);
+    // The short context in rounds that alternate the two sides: ntv's warm batch ran before
+    // Inseq's first run and runs again after it; then Inseq's short runs alone (`--skip-mixed`)
+    // and ntv's batch again, twice more. Each round compares one Inseq run with the median of
+    // ntv's batches on either side of it: the machine's speed drifts by a quarter within
+    // minutes, and a comparison of one side's slow spell with the other's fast one says nothing
+    // about either.
+    let mut ntv_runs = vec![warm_recs, warm_batch()];
+    let mut inseq_runs = vec![base["short"].clone()];
+    for _ in 1..SHORT_ROUNDS {
+        inseq_runs.push(inseq(&["--skip-mixed"])["short"].clone());
+        ntv_runs.push(warm_batch());
+    }
+    let list = |v: &[f64]| -> String {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let ratios = |v: &[f64]| -> String {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for me in ["saliency", "integrated_gradients"] {
+        let (mut ntv, mut theirs, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, run) in inseq_runs.iter().enumerate() {
+            let mut around = warm_ms(&ntv_runs[k], me);
+            around.extend(warm_ms(&ntv_runs[k + 1], me));
+            let (a, b) = (
+                median(around),
+                run["methods"][me]["median_ms"].as_f64().unwrap_or(f64::NAN),
+            );
+            ntv.push(a);
+            theirs.push(b);
+            r.push(a / b);
+        }
         println!(
-            "| 12b {me}, warm per target, 25 tokens (ntv before Inseq {:.0}, after {:.0}; Inseq runs {}) | {ntv:.0} | {inseq:.0} | **{:.2}** |",
-            median(before),
-            median(warm_ms(&warm_recs, me)[timed.len()..].to_vec()),
-            runs.join(" "),
-            ntv / inseq
+            "| 12b {me}, warm per target, 25 tokens, {} alternating rounds (ntv {} ms; Inseq {} ms) | {:.0} | {:.0} | **{}; median {:.2}** |",
+            inseq_runs.len(),
+            list(&ntv),
+            list(&theirs),
+            median(ntv.clone()),
+            median(theirs.clone()),
+            ratios(&r),
+            median(r.clone())
         );
     }
 }
