@@ -1551,34 +1551,42 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
             .filter_map(|r| r["elapsed_ms"].as_f64())
             .collect()
     };
-    let warm = |recs: &[serde_json::Value], me: &str| median(warm_ms(recs, me));
     let file_bytes = std::fs::metadata(path).map_or(0, |x| x.len());
     let n_params = {
         let model = Model::load(path, &LoadOptions::default()).expect("load");
         model.info().n_params
     };
     let bound = |file: u64, params: u64| file as f64 + 1.5 * params as f64 + budget as f64;
+    // The one-shot processes run between two warm batches, and their ratio is to the median of
+    // both batches' requests (as the Inseq rounds of 12d, against the machine's drift).
+    let shots: Vec<(f64, libc::rusage)> = ["saliency", "integrated_gradients"]
+        .iter()
+        .map(|me| {
+            let mut walls = Vec::new();
+            let mut last = None;
+            for _ in 0..3 {
+                let (w, u, _) = attribute(&[
+                    "-p", prompt, "--token", "504", "--method", me, "--format", "json",
+                ]);
+                walls.push(w);
+                last = Some(u);
+            }
+            (median(walls), last.expect("three runs"))
+        })
+        .collect();
+    let after_shots = warm_batch();
     println!(
-        "\n12b. one-shot processes (`ntv attribute -p {prompt:?} --token 504`), median of 3; warm: median of {} requests after a warm-up, in one process:",
+        "\n12b. one-shot processes (`ntv attribute -p {prompt:?} --token 504`), median of 3; warm: median of {} requests after a warm-up in each of two processes, one before the one-shots and one after:",
         timed.len()
     );
     println!(
         "| method | one-shot wall ms | warm in-batch ms | one-shot / warm | peak RSS MB | bound MB (file + 1.5 B/param + budget) | minor faults | sys s |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for me in ["saliency", "integrated_gradients"] {
-        let mut walls = Vec::new();
-        let mut last = None;
-        for _ in 0..3 {
-            let (w, u, _) = attribute(&[
-                "-p", prompt, "--token", "504", "--method", me, "--format", "json",
-            ]);
-            walls.push(w);
-            last = Some(u);
-        }
-        let u = last.expect("three runs");
-        let w = median(walls);
-        let wm = warm(&warm_recs, me);
+    for (me, (w, u)) in ["saliency", "integrated_gradients"].into_iter().zip(&shots) {
+        let mut around = warm_ms(&warm_recs, me);
+        around.extend(warm_ms(&after_shots, me));
+        let wm = median(around);
         println!(
             "| {me} | {w:.0} | {wm:.0} | {:.2} | {:.0} | {:.0} | {} | {:.2} |",
             w / wm,
@@ -1688,7 +1696,7 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
     // ntv's batches on either side of it: the machine's speed drifts by a quarter within
     // minutes, and a comparison of one side's slow spell with the other's fast one says nothing
     // about either.
-    let mut ntv_runs = vec![warm_recs, warm_batch()];
+    let mut ntv_runs = vec![after_shots, warm_batch()];
     let mut inseq_runs = vec![base["short"].clone()];
     for _ in 1..SHORT_ROUNDS {
         inseq_runs.push(inseq(&["--skip-mixed"])["short"].clone());
