@@ -1702,15 +1702,9 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         inseq_runs.push(inseq(&["--skip-mixed"])["short"].clone());
         ntv_runs.push(warm_batch());
     }
-    let list = |v: &[f64]| -> String {
+    let joined = |v: &[f64], decimals: usize| -> String {
         v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    let ratios = |v: &[f64]| -> String {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
+            .map(|x| format!("{x:.decimals$}"))
             .collect::<Vec<_>>()
             .join(" / ")
     };
@@ -1730,11 +1724,11 @@ fn attribution_at_scale(exe: &str, path: &std::path::Path, threads: i32) {
         println!(
             "| 12b {me}, warm per target, 25 tokens, {} alternating rounds (ntv {} ms; Inseq {} ms) | {:.0} | {:.0} | **{}; median {:.2}** |",
             inseq_runs.len(),
-            list(&ntv),
-            list(&theirs),
+            joined(&ntv, 0),
+            joined(&theirs, 0),
             median(ntv.clone()),
             median(theirs.clone()),
-            ratios(&r),
+            joined(&r, 2),
             median(r.clone())
         );
     }
